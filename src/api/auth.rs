@@ -1,0 +1,176 @@
+//! Bearer API keys: stored as SHA-256 hashes, each with a role and optionally a set of senders.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::store::{self, ApiKey, StoreError};
+
+use super::error::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Service,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(raw: &str) -> Option<Role> {
+        match raw {
+            "viewer" => Some(Role::Viewer),
+            "service" => Some(Role::Service),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Service => "service",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key_id: Uuid,
+    pub role: Role,
+    pub senders: Option<Vec<String>>,
+}
+
+impl Caller {
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this needs the {} role",
+                role.as_str()
+            )))
+        }
+    }
+
+    pub fn may_use_sender(&self, phone_number_id: &str) -> bool {
+        self.senders
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|s| s == phone_number_id))
+    }
+
+    pub fn require_sender(&self, phone_number_id: &str) -> Result<(), ApiError> {
+        if self.may_use_sender(phone_number_id) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this key may not use sender {phone_number_id}"
+            )))
+        }
+    }
+}
+
+pub fn hash_key(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+/// A new secret: 256 random bits, prefixed so leaked keys are easy to grep for.
+pub fn generate_secret() -> String {
+    format!("pgn_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
+pub async fn create_key(
+    pool: &PgPool,
+    name: &str,
+    role: Role,
+    senders: Option<Vec<String>>,
+) -> Result<(ApiKey, String), StoreError> {
+    let secret = generate_secret();
+    let key = ApiKey {
+        id: Uuid::now_v7(),
+        name: name.to_string(),
+        role: role.as_str().to_string(),
+        senders,
+    };
+    store::insert_api_key(pool, &key, &hash_key(&secret)).await?;
+    Ok((key, secret))
+}
+
+/// Verified keys, cached briefly so a request does not cost a database round trip.
+#[derive(Clone, Default)]
+pub struct KeyCache {
+    inner: Arc<Mutex<HashMap<Vec<u8>, (Caller, Instant)>>>,
+}
+
+const CACHE_TTL: Duration = Duration::from_secs(30);
+
+impl KeyCache {
+    pub async fn authenticate(
+        &self,
+        pool: &PgPool,
+        headers: &HeaderMap,
+    ) -> Result<Caller, ApiError> {
+        let header = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <api key>"))?;
+        let secret = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be Bearer <api key>")
+            })?;
+        let hash = hash_key(secret);
+        if let Some((caller, at)) = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(caller.clone());
+        }
+        let key = store::find_api_key(pool, &hash)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
+        let caller = Caller {
+            key_id: key.id,
+            role: Role::parse(&key.role).unwrap_or(Role::Viewer),
+            senders: key.senders,
+        };
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, (caller.clone(), Instant::now()));
+        Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered_and_senders_limit() {
+        let caller = Caller {
+            key_id: Uuid::nil(),
+            role: Role::Service,
+            senders: Some(vec!["1".into()]),
+        };
+        assert!(caller.require(Role::Viewer).is_ok());
+        assert!(caller.require(Role::Service).is_ok());
+        assert!(caller.require(Role::Admin).is_err());
+        assert!(caller.may_use_sender("1"));
+        assert!(!caller.may_use_sender("2"));
+        let secret = generate_secret();
+        assert!(secret.starts_with("pgn_") && secret.len() == 68);
+        assert_eq!(hash_key(&secret).len(), 32);
+    }
+}

@@ -1,0 +1,620 @@
+//! The HTTP API (axum): Cloud-API-shaped enqueue for other systems, message lookup, and the
+//! registration of senders, templates, consent and API keys; plus /metrics and health checks.
+
+pub mod auth;
+pub mod error;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::app::Services;
+use crate::domain::DeliveryMode;
+use crate::domain::phone;
+use crate::domain::tier::Tier;
+use crate::enqueue::{self, Accepted, Request};
+use crate::store::{self, ConsentEvent, Sender, Template};
+
+use auth::{Caller, KeyCache, Role};
+use error::{ApiError, parse_json};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub services: Services,
+    pub keys: KeyCache,
+}
+
+impl ApiState {
+    async fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        self.keys.authenticate(&self.services.pool, headers).await
+    }
+}
+
+pub fn router(services: Services) -> Router {
+    let limit = services.config.max_body_bytes;
+    let state = ApiState {
+        services,
+        keys: KeyCache::default(),
+    };
+    Router::new()
+        .route("/v1/{phone_number_id}/messages", post(send_message))
+        .route("/v1/{phone_number_id}/messages/batch", post(send_batch))
+        .route("/v1/messages/{id}", get(get_message))
+        .route("/v1/senders", post(put_sender).get(list_senders))
+        .route("/v1/senders/{phone_number_id}/pause", post(pause_sender))
+        .route("/v1/senders/{phone_number_id}/resume", post(resume_sender))
+        .route("/v1/templates", post(put_template).get(list_templates))
+        .route("/v1/consent", post(post_consent))
+        .route("/v1/consent/{recipient}", get(get_consent))
+        .route("/v1/apikeys", post(post_api_key))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn delivery_mode(headers: &HeaderMap) -> Result<DeliveryMode, ApiError> {
+    match headers
+        .get("x-pregon-delivery")
+        .map(|v| v.to_str().unwrap_or(""))
+    {
+        None => Ok(DeliveryMode::AtMostOnce),
+        Some(raw) => DeliveryMode::parse(raw).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_header",
+                Some("X-Pregon-Delivery"),
+                "X-Pregon-Delivery must be at-most-once or at-least-once",
+            )
+        }),
+    }
+}
+
+fn scoped_key(caller: &Caller, key: &str) -> String {
+    format!("{}:{key}", caller.key_id)
+}
+
+/// The Cloud API's success shape, with pregon's message id where Meta would put its wamid.
+fn accepted_body(a: &Accepted) -> Value {
+    json!({
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": a.input, "wa_id": a.wa_id}],
+        "messages": [{"id": a.id.to_string(), "message_status": "queued"}]
+    })
+}
+
+async fn send_message(
+    State(state): State<ApiState>,
+    Path(phone_number_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    caller.require(Role::Service)?;
+    caller.require_sender(&phone_number_id)?;
+    let body: Value = parse_json(&body)?;
+    let header_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_header",
+                        Some("Idempotency-Key"),
+                        "Idempotency-Key must be 1 to 255 visible characters",
+                    )
+                })?
+                .to_string(),
+        ),
+    };
+    let body_key = body
+        .get("idempotency_key")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let request = Request {
+        sender: phone_number_id,
+        idempotency_key: header_key.or(body_key).map(|k| scoped_key(&caller, &k)),
+        body,
+        api_key_id: Some(caller.key_id),
+        delivery: delivery_mode(&headers)?,
+    };
+    let accepted = enqueue::enqueue(&state.services, request).await?;
+    let status = if accepted.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(accepted_body(&accepted))).into_response())
+}
+
+#[derive(Deserialize)]
+struct Batch {
+    messages: Vec<Value>,
+}
+
+async fn send_batch(
+    State(state): State<ApiState>,
+    Path(phone_number_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    caller.require(Role::Service)?;
+    caller.require_sender(&phone_number_id)?;
+    let batch: Batch = parse_json(&body)?;
+    let max = state.services.config.batch_max_items;
+    if batch.messages.is_empty() || batch.messages.len() > max {
+        return Err(ApiError::bad_request(
+            "invalid_batch_size",
+            Some("messages"),
+            format!(
+                "a batch holds 1 to {max} messages; got {}",
+                batch.messages.len()
+            ),
+        ));
+    }
+    let delivery = delivery_mode(&headers)?;
+    let requests: Vec<Request> = batch
+        .messages
+        .into_iter()
+        .map(|body| Request {
+            sender: phone_number_id.clone(),
+            idempotency_key: body
+                .get("idempotency_key")
+                .and_then(Value::as_str)
+                .map(|k| scoped_key(&caller, k)),
+            body,
+            api_key_id: Some(caller.key_id),
+            delivery,
+        })
+        .collect();
+    let results = enqueue::enqueue_many(&state.services, requests).await;
+    let mut accepted = 0;
+    let items: Vec<Value> = results
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| match r {
+            Ok(a) => {
+                accepted += 1;
+                let mut item = accepted_body(&a);
+                item["index"] = json!(index);
+                item["status"] = json!("accepted");
+                item
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                json!({"index": index, "status": "refused", "error": e.body()["error"]})
+            }
+        })
+        .collect();
+    let refused = items.len() - accepted;
+    Ok((
+        StatusCode::OK,
+        Json(json!({"accepted": accepted, "refused": refused, "results": items})),
+    )
+        .into_response())
+}
+
+async fn get_message(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_id", Some("id"), "message ids are UUIDs"))?;
+    let row = store::get_message(&state.services.pool, id)
+        .await
+        .map_err(ApiError::internal)?
+        .filter(|row| caller.may_use_sender(&row.sender))
+        .ok_or_else(|| ApiError::not_found("unknown_message", format!("no message {id}")))?;
+    Ok(Json(row).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SenderBody {
+    phone_number_id: String,
+    business_portfolio_id: String,
+    #[serde(default)]
+    display_phone_number: Option<String>,
+    #[serde(default)]
+    tier: Option<Value>,
+    #[serde(default)]
+    quality: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    mps: Option<i32>,
+    #[serde(default)]
+    tier_spread_seconds: Option<i32>,
+    access_token: String,
+}
+
+async fn put_sender(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    state.caller(&headers).await?.require(Role::Admin)?;
+    let b: SenderBody = parse_json(&body)?;
+    if b.phone_number_id.is_empty() || !b.phone_number_id.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("phone_number_id"),
+            "phone_number_id is Meta's numeric id of the number",
+        ));
+    }
+    if b.access_token.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_field",
+            Some("access_token"),
+            "access_token is required",
+        ));
+    }
+    let tier = match &b.tier {
+        None => Tier::Limited(250),
+        Some(Value::Number(n)) => Tier::from_limit(n.as_i64().unwrap_or(250)),
+        Some(Value::String(s)) => Tier::parse(s)
+            .map_err(|e| ApiError::bad_request("invalid_field", Some("tier"), e.to_string()))?,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                Some("tier"),
+                "tier is a TIER_* string or a number",
+            ));
+        }
+    };
+    let mps = b.mps.unwrap_or(state.services.config.default_mps as i32);
+    if !(1..=1000).contains(&mps) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("mps"),
+            "mps must be 1 to 1000",
+        ));
+    }
+    if let Some(s) = b.tier_spread_seconds
+        && s <= 0
+    {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("tier_spread_seconds"),
+            "must be positive",
+        ));
+    }
+    let quality = b
+        .quality
+        .unwrap_or_else(|| "GREEN".into())
+        .to_ascii_uppercase();
+    if !matches!(
+        quality.as_str(),
+        "GREEN" | "YELLOW" | "RED" | "NA" | "UNKNOWN"
+    ) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("quality"),
+            "quality is GREEN, YELLOW, RED or NA",
+        ));
+    }
+    let sender = Sender {
+        phone_number_id: b.phone_number_id,
+        business_portfolio_id: b.business_portfolio_id,
+        display_phone_number: b.display_phone_number,
+        tier: tier.limit(),
+        quality,
+        status: b
+            .status
+            .unwrap_or_else(|| "CONNECTED".into())
+            .to_ascii_uppercase(),
+        paused: false,
+        paused_reason: None,
+        mps,
+        tier_spread_seconds: b.tier_spread_seconds,
+        access_token: b.access_token,
+    };
+    let saved = state
+        .services
+        .register_sender(sender)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(saved)).into_response())
+}
+
+async fn list_senders(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    let senders: Vec<Sender> = store::list_senders(&state.services.pool)
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .filter(|s| caller.may_use_sender(&s.phone_number_id))
+        .collect();
+    Ok(Json(json!({"data": senders})).into_response())
+}
+
+async fn pause_sender(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    set_paused(state, id, headers, true).await
+}
+
+async fn resume_sender(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    set_paused(state, id, headers, false).await
+}
+
+async fn set_paused(
+    state: ApiState,
+    id: String,
+    headers: HeaderMap,
+    paused: bool,
+) -> Result<Response, ApiError> {
+    state.caller(&headers).await?.require(Role::Admin)?;
+    if state
+        .services
+        .catalog
+        .sender(&id)
+        .await
+        .map_err(ApiError::internal)?
+        .is_none()
+    {
+        return Err(ApiError::not_found(
+            "unknown_sender",
+            format!("no sender {id}"),
+        ));
+    }
+    let reason = paused.then_some("paused by an operator");
+    state
+        .services
+        .set_sender_paused(&id, paused, reason)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"phone_number_id": id, "paused": paused})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateBody {
+    name: String,
+    language: String,
+    category: String,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+async fn put_template(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    state.caller(&headers).await?.require(Role::Admin)?;
+    let b: TemplateBody = parse_json(&body)?;
+    if b.name.is_empty()
+        || !b
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("name"),
+            "template names use a-z, 0-9 and _",
+        ));
+    }
+    if b.language.len() < 2 {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("language"),
+            "language is a code like es_MX",
+        ));
+    }
+    let category = b.category.to_ascii_lowercase();
+    if !matches!(
+        category.as_str(),
+        "marketing" | "utility" | "authentication"
+    ) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("category"),
+            "category is marketing, utility or authentication",
+        ));
+    }
+    let template = Template {
+        name: b.name,
+        language: b.language,
+        category,
+        status: b
+            .status
+            .unwrap_or_else(|| "APPROVED".into())
+            .to_ascii_uppercase(),
+    };
+    state
+        .services
+        .register_template(template.clone())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(template)).into_response())
+}
+
+async fn list_templates(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.caller(&headers).await?;
+    let templates = store::list_templates(&state.services.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"data": templates})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentBody {
+    recipient: String,
+    purpose: String,
+    action: String,
+    source: String,
+    #[serde(default)]
+    evidence: Option<String>,
+}
+
+async fn post_consent(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    caller.require(Role::Service)?;
+    let b: ConsentBody = parse_json(&body)?;
+    let recipient = phone::normalize(&b.recipient).map_err(|e| {
+        ApiError::bad_request("invalid_phone_number", Some("recipient"), e.to_string())
+    })?;
+    if !matches!(b.purpose.as_str(), "marketing" | "utility") {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("purpose"),
+            "purpose is marketing or utility",
+        ));
+    }
+    if !matches!(b.action.as_str(), "opt_in" | "opt_out") {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("action"),
+            "action is opt_in or opt_out",
+        ));
+    }
+    if b.source.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_field",
+            Some("source"),
+            "source says where consent was given",
+        ));
+    }
+    if b.action == "opt_in" && b.evidence.as_deref().is_none_or(|e| e.trim().is_empty()) {
+        return Err(ApiError::bad_request(
+            "missing_field",
+            Some("evidence"),
+            "an opt-in needs evidence (what the person agreed to, and how)",
+        ));
+    }
+    let event = ConsentEvent {
+        recipient: recipient.digits().to_string(),
+        purpose: b.purpose,
+        action: b.action,
+        source: b.source,
+        evidence: b.evidence,
+        actor: Some(format!("api_key:{}", caller.key_id)),
+    };
+    let ids = state
+        .services
+        .record_consent(std::slice::from_ref(&event))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": ids.first(), "event": event})),
+    )
+        .into_response())
+}
+
+async fn get_consent(
+    State(state): State<ApiState>,
+    Path(recipient): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.caller(&headers).await?;
+    let recipient = phone::normalize(&recipient).map_err(|e| {
+        ApiError::bad_request("invalid_phone_number", Some("recipient"), e.to_string())
+    })?;
+    let history = store::consent_history(&state.services.pool, recipient.digits())
+        .await
+        .map_err(ApiError::internal)?;
+    let current = state
+        .services
+        .state
+        .consent(recipient.digits())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "recipient": recipient.digits(),
+        "marketing": current.marketing.map(|a| a.as_str()),
+        "utility": current.utility.map(|a| a.as_str()),
+        "history": history,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeyBody {
+    name: String,
+    role: String,
+    #[serde(default)]
+    senders: Option<Vec<String>>,
+}
+
+async fn post_api_key(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    state.caller(&headers).await?.require(Role::Admin)?;
+    let b: ApiKeyBody = parse_json(&body)?;
+    let role = Role::parse(&b.role).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_field",
+            Some("role"),
+            "role is admin, service or viewer",
+        )
+    })?;
+    if b.name.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_field",
+            Some("name"),
+            "name is required",
+        ));
+    }
+    let (key, secret) = auth::create_key(&state.services.pool, &b.name, role, b.senders)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"key": key, "secret": secret})),
+    )
+        .into_response())
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.services.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    match state.services.ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}

@@ -1,0 +1,264 @@
+//! Wiring: connects the adapters once per process and offers the operations that must keep
+//! PostgreSQL and Redis in step (registering senders and templates, recording consent).
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::catalog::Catalog;
+use crate::config::{Config, ConfigError, Derived};
+use crate::domain::decision::ConsentAction;
+use crate::domain::tier::Tier;
+use crate::metrics::Metrics;
+use crate::queue::{self, Names, Publisher, QueueError};
+use crate::state::{SenderMirror, State, StateError};
+use crate::store::{self, ConsentEvent, MessageWriter, Sender, StoreError, Template, WriterConfig};
+use crate::whatsapp::{ClientConfig, CloudApi};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Client(#[from] crate::whatsapp::ClientError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything a process talks to, connected once and shared.
+#[derive(Clone)]
+pub struct Services {
+    pub config: Arc<Config>,
+    pub derived: Arc<Derived>,
+    pub pool: PgPool,
+    pub state: State,
+    pub amqp: Arc<lapin::Connection>,
+    pub publisher: Publisher,
+    pub writer: MessageWriter,
+    pub names: Names,
+    pub catalog: Catalog,
+    pub cloud: CloudApi,
+    pub metrics: Metrics,
+}
+
+/// Handles a process keeps to shut down in order.
+pub struct Background {
+    pub writer: tokio::task::JoinHandle<()>,
+}
+
+impl Services {
+    /// Connects to PostgreSQL (creating and migrating the database if needed), Redis and
+    /// RabbitMQ (declaring the base topology).
+    pub async fn connect(
+        config: Config,
+        process: &str,
+    ) -> Result<(Services, Background), AppError> {
+        let derived = config.derived()?;
+        store::ensure_database(&config.database_url).await?;
+        let pool = store::connect(&config.database_url, config.database_max_connections).await?;
+        store::migrate(&pool).await?;
+        let state = State::connect(&config.redis_url, &config.redis_prefix).await?;
+        let amqp = queue::connect(&config.amqp_url, &format!("pregon-{process}")).await?;
+        let names = Names {
+            ns: config.amqp_namespace.clone(),
+        };
+        let setup = amqp.create_channel().await.map_err(QueueError::from)?;
+        queue::declare_base(&setup, &names, &derived.delay_steps).await?;
+        let _ = setup.close(200, "done".into()).await;
+        let publisher = Publisher::new(&amqp, 4, config.publish_timeout.0).await?;
+        let (writer, writer_handle) = MessageWriter::spawn(
+            pool.clone(),
+            WriterConfig {
+                batch_size: config.write_batch_size,
+                linger: config.write_linger.0,
+            },
+        );
+        let cloud = CloudApi::new(&ClientConfig {
+            base_url: config.whatsapp_base_url.clone(),
+            api_version: config.whatsapp_api_version.clone(),
+            timeout: config.http_timeout.0,
+            connect_timeout: config.http_connect_timeout.0,
+            max_idle_per_host: config.http_max_idle_per_host,
+        })?;
+        let catalog = Catalog::new(pool.clone(), config.sender_refresh.0);
+        catalog.refresh().await?;
+        Ok((
+            Services {
+                config: Arc::new(config),
+                derived: Arc::new(derived),
+                pool,
+                state,
+                amqp: Arc::new(amqp),
+                publisher,
+                writer,
+                names,
+                catalog,
+                cloud,
+                metrics: Metrics::new(),
+            },
+            Background {
+                writer: writer_handle,
+            },
+        ))
+    }
+
+    /// Registers or updates a sender: PostgreSQL, the Redis mirror the worker decides on, and
+    /// its lanes in RabbitMQ, before answering.
+    pub async fn register_sender(&self, sender: Sender) -> Result<Sender, AppError> {
+        if !(1..=1000).contains(&sender.mps) {
+            return Err(AppError::Invalid("mps must be 1 to 1000".into()));
+        }
+        let saved = store::upsert_sender(&self.pool, &sender).await?;
+        self.mirror_sender(&saved).await?;
+        let channel = self.amqp.create_channel().await.map_err(QueueError::from)?;
+        queue::declare_sender(&channel, &self.names, &saved.phone_number_id).await?;
+        let _ = channel.close(200, "done".into()).await;
+        self.catalog.put_sender(saved.clone());
+        Ok(saved)
+    }
+
+    pub async fn mirror_sender(&self, sender: &Sender) -> Result<(), StateError> {
+        self.state
+            .mirror_sender(
+                &sender.phone_number_id,
+                &SenderMirror {
+                    status: sender.status.clone(),
+                    quality: sender.quality.clone(),
+                    paused: sender.paused,
+                },
+            )
+            .await
+    }
+
+    /// Pauses or resumes a sender in PostgreSQL and Redis; its messages stay queued.
+    pub async fn set_sender_paused(
+        &self,
+        phone_number_id: &str,
+        paused: bool,
+        reason: Option<&str>,
+    ) -> Result<(), AppError> {
+        store::set_sender_paused(&self.pool, phone_number_id, paused, reason).await?;
+        self.catalog.refresh().await?;
+        if let Some(sender) = self.catalog.sender(phone_number_id).await? {
+            self.mirror_sender(&sender).await?;
+        }
+        self.metrics
+            .sender_paused
+            .with_label_values(&[phone_number_id])
+            .set(i64::from(paused));
+        Ok(())
+    }
+
+    pub async fn register_template(&self, template: Template) -> Result<(), AppError> {
+        store::upsert_template(&self.pool, &template).await?;
+        self.state
+            .mirror_template(&template.name, &template.language, &template.status)
+            .await?;
+        self.catalog.put_template(template);
+        Ok(())
+    }
+
+    /// Appends consent events to the log, then mirrors them to Redis, before returning: a
+    /// change is visible to the worker before the caller hears back.
+    pub async fn record_consent(&self, events: &[ConsentEvent]) -> Result<Vec<i64>, AppError> {
+        let mut mirror = Vec::with_capacity(events.len());
+        for e in events {
+            let action = ConsentAction::parse(&e.action)
+                .ok_or_else(|| AppError::Invalid(format!("unknown consent action {}", e.action)))?;
+            mirror.push((e.recipient.clone(), e.purpose.clone(), action));
+        }
+        let ids = store::append_consent(&self.pool, events).await?;
+        self.state.mirror_consent(&mirror).await?;
+        Ok(ids)
+    }
+
+    /// The tier counter and limit of a sender under the configured scope.
+    pub fn tier_counter(&self, sender: &Sender) -> (String, Tier) {
+        (
+            self.config
+                .tier_scope
+                .counter_id(&sender.phone_number_id, &sender.business_portfolio_id),
+            Tier::from_limit(sender.tier),
+        )
+    }
+
+    /// Readiness: all three services answer.
+    pub async fn ready(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| format!("postgresql: {e}"))?;
+        self.state.ping().await.map_err(|e| format!("redis: {e}"))?;
+        if !self.amqp.status().connected() {
+            return Err("rabbitmq: not connected".into());
+        }
+        Ok(())
+    }
+}
+
+/// A shutdown signal every long-running task watches.
+#[derive(Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+pub struct ShutdownTrigger {
+    tx: watch::Sender<bool>,
+}
+
+pub fn shutdown_channel() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger { tx }, Shutdown { rx })
+}
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+}
+
+impl Shutdown {
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    pub async fn wait(&mut self) {
+        while !*self.rx.borrow_and_update() {
+            if self.rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,533 @@
+//! Configuration: `PREGON_*` environment variables over an optional TOML file over defaults that
+//! point at services on localhost.
+//!
+//! The struct is flat on purpose: every setting has exactly one name, `foo_bar` in the file and
+//! `PREGON_FOO_BAR` in the environment, and [`SETTINGS`] documents each one for `--help`.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::domain::retry::{BackoffPolicy, parse_steps};
+use crate::domain::tier::{Tier, TierScope, parse_ladder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// A duration written the way people write them: `500ms`, `2s`, `10m`, `24h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("\"{raw}\" needs a unit (ms, s, m, h, d)"))?;
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("\"{raw}\" is not a duration"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
+        _ => {
+            return Err(format!(
+                "\"{raw}\" has an unknown unit (use ms, s, m, h, d)"
+            ));
+        }
+    })
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 3_600_000 == 0 && ms > 0 {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 && ms > 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        parse_duration(&raw)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn secs(n: u64) -> HumanDuration {
+    HumanDuration(Duration::from_secs(n))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub amqp_url: String,
+    pub amqp_namespace: String,
+    pub listen: String,
+    pub whatsapp_base_url: String,
+    pub whatsapp_api_version: String,
+    pub http_timeout: HumanDuration,
+    pub http_connect_timeout: HumanDuration,
+    pub http_max_idle_per_host: usize,
+    pub tier_scope: TierScope,
+    pub tier_ladder: String,
+    pub default_mps: u32,
+    pub pair_rate_interval: HumanDuration,
+    pub pair_rate_burst: u32,
+    pub max_attempts: u32,
+    pub max_throttles: u32,
+    pub retry_base: HumanDuration,
+    pub retry_cap: HumanDuration,
+    pub delay_steps: String,
+    pub throttle_cooldown: HumanDuration,
+    pub marketing_pause_on_spam: HumanDuration,
+    pub prefetch: u16,
+    pub sender_concurrency: usize,
+    pub hold_recheck: HumanDuration,
+    pub lease_ttl: HumanDuration,
+    pub sender_refresh: HumanDuration,
+    pub idempotency_ttl: HumanDuration,
+    pub write_batch_size: usize,
+    pub write_linger: HumanDuration,
+    pub publish_timeout: HumanDuration,
+    pub shutdown_grace: HumanDuration,
+    pub batch_max_items: usize,
+    pub max_body_bytes: usize,
+    pub suppress_unreachable: bool,
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: "postgres://postgres@127.0.0.1:5432/pregon".into(),
+            database_max_connections: 16,
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            redis_prefix: "pregon".into(),
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            amqp_namespace: "pregon".into(),
+            listen: "127.0.0.1:8080".into(),
+            whatsapp_base_url: "http://127.0.0.1:8090".into(),
+            whatsapp_api_version: "v26.0".into(),
+            http_timeout: secs(10),
+            http_connect_timeout: secs(2),
+            http_max_idle_per_host: 256,
+            tier_scope: TierScope::PhoneNumber,
+            tier_ladder: "250,1K,10K,100K,unlimited".into(),
+            default_mps: 80,
+            pair_rate_interval: secs(6),
+            pair_rate_burst: 10,
+            max_attempts: 8,
+            max_throttles: 50,
+            retry_base: secs(1),
+            retry_cap: secs(600),
+            delay_steps: "1s,5s,30s,2m,10m,1h".into(),
+            throttle_cooldown: secs(30),
+            marketing_pause_on_spam: secs(600),
+            prefetch: 256,
+            sender_concurrency: 64,
+            hold_recheck: secs(2),
+            lease_ttl: secs(15),
+            sender_refresh: secs(2),
+            idempotency_ttl: secs(86_400),
+            write_batch_size: 1000,
+            write_linger: HumanDuration(Duration::from_millis(2)),
+            publish_timeout: secs(10),
+            shutdown_grace: secs(30),
+            batch_max_items: 1000,
+            max_body_bytes: 4 * 1024 * 1024,
+            suppress_unreachable: true,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// Every setting with what it does; `pregon --help` prints this list with the defaults.
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("database_url", "PostgreSQL connection URL"),
+    (
+        "database_max_connections",
+        "PostgreSQL pool size per process",
+    ),
+    ("redis_url", "Redis connection URL"),
+    (
+        "redis_prefix",
+        "prefix of every Redis key (isolates installations and tests)",
+    ),
+    ("amqp_url", "RabbitMQ connection URL"),
+    (
+        "amqp_namespace",
+        "prefix of every RabbitMQ exchange and queue name",
+    ),
+    ("listen", "address of the HTTP API (serve, api)"),
+    (
+        "whatsapp_base_url",
+        "Cloud API base URL: https://graph.facebook.com in production, the simulator by default",
+    ),
+    ("whatsapp_api_version", "Graph API version in the send URL"),
+    ("http_timeout", "timeout of one Cloud API request"),
+    (
+        "http_connect_timeout",
+        "connect timeout of the Cloud API client",
+    ),
+    (
+        "http_max_idle_per_host",
+        "idle keep-alive connections kept to the Cloud API",
+    ),
+    (
+        "tier_scope",
+        "whose recipients share a messaging limit: phone_number or business_portfolio",
+    ),
+    (
+        "tier_ladder",
+        "messaging-limit ladder, e.g. 250,1K,10K,100K,unlimited or 250,2K,10K,100K,unlimited",
+    ),
+    (
+        "default_mps",
+        "messages-per-second cap of a sender registered without one",
+    ),
+    (
+        "pair_rate_interval",
+        "minimum spacing of messages to one recipient from one number",
+    ),
+    (
+        "pair_rate_burst",
+        "messages to one recipient allowed back to back before spacing applies",
+    ),
+    (
+        "max_attempts",
+        "send attempts before a transiently failing message is dead-lettered",
+    ),
+    (
+        "max_throttles",
+        "throttle answers (130429/131056) tolerated per message before it is dead-lettered",
+    ),
+    (
+        "retry_base",
+        "first retry delay; doubles per attempt, with jitter",
+    ),
+    ("retry_cap", "longest retry delay"),
+    (
+        "delay_steps",
+        "TTL delay queues used for retries and deferrals",
+    ),
+    (
+        "throttle_cooldown",
+        "how long a sender stays slowed down after 130429",
+    ),
+    (
+        "marketing_pause_on_spam",
+        "how long marketing on a sender holds after 131048",
+    ),
+    ("prefetch", "unacknowledged deliveries per lane consumer"),
+    (
+        "sender_concurrency",
+        "Cloud API requests in flight per sender",
+    ),
+    (
+        "hold_recheck",
+        "how often a held lane (sender paused, quality RED) is looked at again",
+    ),
+    (
+        "lease_ttl",
+        "how long a worker owns a sender without renewing; a dead worker's senders move after this",
+    ),
+    (
+        "sender_refresh",
+        "how often a worker looks for new or changed senders",
+    ),
+    (
+        "idempotency_ttl",
+        "how long an Idempotency-Key is remembered",
+    ),
+    (
+        "write_batch_size",
+        "most rows in one batched PostgreSQL write",
+    ),
+    (
+        "write_linger",
+        "how long a PostgreSQL batch waits for company",
+    ),
+    (
+        "publish_timeout",
+        "longest wait for a RabbitMQ publisher confirm",
+    ),
+    (
+        "shutdown_grace",
+        "longest drain on SIGTERM before in-flight work is left to redelivery",
+    ),
+    (
+        "batch_max_items",
+        "most messages in one /messages/batch request",
+    ),
+    ("max_body_bytes", "largest accepted HTTP request body"),
+    (
+        "suppress_unreachable",
+        "suppress recipients Meta reports as not on WhatsApp (131026)",
+    ),
+    ("log_format", "text or json"),
+];
+
+/// The settings derived from the raw ones, validated once at start-up.
+#[derive(Debug, Clone)]
+pub struct Derived {
+    pub ladder: Vec<Tier>,
+    pub delay_steps: Vec<Duration>,
+    pub backoff: BackoffPolicy,
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then `PREGON_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let display = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: display.clone(),
+                source,
+            })?;
+            let overrides: toml::Table = text.parse().map_err(|source| ConfigError::Parse {
+                path: display.clone(),
+                source: Box::new(source),
+            })?;
+            for (key, value) in overrides {
+                if !table.contains_key(&key) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{display}: unknown setting \"{key}\""
+                    )));
+                }
+                table.insert(key, value);
+            }
+        }
+        for (name, raw) in env {
+            let Some(key) = name.strip_prefix("PREGON_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            if key == "config" {
+                continue;
+            }
+            let Some(current) = table.get(&key) else {
+                return Err(ConfigError::Env {
+                    name,
+                    message: "unknown setting (see pregon --help)".into(),
+                });
+            };
+            let value =
+                match current {
+                    toml::Value::Integer(_) => {
+                        raw.trim().parse().map(toml::Value::Integer).map_err(|_| {
+                            ConfigError::Env {
+                                name: name.clone(),
+                                message: format!("\"{raw}\" is not a whole number"),
+                            }
+                        })?
+                    }
+                    toml::Value::Boolean(_) => {
+                        raw.trim().parse().map(toml::Value::Boolean).map_err(|_| {
+                            ConfigError::Env {
+                                name: name.clone(),
+                                message: format!("\"{raw}\" is not true or false"),
+                            }
+                        })?
+                    }
+                    _ => toml::Value::String(raw),
+                };
+            table.insert(key, value);
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
+        config.derived()?;
+        Ok(config)
+    }
+
+    pub fn derived(&self) -> Result<Derived, ConfigError> {
+        let ladder = parse_ladder(&self.tier_ladder)
+            .map_err(|e| ConfigError::Invalid(format!("tier_ladder: {e}")))?;
+        let delay_steps = parse_steps(&self.delay_steps)
+            .map_err(|e| ConfigError::Invalid(format!("delay_steps: {e}")))?;
+        if self.default_mps == 0 || self.default_mps > 1000 {
+            return Err(ConfigError::Invalid("default_mps must be 1 to 1000".into()));
+        }
+        if self.prefetch == 0 || self.sender_concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "prefetch and sender_concurrency must be positive".into(),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(
+                "log_format must be text or json".into(),
+            ));
+        }
+        Ok(Derived {
+            ladder,
+            delay_steps,
+            backoff: BackoffPolicy {
+                base: self.retry_base.0,
+                cap: self.retry_cap.0,
+            },
+        })
+    }
+
+    /// The settings, their defaults and meanings, for `--help`.
+    pub fn settings_help() -> String {
+        let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+        let mut out = String::from(
+            "Settings (PREGON_<NAME> in the environment, <name> in the TOML file given by --config or PREGON_CONFIG):\n",
+        );
+        for (name, meaning) in SETTINGS {
+            let default = defaults
+                .get(*name)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  PREGON_{:<26} {meaning} [default: {default}]\n",
+                name.to_ascii_uppercase()
+            ));
+        }
+        out
+    }
+
+    /// The effective configuration with secrets blanked, for `pregon config`.
+    pub fn redacted(&self) -> String {
+        let mut c = self.clone();
+        c.database_url = redact_url(&c.database_url);
+        c.redis_url = redact_url(&c.redis_url);
+        c.amqp_url = redact_url(&c.amqp_url);
+        toml::to_string(&c).unwrap_or_default()
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => {
+                    format!("{}://{}:***{}", &url[..scheme], &creds[..colon], &url[at..])
+                }
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_setting_is_documented_and_every_doc_is_a_setting() {
+        let table = toml::Table::try_from(Config::default()).unwrap();
+        for key in table.keys() {
+            assert!(
+                SETTINGS.iter().any(|(k, _)| k == key),
+                "{key} is not documented"
+            );
+        }
+        for (key, _) in SETTINGS {
+            assert!(
+                table.contains_key(*key),
+                "{key} is documented but not a setting"
+            );
+        }
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("pregon-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pregon.toml");
+        std::fs::write(
+            &file,
+            "default_mps = 20\nlisten = \"0.0.0.0:9000\"\nretry_base = \"250ms\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[("PREGON_DEFAULT_MPS", "40"), ("HOME", "/root")]),
+        )
+        .unwrap();
+        assert_eq!(c.default_mps, 40);
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.retry_base.0, Duration::from_millis(250));
+        assert_eq!(c.redis_prefix, "pregon");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err = Config::load(None, env(&[("PREGON_DEFAULT_MPS", "fast")])).unwrap_err();
+        assert!(err.to_string().contains("PREGON_DEFAULT_MPS"), "{err}");
+        let err = Config::load(None, env(&[("PREGON_NO_SUCH", "1")])).unwrap_err();
+        assert!(err.to_string().contains("PREGON_NO_SUCH"), "{err}");
+        let err = Config::load(None, env(&[("PREGON_TIER_SCOPE", "galaxy")])).unwrap_err();
+        assert!(err.to_string().contains("galaxy"), "{err}");
+        let err = Config::load(None, env(&[("PREGON_DEFAULT_MPS", "5000")])).unwrap_err();
+        assert!(err.to_string().contains("default_mps"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_redaction() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("2ms"), Ok(Duration::from_millis(2)));
+        assert!(parse_duration("2").is_err());
+        assert_eq!(HumanDuration(Duration::from_secs(600)).to_string(), "10m");
+        assert_eq!(
+            redact_url("amqp://guest:guest@h:5672/%2f"),
+            "amqp://guest:***@h:5672/%2f"
+        );
+        assert!(Config::settings_help().contains("PREGON_DEFAULT_MPS"));
+    }
+}

@@ -1,0 +1,193 @@
+//! Classification of every send outcome by Meta's error code, in one place.
+//!
+//! The worker never inspects error text: it asks [`classify`] what a failure means and acts on the
+//! answer. Codes come from Meta's error-code reference.
+
+use std::time::Duration;
+
+/// Why a send did not return a message id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendFailure {
+    #[error("Cloud API error {code} (HTTP {http_status}): {message}")]
+    Api {
+        http_status: u16,
+        code: i64,
+        message: String,
+    },
+    #[error("HTTP {0} without a Cloud API error body")]
+    Http(u16),
+    #[error("request timed out")]
+    Timeout,
+    #[error("connection failed: {0}")]
+    Connect(String),
+}
+
+impl SendFailure {
+    /// The code recorded in PostgreSQL and metrics: Meta's code, or the HTTP status, or 0.
+    pub fn code(&self) -> i64 {
+        match self {
+            SendFailure::Api { code, .. } => *code,
+            SendFailure::Http(status) => i64::from(*status),
+            SendFailure::Timeout | SendFailure::Connect(_) => 0,
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            SendFailure::Api { code, .. } => code.to_string(),
+            SendFailure::Http(status) => format!("http_{status}"),
+            SendFailure::Timeout => "timeout".into(),
+            SendFailure::Connect(_) => "connect".into(),
+        }
+    }
+}
+
+/// What the dispatcher does about a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Try again later with exponential backoff and jitter; counts against the attempt budget.
+    Retry,
+    /// The number's throughput cap was hit: slow the sender down and retry.
+    ThrottleSender,
+    /// Too many messages to this recipient: retry this recipient only, after 4^n seconds.
+    ThrottleRecipient,
+    /// Graph API rate limit on the app: retry after a pause.
+    ThrottleApp,
+    /// Meta is under maintenance: retry after the given pause.
+    RetryAfter(Duration),
+    /// The message can never succeed as it is.
+    Fail,
+    /// The recipient cannot receive WhatsApp messages (131026): fail and suppress if configured.
+    FailUnreachable,
+    /// The recipient stopped marketing (131050): fail and record a marketing opt-out.
+    FailMarketingOptOut,
+    /// A free-form message outside the service window (131047).
+    FailOutsideWindow,
+    /// Per-user marketing cap (131049): try this recipient again no earlier than the pause.
+    DeferRecipient(Duration),
+    /// The template is paused (132015): hold its sends.
+    HoldTemplate,
+    /// The template is disabled (132016): fail its sends.
+    FailTemplateDisabled,
+    /// Account-level problem: pause the sender, keep its messages, alert.
+    StopSender,
+    /// Spam rate limit (131048): pause marketing on this sender and keep the messages.
+    PauseMarketing,
+}
+
+pub fn classify(failure: &SendFailure) -> Disposition {
+    match failure {
+        SendFailure::Timeout | SendFailure::Connect(_) => Disposition::Retry,
+        SendFailure::Http(status) => classify_http(*status),
+        SendFailure::Api {
+            code, http_status, ..
+        } => match *code {
+            130429 => Disposition::ThrottleSender,
+            131056 => Disposition::ThrottleRecipient,
+            4 | 80007 => Disposition::ThrottleApp,
+            1 | 2 | 131000 | 131016 | 133004 => Disposition::Retry,
+            131057 => Disposition::RetryAfter(Duration::from_secs(60)),
+            100 | 131008 | 131009 | 135000 | 131021 | 131051 | 132000 | 132001 | 132005
+            | 132007 | 132012 | 131052 | 131053 | 130472 => Disposition::Fail,
+            131026 => Disposition::FailUnreachable,
+            131050 => Disposition::FailMarketingOptOut,
+            131047 => Disposition::FailOutsideWindow,
+            131049 => Disposition::DeferRecipient(Duration::from_secs(24 * 3600)),
+            132015 => Disposition::HoldTemplate,
+            132016 => Disposition::FailTemplateDisabled,
+            0 | 3 | 10 | 190 | 368 | 131005 | 131031 | 131042 | 131045 | 133010 | 130497 => {
+                Disposition::StopSender
+            }
+            131048 => Disposition::PauseMarketing,
+            _ => classify_http(*http_status),
+        },
+    }
+}
+
+/// Unknown codes fall back to the HTTP status: a server error is worth another try, a client
+/// error is not.
+fn classify_http(status: u16) -> Disposition {
+    match status {
+        429 => Disposition::ThrottleSender,
+        408 | 500..=599 => Disposition::Retry,
+        401 | 403 => Disposition::StopSender,
+        _ => Disposition::Fail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: i64) -> SendFailure {
+        SendFailure::Api {
+            http_status: 400,
+            code,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn throttles_slow_down_the_right_thing() {
+        assert_eq!(classify(&api(130429)), Disposition::ThrottleSender);
+        assert_eq!(classify(&api(131056)), Disposition::ThrottleRecipient);
+        assert_eq!(classify(&api(80007)), Disposition::ThrottleApp);
+    }
+
+    #[test]
+    fn transient_errors_retry() {
+        for code in [1, 2, 131000, 131016, 133004] {
+            assert_eq!(classify(&api(code)), Disposition::Retry, "{code}");
+        }
+        assert_eq!(classify(&SendFailure::Http(503)), Disposition::Retry);
+        assert_eq!(classify(&SendFailure::Timeout), Disposition::Retry);
+        assert_eq!(
+            classify(&SendFailure::Connect("refused".into())),
+            Disposition::Retry
+        );
+        assert_eq!(
+            classify(&api(131057)),
+            Disposition::RetryAfter(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn permanent_errors_never_retry() {
+        for code in [
+            100, 131008, 131009, 135000, 131021, 131051, 132000, 132001, 132005, 132007, 132012,
+            131052, 131053,
+        ] {
+            assert_eq!(classify(&api(code)), Disposition::Fail, "{code}");
+        }
+        assert_eq!(classify(&api(131026)), Disposition::FailUnreachable);
+        assert_eq!(classify(&api(131050)), Disposition::FailMarketingOptOut);
+        assert_eq!(classify(&api(131047)), Disposition::FailOutsideWindow);
+        assert_eq!(classify(&api(132016)), Disposition::FailTemplateDisabled);
+        assert_eq!(classify(&SendFailure::Http(400)), Disposition::Fail);
+    }
+
+    #[test]
+    fn account_problems_stop_the_sender() {
+        for code in [
+            0, 3, 10, 190, 368, 131005, 131031, 131042, 131045, 133010, 130497,
+        ] {
+            assert_eq!(classify(&api(code)), Disposition::StopSender, "{code}");
+        }
+        assert_eq!(classify(&api(131048)), Disposition::PauseMarketing);
+        assert_eq!(classify(&api(132015)), Disposition::HoldTemplate);
+        assert!(
+            matches!(classify(&api(131049)), Disposition::DeferRecipient(d) if d >= Duration::from_secs(86_400))
+        );
+    }
+
+    #[test]
+    fn unknown_codes_fall_back_to_http_status() {
+        let server = SendFailure::Api {
+            http_status: 502,
+            code: 999_999,
+            message: String::new(),
+        };
+        assert_eq!(classify(&server), Disposition::Retry);
+        assert_eq!(classify(&api(999_999)), Disposition::Fail);
+    }
+}

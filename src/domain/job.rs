@@ -1,0 +1,121 @@
+//! The job that travels through RabbitMQ from enqueue to send: versioned JSON.
+//!
+//! The Cloud API body is carried as raw JSON so that neither the publisher nor the worker pays to
+//! re-parse it; only the fields the worker reasons about are typed.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::{Category, DeliveryMode, Lane};
+
+pub const JOB_VERSION: u16 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateRef {
+    pub name: String,
+    pub language: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendJob {
+    /// Schema version; a worker refuses versions it does not know instead of guessing.
+    pub v: u16,
+    pub id: Uuid,
+    pub sender: String,
+    pub recipient: String,
+    pub category: Category,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
+    pub free_form: bool,
+    #[serde(default)]
+    pub delivery: DeliveryMode,
+    /// Send attempts already made (0 for a fresh job).
+    #[serde(default)]
+    pub attempt: u32,
+    /// Throttle answers (130429, 131056) already received; bounded separately from attempts.
+    #[serde(default)]
+    pub throttles: u32,
+    /// Deferrals so far (tier, paused template, per-user cap); informative only.
+    #[serde(default)]
+    pub deferrals: u32,
+    pub enqueued_at_ms: i64,
+    /// Not to be sent before this instant (ms since the epoch); 0 when free to go.
+    #[serde(default)]
+    pub not_before_ms: i64,
+    pub body: Box<RawValue>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("job is not valid JSON for schema v{JOB_VERSION}: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("job schema version {0} is not supported by this worker")]
+    UnsupportedVersion(u16),
+}
+
+impl SendJob {
+    pub fn lane(&self) -> Lane {
+        self.category.lane()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain structs and a RawValue cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SendJob, JobError> {
+        let job: SendJob = serde_json::from_slice(bytes)?;
+        if job.v != JOB_VERSION {
+            return Err(JobError::UnsupportedVersion(job.v));
+        }
+        Ok(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> SendJob {
+        SendJob {
+            v: JOB_VERSION,
+            id: Uuid::now_v7(),
+            sender: "1065550001".into(),
+            recipient: "5215512345678".into(),
+            category: Category::Marketing,
+            template: Some(TemplateRef { name: "promo".into(), language: "es_MX".into() }),
+            free_form: false,
+            delivery: DeliveryMode::AtMostOnce,
+            attempt: 0,
+            throttles: 0,
+            deferrals: 0,
+            enqueued_at_ms: 1_700_000_000_000,
+            not_before_ms: 0,
+            body: RawValue::from_string(r#"{"messaging_product":"whatsapp","to":"5215512345678","type":"template","template":{"name":"promo","language":{"code":"es_MX"}}}"#.into()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_keeps_the_body_verbatim() {
+        let job = sample();
+        let back = SendJob::decode(&job.encode()).unwrap();
+        assert_eq!(back.id, job.id);
+        assert_eq!(back.body.get(), job.body.get());
+        assert_eq!(back.lane(), Lane::Marketing);
+    }
+
+    #[test]
+    fn refuses_unknown_versions_and_garbage() {
+        let mut job = sample();
+        job.v = 2;
+        assert!(matches!(
+            SendJob::decode(&job.encode()),
+            Err(JobError::UnsupportedVersion(2))
+        ));
+        assert!(matches!(
+            SendJob::decode(b"{nope"),
+            Err(JobError::Malformed(_))
+        ));
+    }
+}

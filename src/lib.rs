@@ -1,0 +1,23 @@
+//! pregon: a self-hosted, high-throughput WhatsApp Business (Cloud API) broadcast and
+//! notification dispatcher.
+//!
+//! Layers (see ARCHITECTURE.md): [`domain`] holds the pure rules; [`queue`], [`state`],
+//! [`store`], [`whatsapp`] and [`metrics`] are thin adapters; [`api`], [`worker`] and
+//! [`simulator`] are the processes, wired by [`app`] and started from `main.rs`.
+
+pub mod api;
+pub mod app;
+pub mod bench;
+pub mod catalog;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod enqueue;
+pub mod metrics;
+pub mod process;
+pub mod queue;
+pub mod simulator;
+pub mod state;
+pub mod store;
+pub mod whatsapp;
+pub mod worker;

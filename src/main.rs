@@ -1,0 +1,215 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use pregon::api::auth::{self, Role};
+use pregon::app::AppError;
+use pregon::config::Config;
+use pregon::process::{self, Roles};
+use pregon::simulator::SimConfig;
+use pregon::store;
+
+#[derive(Parser)]
+#[command(
+    name = "pregon",
+    version,
+    about = "WhatsApp Business (Cloud API) broadcast and notification dispatcher"
+)]
+struct Cli {
+    /// TOML configuration file (settings below); environment variables override it.
+    #[arg(long, global = true, env = "PREGON_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// API and workers in one process (the default).
+    Serve,
+    /// Only the HTTP API.
+    Api,
+    /// Only the dispatch workers.
+    Worker,
+    /// Create the database if needed and apply migrations.
+    Migrate,
+    /// Run the fake Cloud API used by the demo, the tests and the benchmark.
+    Simulator(SimArgs),
+    /// Start everything locally and send a campaign-sized burst of notifications.
+    Demo(pregon::demo::DemoArgs),
+    /// End-to-end load run: enqueue → RabbitMQ → worker → simulator → PostgreSQL.
+    Bench(pregon::bench::BenchArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Apikey(ApikeyCommand),
+    /// Print the effective configuration (secrets redacted).
+    Config,
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Create a key and print its secret once.
+    Create {
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// admin, service or viewer
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// Limit the key to these sender phone_number_ids (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        senders: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: String,
+    /// Messages per second allowed per number unless configured otherwise.
+    #[arg(long, default_value_t = 80)]
+    mps: u32,
+    /// Unique recipients per 24 h per number (unlimited when absent).
+    #[arg(long)]
+    tier: Option<u32>,
+    /// Added latency per request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Share of requests answered with HTTP 500 (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Refuse templates the simulator was not told about (132001).
+    #[arg(long)]
+    strict_templates: bool,
+    /// Where to POST signed status webhooks.
+    #[arg(long)]
+    webhook_url: Option<String>,
+    #[arg(long, default_value = "pregon-simulator-secret")]
+    app_secret: String,
+}
+
+fn main() -> ExitCode {
+    let command = Cli::command().after_long_help(Config::settings_help());
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pregon: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pregon: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command.unwrap_or(Command::Serve), config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pregon: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(command: Command, config: Config) -> Result<(), AppError> {
+    match command {
+        Command::Serve => {
+            process::run(
+                config,
+                Roles {
+                    api: true,
+                    worker: true,
+                },
+            )
+            .await
+        }
+        Command::Api => {
+            process::run(
+                config,
+                Roles {
+                    api: true,
+                    worker: false,
+                },
+            )
+            .await
+        }
+        Command::Worker => {
+            process::run(
+                config,
+                Roles {
+                    api: false,
+                    worker: true,
+                },
+            )
+            .await
+        }
+        Command::Migrate => {
+            store::ensure_database(&config.database_url).await?;
+            let pool = store::connect(&config.database_url, 2).await?;
+            store::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Simulator(args) => {
+            let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+            tracing::info!(address = %args.listen, "simulator listening");
+            let sim = SimConfig {
+                default_mps: args.mps,
+                default_tier: args.tier,
+                latency: std::time::Duration::from_millis(args.latency_ms),
+                error_rate: args.error_rate,
+                strict_templates: args.strict_templates,
+                webhook_url: args.webhook_url,
+                app_secret: args.app_secret,
+                ..SimConfig::default()
+            };
+            pregon::simulator::serve(listener, sim, pregon::app::termination_signal()).await?;
+            Ok(())
+        }
+        Command::Demo(args) => pregon::demo::run(config, args).await,
+        Command::Bench(args) => pregon::bench::run(config, args).await,
+        Command::Apikey(ApikeyCommand::Create {
+            name,
+            role,
+            senders,
+        }) => {
+            let role = Role::parse(&role)
+                .ok_or_else(|| AppError::Invalid("role is admin, service or viewer".into()))?;
+            store::ensure_database(&config.database_url).await?;
+            let pool = store::connect(&config.database_url, 2).await?;
+            store::migrate(&pool).await?;
+            let senders = (!senders.is_empty()).then_some(senders);
+            let (key, secret) = auth::create_key(&pool, &name, role, senders).await?;
+            println!("{secret}");
+            eprintln!(
+                "created {} key \"{}\" ({}); the secret above is shown only once",
+                key.role, key.name, key.id
+            );
+            Ok(())
+        }
+        Command::Config => {
+            print!("{}", config.redacted());
+            Ok(())
+        }
+    }
+}

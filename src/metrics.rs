@@ -1,0 +1,177 @@
+//! Prometheus metrics, one registry per process (tests build their own).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Message outcomes: enqueued, refused, sent, failed, skipped, deferred.
+    pub messages: IntCounterVec,
+    pub enqueue_to_accepted: Histogram,
+    pub cloud_api_duration: HistogramVec,
+    pub retries: IntCounterVec,
+    pub failures: IntCounterVec,
+    pub deferrals: IntCounterVec,
+    pub holds: IntCounterVec,
+    pub lane_depth: IntGaugeVec,
+    pub tier_usage: IntGaugeVec,
+    pub tier_limit: IntGaugeVec,
+    pub pacing_wait_seconds: prometheus::CounterVec,
+    pub sender_paused: IntGaugeVec,
+    pub ingest_refused: IntCounterVec,
+}
+
+fn buckets() -> Vec<f64> {
+    vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ]
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        let messages = counter(
+            "pregon_messages_total",
+            "Messages by outcome, sender and category",
+            &["outcome", "sender", "category"],
+        );
+        let retries = counter(
+            "pregon_retries_total",
+            "Send retries by error code",
+            &["code"],
+        );
+        let failures = counter(
+            "pregon_failures_total",
+            "Failed messages by error code",
+            &["code"],
+        );
+        let deferrals = counter(
+            "pregon_deferrals_total",
+            "Deferred messages by reason",
+            &["reason"],
+        );
+        let holds = counter(
+            "pregon_lane_holds_total",
+            "Lane holds by sender and reason",
+            &["sender", "reason"],
+        );
+        let ingest_refused = counter(
+            "pregon_ingest_refused_total",
+            "Refused direct-ingest requests by code",
+            &["code"],
+        );
+        let lane_depth = gauge(
+            "pregon_lane_depth",
+            "Messages ready in a sender's lane",
+            &["sender", "lane"],
+        );
+        let tier_usage = gauge(
+            "pregon_tier_usage",
+            "Unique recipients counted in the moving 24 h per tier counter",
+            &["counter"],
+        );
+        let tier_limit = gauge(
+            "pregon_tier_limit",
+            "Messaging limit per tier counter (-1 unlimited)",
+            &["counter"],
+        );
+        let sender_paused = gauge(
+            "pregon_sender_paused",
+            "1 while a sender is paused",
+            &["sender"],
+        );
+        let enqueue_to_accepted = Histogram::with_opts(
+            HistogramOpts::new(
+                "pregon_enqueue_to_accepted_seconds",
+                "From enqueue to the Cloud API accepting the message",
+            )
+            .buckets(buckets()),
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(enqueue_to_accepted.clone()))
+            .expect("metric registered once");
+        let cloud_api_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pregon_cloud_api_request_seconds",
+                "Cloud API send request duration",
+            )
+            .buckets(buckets()),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(cloud_api_duration.clone()))
+            .expect("metric registered once");
+        let pacing_wait_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "pregon_pacing_wait_seconds_total",
+                "Time spent waiting for rate limits",
+            ),
+            &["sender", "limit"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(pacing_wait_seconds.clone()))
+            .expect("metric registered once");
+        Metrics {
+            registry,
+            messages,
+            enqueue_to_accepted,
+            cloud_api_duration,
+            retries,
+            failures,
+            deferrals,
+            holds,
+            lane_depth,
+            tier_usage,
+            tier_limit,
+            pacing_wait_seconds,
+            sender_paused,
+            ingest_refused,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder
+            .encode(&self.registry.gather(), &mut buffer)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    pub fn outcome(&self, outcome: &str, sender: &str, category: &str) {
+        self.messages
+            .with_label_values(&[outcome, sender, category])
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,696 @@
+//! `pregon simulator`: a fake WhatsApp Cloud API with Meta's request and response shapes that
+//! enforces Meta's rules — per-number throughput (130429), pair rate (131056), messaging-limit
+//! tier, the service window (131047), template status (132001/132015/132016), unreachable
+//! recipients (131026 as a failed status) — and can inject latency, 5xx answers and timeouts.
+//!
+//! It records every accepted message with the instant it was accepted, so tests prove the
+//! dispatcher's invariants from the receiving side, and sends signed status webhooks.
+
+mod webhooks;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::domain::tier::TIER_WINDOW;
+
+pub use webhooks::StatusEvent;
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Throughput of a number the simulator has not been told about.
+    pub default_mps: u32,
+    /// Messaging limit of a number not configured otherwise (None: unlimited).
+    pub default_tier: Option<u32>,
+    pub latency: Duration,
+    /// Share of requests answered with a random 500, for chaos runs.
+    pub error_rate: f64,
+    pub pair_interval: Duration,
+    pub pair_burst: u32,
+    /// Unknown templates are refused with 132001 instead of accepted.
+    pub strict_templates: bool,
+    pub webhook_url: Option<String>,
+    pub app_secret: String,
+    pub delivered_after: Duration,
+    pub read_ratio: f64,
+    /// How long a "timeout" fault holds the request before dropping it.
+    pub timeout_fault: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            default_mps: 80,
+            default_tier: None,
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            pair_interval: Duration::from_secs(6),
+            pair_burst: 45,
+            strict_templates: false,
+            webhook_url: None,
+            app_secret: "pregon-simulator-secret".into(),
+            delivered_after: Duration::from_millis(200),
+            read_ratio: 0.5,
+            timeout_fault: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Received {
+    /// Order of acceptance across all numbers.
+    pub seq: u64,
+    /// Microseconds since the simulator started, taken when the message was accepted.
+    pub at_us: u64,
+    pub phone_number_id: String,
+    pub to: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub template: Option<String>,
+    pub wamid: String,
+    /// The pregon message id when the body carried one in `biz_opaque_callback_data`.
+    pub callback_data: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at_us: u64,
+    pub phone_number_id: String,
+    pub to: String,
+    /// 0 when accepted, else the error code answered (HTTP status for injected 5xx).
+    pub code: i64,
+}
+
+struct NumberState {
+    mps: u32,
+    tier: Option<u32>,
+    accepted_at: VecDeque<Instant>,
+    /// Recipients reached outside a window: last contact time.
+    unique: HashMap<String, Instant>,
+    /// Pair-rate GCRA: theoretical arrival time per recipient.
+    pair_tat: HashMap<String, Instant>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Fault {
+    #[serde(default)]
+    pub phone_number_id: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    /// `http_500`, `timeout` or `error` (a Cloud API error with `code`).
+    pub kind: String,
+    #[serde(default)]
+    pub code: Option<i64>,
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+struct Sim {
+    config: SimConfig,
+    started: Instant,
+    numbers: HashMap<String, NumberState>,
+    templates: HashMap<(String, String), String>,
+    windows: HashMap<(String, String), Instant>,
+    undeliverable: HashSet<String>,
+    faults: Vec<Fault>,
+    received: Vec<Received>,
+    attempts: Vec<Attempt>,
+    seq: u64,
+}
+
+#[derive(Clone)]
+pub struct SimState {
+    inner: Arc<Mutex<Sim>>,
+    webhooks: Option<mpsc::UnboundedSender<StatusEvent>>,
+    config: SimConfig,
+}
+
+impl SimState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sim> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub fn router(config: SimConfig) -> Router {
+    let webhooks = config
+        .webhook_url
+        .clone()
+        .map(|url| webhooks::spawn(url, config.app_secret.clone()));
+    let state = SimState {
+        inner: Arc::new(Mutex::new(Sim {
+            config: config.clone(),
+            started: Instant::now(),
+            numbers: HashMap::new(),
+            templates: HashMap::new(),
+            windows: HashMap::new(),
+            undeliverable: HashSet::new(),
+            faults: Vec::new(),
+            received: Vec::new(),
+            attempts: Vec::new(),
+            seq: 0,
+        })),
+        webhooks,
+        config,
+    };
+    Router::new()
+        .route("/{version}/{phone_number_id}/messages", post(send))
+        .route("/_sim/received", get(received))
+        .route("/_sim/attempts", get(attempts))
+        .route("/_sim/numbers", post(configure_number))
+        .route("/_sim/templates", post(configure_template))
+        .route("/_sim/undeliverable", post(configure_undeliverable))
+        .route("/_sim/windows", post(open_window))
+        .route("/_sim/faults", post(add_fault))
+        .route("/_sim/reset", post(reset))
+        .with_state(state)
+}
+
+/// Serves the simulator on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: SimConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(config))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn graph_error(status: StatusCode, code: i64, message: &str) -> Response {
+    let kind = if code == 190 {
+        "OAuthException"
+    } else {
+        "GraphMethodException"
+    };
+    (
+        status,
+        Json(
+            json!({"error": {"message": message, "type": kind, "code": code,
+            "error_data": {"messaging_product": "whatsapp", "details": message},
+            "fbtrace_id": format!("sim{}", uuid::Uuid::new_v4().simple())}}),
+        ),
+    )
+        .into_response()
+}
+
+fn wamid() -> String {
+    format!(
+        "wamid.SIM{}",
+        uuid::Uuid::new_v4().simple().to_string().to_uppercase()
+    )
+}
+
+enum Verdict {
+    Accept {
+        wamid: String,
+        to: String,
+        undeliverable: bool,
+        category: &'static str,
+    },
+    Refuse(StatusCode, i64, &'static str),
+    Timeout,
+}
+
+async fn send(
+    State(state): State<SimState>,
+    Path((_version, phone_number_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorized = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| !t.trim().is_empty());
+    if !authorized {
+        return graph_error(StatusCode::UNAUTHORIZED, 190, "Invalid OAuth access token.");
+    }
+    let Ok(message) = serde_json::from_slice::<Value>(&body) else {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "Invalid parameter: body is not JSON",
+        );
+    };
+    if !state.config.latency.is_zero() {
+        tokio::time::sleep(state.config.latency).await;
+    }
+    let verdict = decide(&state, &phone_number_id, &message);
+    match verdict {
+        Verdict::Timeout => {
+            tokio::time::sleep(state.config.timeout_fault).await;
+            StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
+        Verdict::Refuse(status, code, text) => {
+            if status.is_server_error() && code == 0 {
+                return (status, "simulated server error").into_response();
+            }
+            graph_error(status, code, text)
+        }
+        Verdict::Accept {
+            wamid,
+            to,
+            undeliverable,
+            category,
+        } => {
+            if let Some(hooks) = &state.webhooks {
+                let event = StatusEvent {
+                    phone_number_id: phone_number_id.clone(),
+                    wamid: wamid.clone(),
+                    recipient: to.clone(),
+                    status: "sent",
+                    category,
+                    error_code: None,
+                };
+                let _ = hooks.send(event.clone());
+                let hooks = hooks.clone();
+                let after = state.config.delivered_after;
+                let read = fastrand::f64() < state.config.read_ratio;
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    if undeliverable {
+                        let _ = hooks.send(StatusEvent {
+                            status: "failed",
+                            error_code: Some(131026),
+                            ..event
+                        });
+                    } else {
+                        let _ = hooks.send(StatusEvent {
+                            status: "delivered",
+                            ..event.clone()
+                        });
+                        if read {
+                            tokio::time::sleep(after).await;
+                            let _ = hooks.send(StatusEvent {
+                                status: "read",
+                                ..event
+                            });
+                        }
+                    }
+                });
+            }
+            Json(json!({
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": to, "wa_id": to}],
+                "messages": [{"id": wamid, "message_status": "accepted"}]
+            }))
+            .into_response()
+        }
+    }
+}
+
+/// Applies Meta's rules in order, atomically per request, and records the outcome.
+fn decide(state: &SimState, phone_number_id: &str, message: &Value) -> Verdict {
+    let mut sim = state.lock();
+    let now = Instant::now();
+    let at_us = now.duration_since(sim.started).as_micros() as u64;
+    let to = message
+        .get("to")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let kind = message
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let verdict = evaluate(&mut sim, phone_number_id, &to, &kind, message, now);
+    let code = match &verdict {
+        Verdict::Accept { .. } => 0,
+        Verdict::Refuse(status, code, _) => {
+            if *code == 0 {
+                i64::from(status.as_u16())
+            } else {
+                *code
+            }
+        }
+        Verdict::Timeout => 504,
+    };
+    sim.attempts.push(Attempt {
+        at_us,
+        phone_number_id: phone_number_id.to_string(),
+        to: to.clone(),
+        code,
+    });
+    if let Verdict::Accept { wamid, .. } = &verdict {
+        sim.seq += 1;
+        let seq = sim.seq;
+        let template = message
+            .pointer("/template/name")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let callback_data = message
+            .get("biz_opaque_callback_data")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        sim.received.push(Received {
+            seq,
+            at_us,
+            phone_number_id: phone_number_id.to_string(),
+            to,
+            kind,
+            template,
+            wamid: wamid.clone(),
+            callback_data,
+        });
+    }
+    verdict
+}
+
+fn evaluate(
+    sim: &mut Sim,
+    phone_number_id: &str,
+    to: &str,
+    kind: &str,
+    message: &Value,
+    now: Instant,
+) -> Verdict {
+    if let Some(i) = sim.faults.iter().position(|f| {
+        f.phone_number_id
+            .as_deref()
+            .is_none_or(|p| p == phone_number_id)
+            && f.to.as_deref().is_none_or(|t| t == to)
+    }) {
+        let fault = sim.faults[i].clone();
+        if fault.count <= 1 {
+            sim.faults.remove(i);
+        } else {
+            sim.faults[i].count -= 1;
+        }
+        return match fault.kind.as_str() {
+            "timeout" => Verdict::Timeout,
+            "http_500" => Verdict::Refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                0,
+                "simulated server error",
+            ),
+            _ => {
+                let code = fault.code.unwrap_or(131000);
+                let status = if code == 190 {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                Verdict::Refuse(status, code, "Simulated error")
+            }
+        };
+    }
+    if sim.config.error_rate > 0.0 && fastrand::f64() < sim.config.error_rate {
+        return Verdict::Refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            0,
+            "simulated server error",
+        );
+    }
+    if message.get("messaging_product").and_then(Value::as_str) != Some("whatsapp") || to.is_empty()
+    {
+        return Verdict::Refuse(StatusCode::BAD_REQUEST, 100, "Invalid parameter");
+    }
+    let (default_mps, default_tier) = (sim.config.default_mps, sim.config.default_tier);
+    let window_open = sim
+        .windows
+        .get(&(phone_number_id.to_string(), to.to_string()))
+        .is_some_and(|until| *until > now);
+    let template = (kind == "template").then(|| {
+        (
+            message
+                .pointer("/template/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            message
+                .pointer("/template/language/code")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        )
+    });
+    let template_status = template.as_ref().map(|t| sim.templates.get(t).cloned());
+    let strict = sim.config.strict_templates;
+    let (pair_interval, pair_burst) = (sim.config.pair_interval, sim.config.pair_burst);
+    let number = sim
+        .numbers
+        .entry(phone_number_id.to_string())
+        .or_insert_with(|| NumberState {
+            mps: default_mps,
+            tier: default_tier,
+            accepted_at: VecDeque::new(),
+            unique: HashMap::new(),
+            pair_tat: HashMap::new(),
+        });
+    // Throughput: accepted messages in the last second, exactly.
+    while number
+        .accepted_at
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+    {
+        number.accepted_at.pop_front();
+    }
+    if number.accepted_at.len() >= number.mps as usize {
+        return Verdict::Refuse(StatusCode::BAD_REQUEST, 130429, "Rate limit hit");
+    }
+    if template.is_none() && !window_open {
+        return Verdict::Refuse(
+            StatusCode::BAD_REQUEST,
+            131047,
+            "Re-engagement message: more than 24 hours have passed since the recipient last replied",
+        );
+    }
+    match template_status {
+        Some(Some(status)) => match status.as_str() {
+            "PAUSED" => {
+                return Verdict::Refuse(StatusCode::BAD_REQUEST, 132015, "Template is paused");
+            }
+            "DISABLED" => {
+                return Verdict::Refuse(StatusCode::BAD_REQUEST, 132016, "Template is disabled");
+            }
+            "APPROVED" => {}
+            _ => {
+                return Verdict::Refuse(
+                    StatusCode::BAD_REQUEST,
+                    132001,
+                    "Template name does not exist in the translation",
+                );
+            }
+        },
+        Some(None) if strict => {
+            return Verdict::Refuse(
+                StatusCode::BAD_REQUEST,
+                132001,
+                "Template name does not exist in the translation",
+            );
+        }
+        _ => {}
+    }
+    // Pair rate: GCRA with Meta's spacing and burst.
+    let tat = number.pair_tat.get(to).copied().unwrap_or(now).max(now);
+    let burst_allowance = pair_interval * pair_burst.saturating_sub(1);
+    if tat.duration_since(now) > burst_allowance {
+        return Verdict::Refuse(
+            StatusCode::BAD_REQUEST,
+            131056,
+            "(Business Account, Consumer Account) pair rate limit hit",
+        );
+    }
+    // Messaging limit: unique recipients outside a window in the moving 24 h.
+    if template.is_some() && !window_open {
+        number
+            .unique
+            .retain(|_, last| now.duration_since(*last) < TIER_WINDOW);
+        if let Some(tier) = number.tier
+            && !number.unique.contains_key(to)
+            && number.unique.len() >= tier as usize
+        {
+            return Verdict::Refuse(
+                StatusCode::BAD_REQUEST,
+                131048,
+                "Spam rate limit hit: messaging limit reached",
+            );
+        }
+        number.unique.insert(to.to_string(), now);
+    }
+    number.pair_tat.insert(to.to_string(), tat + pair_interval);
+    number.accepted_at.push_back(now);
+    let undeliverable = sim.undeliverable.contains(to);
+    Verdict::Accept {
+        wamid: wamid(),
+        to: to.to_string(),
+        undeliverable,
+        category: if template.is_some() {
+            "marketing"
+        } else {
+            "service"
+        },
+    }
+}
+
+#[derive(Deserialize)]
+struct NumberFilter {
+    phone_number_id: Option<String>,
+}
+
+async fn received(
+    State(state): State<SimState>,
+    Query(filter): Query<NumberFilter>,
+) -> Json<Value> {
+    let sim = state.lock();
+    let list: Vec<&Received> = sim
+        .received
+        .iter()
+        .filter(|r| {
+            filter
+                .phone_number_id
+                .as_deref()
+                .is_none_or(|p| p == r.phone_number_id)
+        })
+        .collect();
+    Json(json!({"count": list.len(), "messages": list}))
+}
+
+async fn attempts(
+    State(state): State<SimState>,
+    Query(filter): Query<NumberFilter>,
+) -> Json<Value> {
+    let sim = state.lock();
+    let list: Vec<&Attempt> = sim
+        .attempts
+        .iter()
+        .filter(|a| {
+            filter
+                .phone_number_id
+                .as_deref()
+                .is_none_or(|p| p == a.phone_number_id)
+        })
+        .collect();
+    Json(json!({"count": list.len(), "attempts": list}))
+}
+
+#[derive(Deserialize)]
+struct NumberConfig {
+    phone_number_id: String,
+    #[serde(default)]
+    mps: Option<u32>,
+    /// A limit of unique recipients per 24 h; null or absent for unlimited.
+    #[serde(default)]
+    tier: Option<u32>,
+}
+
+async fn configure_number(State(state): State<SimState>, body: Bytes) -> Response {
+    let Ok(c) = serde_json::from_slice::<NumberConfig>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected {phone_number_id, mps?, tier?}",
+        )
+            .into_response();
+    };
+    let mut sim = state.lock();
+    let default_mps = sim.config.default_mps;
+    let number = sim
+        .numbers
+        .entry(c.phone_number_id)
+        .or_insert_with(|| NumberState {
+            mps: default_mps,
+            tier: None,
+            accepted_at: VecDeque::new(),
+            unique: HashMap::new(),
+            pair_tat: HashMap::new(),
+        });
+    if let Some(mps) = c.mps {
+        number.mps = mps.max(1);
+    }
+    number.tier = c.tier;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct TemplateConfig {
+    name: String,
+    language: String,
+    status: String,
+}
+
+async fn configure_template(State(state): State<SimState>, body: Bytes) -> Response {
+    let Ok(t) = serde_json::from_slice::<TemplateConfig>(&body) else {
+        return (StatusCode::BAD_REQUEST, "expected {name, language, status}").into_response();
+    };
+    state
+        .lock()
+        .templates
+        .insert((t.name, t.language), t.status.to_ascii_uppercase());
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct Undeliverable {
+    numbers: Vec<String>,
+}
+
+async fn configure_undeliverable(State(state): State<SimState>, body: Bytes) -> Response {
+    let Ok(u) = serde_json::from_slice::<Undeliverable>(&body) else {
+        return (StatusCode::BAD_REQUEST, "expected {numbers: [...]}").into_response();
+    };
+    state.lock().undeliverable.extend(u.numbers);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct Window {
+    phone_number_id: String,
+    recipient: String,
+}
+
+/// Simulates an inbound message from `recipient`, which opens a 24 h service window.
+async fn open_window(State(state): State<SimState>, body: Bytes) -> Response {
+    let Ok(w) = serde_json::from_slice::<Window>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected {phone_number_id, recipient}",
+        )
+            .into_response();
+    };
+    state.lock().windows.insert(
+        (w.phone_number_id, w.recipient),
+        Instant::now() + Duration::from_secs(24 * 3600),
+    );
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn add_fault(State(state): State<SimState>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Fault>(&body) {
+        Ok(f) if matches!(f.kind.as_str(), "timeout" | "http_500" | "error") => {
+            state.lock().faults.push(f);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "expected {kind: timeout|http_500|error, code?, count?, phone_number_id?, to?}",
+        )
+            .into_response(),
+    }
+}
+
+async fn reset(State(state): State<SimState>) -> Response {
+    let mut sim = state.lock();
+    sim.numbers.clear();
+    sim.templates.clear();
+    sim.windows.clear();
+    sim.undeliverable.clear();
+    sim.faults.clear();
+    sim.received.clear();
+    sim.attempts.clear();
+    StatusCode::NO_CONTENT.into_response()
+}

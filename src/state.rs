@@ -1,0 +1,504 @@
+//! Redis adapter: the hot state the worker decides on (sender health, template status, consent,
+//! service windows), the exact messaging-limit counters, send claims, idempotency keys and sender
+//! leases.
+//!
+//! Every key starts with `{prefix}`, a Redis Cluster hash tag, so the scripts that touch several
+//! keys together stay valid on a cluster.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use uuid::Uuid;
+
+use crate::domain::decision::{
+    Consent, ConsentAction, Quality, SenderState, Snapshot, TemplateStatus,
+};
+use crate::domain::job::TemplateRef;
+use crate::domain::tier::TIER_WINDOW;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// How long send claims and "already sent" markers live: longer than any redelivery can take.
+const CLAIM_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+#[derive(Clone)]
+pub struct State {
+    conn: ConnectionManager,
+    prefix: String,
+    reserve: Script,
+    renew_lease: Script,
+    release_lease: Script,
+}
+
+/// The sender fields the worker decides on, mirrored from PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderMirror {
+    pub status: String,
+    pub quality: String,
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Slot taken (or not needed) and the send claimed: go.
+    Granted,
+    /// The messaging limit is full; a slot frees at this instant (ms since the epoch).
+    TierFull { frees_at_ms: i64 },
+    /// Another delivery of the same attempt claimed the send first.
+    AlreadyClaimed,
+}
+
+/// Trims the moving 24 h window, counts the recipient if new, and claims the send, atomically.
+/// A recipient already counted in the window is refreshed, never counted twice.
+const RESERVE_LUA: &str = r#"
+local now = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+if ARGV[5] == '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+    redis.call('ZADD', KEYS[1], now, ARGV[1])
+  elseif limit >= 0 and redis.call('ZCARD', KEYS[1]) >= limit then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    local frees = now
+    if oldest[2] then frees = tonumber(oldest[2]) + window end
+    return {0, frees}
+  else
+    redis.call('ZADD', KEYS[1], now, ARGV[1])
+  end
+  redis.call('PEXPIRE', KEYS[1], window)
+end
+if redis.call('SET', KEYS[2], ARGV[6], 'NX', 'PX', ARGV[7]) then
+  return {1, 0}
+end
+return {2, 0}
+"#;
+
+const RENEW_LEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+const RELEASE_LEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl State {
+    pub async fn connect(url: &str, prefix: &str) -> Result<State, StateError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(3);
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(State {
+            conn,
+            prefix: format!("{{{prefix}}}"),
+            reserve: Script::new(RESERVE_LUA),
+            renew_lease: Script::new(RENEW_LEASE_LUA),
+            release_lease: Script::new(RELEASE_LEASE_LUA),
+        })
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.prefix.clone();
+        for part in parts {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    }
+
+    pub async fn ping(&self) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    // -- mirrors of PostgreSQL state -------------------------------------------------------
+
+    pub async fn mirror_sender(
+        &self,
+        phone_number_id: &str,
+        s: &SenderMirror,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .hset_multiple(
+                self.key(&["sender", phone_number_id]),
+                &[
+                    ("status", s.status.as_str()),
+                    ("quality", s.quality.as_str()),
+                    ("paused", if s.paused { "1" } else { "0" }),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Holds marketing on a sender until the given instant (after a spam-rate answer).
+    pub async fn pause_marketing_until(
+        &self,
+        phone_number_id: &str,
+        until_ms: i64,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .hset(
+                self.key(&["sender", phone_number_id]),
+                "mk_paused_until",
+                until_ms,
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn mirror_template(
+        &self,
+        name: &str,
+        language: &str,
+        status: &str,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.set(self.key(&["tpl", name, language]), status).await?;
+        Ok(())
+    }
+
+    /// Mirrors the latest consent of a recipient for a purpose.
+    pub async fn mirror_consent(
+        &self,
+        events: &[(String, String, ConsentAction)],
+    ) -> Result<(), StateError> {
+        let mut pipe = redis::pipe();
+        for (recipient, purpose, action) in events {
+            pipe.hset(self.key(&["consent", recipient]), purpose, action.as_str())
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub async fn consent(&self, recipient: &str) -> Result<Consent, StateError> {
+        let mut conn = self.conn.clone();
+        let (marketing, utility): (Option<String>, Option<String>) = conn
+            .hmget(self.key(&["consent", recipient]), &["marketing", "utility"])
+            .await?;
+        Ok(Consent {
+            marketing: marketing.as_deref().and_then(ConsentAction::parse),
+            utility: utility.as_deref().and_then(ConsentAction::parse),
+        })
+    }
+
+    // -- service windows ---------------------------------------------------------------------
+
+    /// Opens or refreshes the customer-service window of a recipient with a sender number.
+    /// Called by the webhook receiver on every inbound message.
+    pub async fn open_service_window(
+        &self,
+        phone_number_id: &str,
+        recipient: &str,
+        opened_at_ms: i64,
+        length: Duration,
+    ) -> Result<(), StateError> {
+        let expires = opened_at_ms + i64::try_from(length.as_millis()).unwrap_or(i64::MAX);
+        if expires <= now_ms() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let key = self.key(&["win", phone_number_id, recipient]);
+        let _: () = redis::pipe()
+            .set(&key, expires)
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(&key)
+            .arg(expires)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn window_open(
+        &self,
+        phone_number_id: &str,
+        recipient: &str,
+    ) -> Result<bool, StateError> {
+        let mut conn = self.conn.clone();
+        Ok(conn
+            .exists(self.key(&["win", phone_number_id, recipient]))
+            .await?)
+    }
+
+    /// Consent and window in one round trip, for the enqueue-time policy check.
+    pub async fn recipient_state(
+        &self,
+        phone_number_id: &str,
+        recipient: &str,
+    ) -> Result<(Consent, bool), StateError> {
+        let mut conn = self.conn.clone();
+        let ((marketing, utility), window): ((Option<String>, Option<String>), bool) =
+            redis::pipe()
+                .hmget(self.key(&["consent", recipient]), &["marketing", "utility"])
+                .exists(self.key(&["win", phone_number_id, recipient]))
+                .query_async(&mut conn)
+                .await?;
+        Ok((
+            Consent {
+                marketing: marketing.as_deref().and_then(ConsentAction::parse),
+                utility: utility.as_deref().and_then(ConsentAction::parse),
+            },
+            window,
+        ))
+    }
+
+    // -- the send path -----------------------------------------------------------------------
+
+    /// Everything the send decision needs, in one round trip.
+    pub async fn snapshot(
+        &self,
+        message_id: Uuid,
+        attempt: u32,
+        phone_number_id: &str,
+        recipient: &str,
+        template: Option<&TemplateRef>,
+    ) -> Result<Snapshot, StateError> {
+        let id = message_id.to_string();
+        let mut pipe = redis::pipe();
+        pipe.hmget(
+            self.key(&["sender", phone_number_id]),
+            &["status", "quality", "paused", "mk_paused_until"],
+        )
+        .hmget(self.key(&["consent", recipient]), &["marketing", "utility"])
+        .exists(self.key(&["win", phone_number_id, recipient]))
+        .get(self.key(&["done", &id]))
+        .exists(self.key(&["claim", &id, &attempt.to_string()]));
+        if let Some(t) = template {
+            pipe.get(self.key(&["tpl", &t.name, &t.language]));
+        }
+        let mut conn = self.conn.clone();
+        #[allow(clippy::type_complexity)]
+        let (sender, consent, window, done, claimed, rest): (
+            (Option<String>, Option<String>, Option<String>, Option<i64>),
+            (Option<String>, Option<String>),
+            bool,
+            Option<String>,
+            bool,
+            Vec<Option<String>>,
+        ) = if template.is_some() {
+            let (a, b, c, d, e, f): (_, _, _, _, _, Option<String>) =
+                pipe.query_async(&mut conn).await?;
+            (a, b, c, d, e, vec![f])
+        } else {
+            let (a, b, c, d, e) = pipe.query_async(&mut conn).await?;
+            (a, b, c, d, e, Vec::new())
+        };
+        let (status, quality, paused, mk_paused_until) = sender;
+        Ok(Snapshot {
+            sender: SenderState {
+                connected: status.as_deref() == Some("CONNECTED"),
+                quality: Quality::parse(quality.as_deref().unwrap_or("")),
+                paused: paused.as_deref() == Some("1"),
+                marketing_paused: mk_paused_until.is_some_and(|until| until > now_ms()),
+            },
+            template: template.map(|_| match rest.into_iter().next().flatten() {
+                Some(s) => TemplateStatus::parse(&s),
+                None => TemplateStatus::Unknown,
+            }),
+            consent: Consent {
+                marketing: consent.0.as_deref().and_then(ConsentAction::parse),
+                utility: consent.1.as_deref().and_then(ConsentAction::parse),
+            },
+            window_open: window,
+            sent_wamid: done,
+            claimed,
+        })
+    }
+
+    /// Takes a messaging-limit slot (when the message counts against the tier) and claims the send,
+    /// in one atomic script.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reserve(
+        &self,
+        tier_counter: &str,
+        tier_limit: i64,
+        counts_against_tier: bool,
+        recipient: &str,
+        message_id: Uuid,
+        attempt: u32,
+        owner: &str,
+    ) -> Result<Reservation, StateError> {
+        let mut conn = self.conn.clone();
+        let (code, frees_at): (i64, i64) = self
+            .reserve
+            .key(self.key(&["tier", tier_counter]))
+            .key(self.key(&["claim", &message_id.to_string(), &attempt.to_string()]))
+            .arg(recipient)
+            .arg(now_ms())
+            .arg(TIER_WINDOW.as_millis() as i64)
+            .arg(tier_limit)
+            .arg(if counts_against_tier { "1" } else { "0" })
+            .arg(owner)
+            .arg(CLAIM_TTL.as_millis() as i64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match code {
+            1 => Reservation::Granted,
+            0 => Reservation::TierFull {
+                frees_at_ms: frees_at,
+            },
+            _ => Reservation::AlreadyClaimed,
+        })
+    }
+
+    /// Records that Meta accepted the message, so no redelivery sends it again.
+    pub async fn mark_sent(&self, message_id: Uuid, wamid: &str) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .set_ex(
+                self.key(&["done", &message_id.to_string()]),
+                wamid,
+                CLAIM_TTL.as_secs(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets the claim of an attempt whose outcome is known not to be a send, so a redelivery
+    /// of that attempt may try again.
+    pub async fn release_claim(&self, message_id: Uuid, attempt: u32) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .del(self.key(&["claim", &message_id.to_string(), &attempt.to_string()]))
+            .await?;
+        Ok(())
+    }
+
+    /// Unique recipients counted in the moving 24 h for a tier counter.
+    pub async fn tier_usage(&self, tier_counter: &str) -> Result<u64, StateError> {
+        let mut conn = self.conn.clone();
+        let key = self.key(&["tier", tier_counter]);
+        let from = now_ms() - TIER_WINDOW.as_millis() as i64;
+        Ok(conn.zcount(key, from, "+inf").await?)
+    }
+
+    // -- idempotency ---------------------------------------------------------------------------
+
+    /// Claims an idempotency key for a message id; returns the id that owns the key (ours, or the
+    /// first request's).
+    pub async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        id: Uuid,
+        ttl: Duration,
+    ) -> Result<Uuid, StateError> {
+        let mut conn = self.conn.clone();
+        let redis_key = self.key(&["idem", key]);
+        let (set, owner): (bool, Option<String>) = redis::pipe()
+            .cmd("SET")
+            .arg(&redis_key)
+            .arg(id.to_string())
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .get(&redis_key)
+            .query_async(&mut conn)
+            .await
+            .map(|(set, owner): (Option<String>, Option<String>)| (set.is_some(), owner))?;
+        if set {
+            return Ok(id);
+        }
+        Ok(owner.and_then(|o| o.parse().ok()).unwrap_or(id))
+    }
+
+    pub async fn forget_idempotency_key(&self, key: &str) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.del(self.key(&["idem", key])).await?;
+        Ok(())
+    }
+
+    // -- sender leases -------------------------------------------------------------------------
+
+    /// Takes or keeps the lease on a sender; true while `owner` holds it.
+    pub async fn hold_lease(
+        &self,
+        phone_number_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
+        let mut conn = self.conn.clone();
+        let key = self.key(&["lease", phone_number_id]);
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        if taken.is_some() {
+            return Ok(true);
+        }
+        let renewed: i64 = self
+            .renew_lease
+            .key(&key)
+            .arg(owner)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    pub async fn release_lease(
+        &self,
+        phone_number_id: &str,
+        owner: &str,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .release_lease
+            .key(self.key(&["lease", phone_number_id]))
+            .arg(owner)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes every key under this prefix (tests and `pregon demo --reset`).
+    pub async fn delete_all(&self) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", self.prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let _: () = conn.del(keys).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Direct ingest: other systems may publish enqueue requests to the `ns.ingest` exchange instead
+//! of calling HTTP. Each is validated exactly like the HTTP path; an invalid one is recorded in
+//! `ingest_refusals` with its reason, never dropped.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::app::{Services, Shutdown};
+use crate::domain::DeliveryMode;
+use crate::enqueue::{self, EnqueueError, Request};
+use crate::store;
+
+pub const INGEST_SCHEMA: &str = "pregon.enqueue.v1";
+
+/// The versioned envelope documented in the README.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub schema: String,
+    pub phone_number_id: String,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub delivery: Option<String>,
+    pub message: Value,
+}
+
+pub async fn run(services: Services, mut stop: Shutdown) {
+    loop {
+        match consume(&services, &mut stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "ingest consumer stopped; restarting");
+                tokio::select! {
+                    _ = stop.wait() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn consume(services: &Services, stop: &mut Shutdown) -> Result<(), crate::queue::QueueError> {
+    let prefetch: u16 = 128;
+    let (channel, mut consumer) = crate::queue::consume(
+        &services.amqp,
+        &services.names.ingest(),
+        &format!("{}-ingest", super::worker_id()),
+        prefetch,
+    )
+    .await?;
+    let slots = Arc::new(Semaphore::new(usize::from(prefetch)));
+    loop {
+        let delivery = tokio::select! {
+            _ = stop.wait() => break,
+            d = consumer.next() => match d {
+                Some(d) => d?,
+                None => break,
+            },
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let services = services.clone();
+        tokio::spawn(async move {
+            let ack = handle(&services, &delivery.data).await;
+            if ack {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            }
+            drop(permit);
+        });
+    }
+    let _ = slots.acquire_many(u32::from(prefetch)).await;
+    let _ = channel.close(200, "stopping".into()).await;
+    Ok(())
+}
+
+/// True when the delivery is settled (queued or recorded as refused); false to retry later.
+async fn handle(services: &Services, data: &[u8]) -> bool {
+    let payload = String::from_utf8_lossy(data).to_string();
+    let refuse = |code: &'static str, field: Option<String>, reason: String| {
+        let services = services.clone();
+        let payload = payload.clone();
+        async move {
+            services
+                .metrics
+                .ingest_refused
+                .with_label_values(&[code])
+                .inc();
+            match store::insert_refusal(&services.pool, code, field.as_deref(), &reason, &payload)
+                .await
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record an ingest refusal");
+                    false
+                }
+            }
+        }
+    };
+    let envelope: Envelope = match serde_json::from_slice(data) {
+        Ok(e) => e,
+        Err(e) => return refuse("invalid_envelope", None, e.to_string()).await,
+    };
+    if envelope.schema != INGEST_SCHEMA {
+        return refuse(
+            "unsupported_schema",
+            Some("schema".into()),
+            format!("schema must be {INGEST_SCHEMA}"),
+        )
+        .await;
+    }
+    let delivery = match envelope.delivery.as_deref().map(DeliveryMode::parse) {
+        None => DeliveryMode::AtMostOnce,
+        Some(Some(d)) => d,
+        Some(None) => {
+            return refuse(
+                "invalid_field",
+                Some("delivery".into()),
+                "delivery must be at_most_once or at_least_once".into(),
+            )
+            .await;
+        }
+    };
+    let request = Request {
+        sender: envelope.phone_number_id,
+        body: envelope.message,
+        idempotency_key: envelope.idempotency_key.map(|k| format!("ingest:{k}")),
+        api_key_id: None,
+        delivery,
+    };
+    match enqueue::enqueue(services, request).await {
+        Ok(_) => true,
+        Err(EnqueueError::Refused {
+            code,
+            field,
+            message,
+            ..
+        }) => {
+            let field = if field.is_empty() {
+                None
+            } else {
+                Some(format!("message.{field}"))
+            };
+            refuse(code, field, message).await
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "ingest could not enqueue; will retry");
+            false
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The worker process: takes leases on senders, runs one dispatch loop per owned sender,
+//! consumes the direct-ingest queue, and keeps lane-depth and tier-usage gauges current.
+
+mod ingest;
+pub mod pacing;
+mod sender;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::app::{Services, Shutdown, ShutdownTrigger, shutdown_channel};
+use crate::domain::Lane;
+
+pub use sender::WorkerError;
+
+struct Running {
+    stop: ShutdownTrigger,
+    handle: JoinHandle<Result<(), WorkerError>>,
+}
+
+/// A name unique to this worker process, used as lease owner and consumer tag.
+pub fn worker_id() -> String {
+    format!(
+        "worker-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+pub async fn run(services: Services, mut stop: Shutdown) -> Result<(), WorkerError> {
+    let owner = worker_id();
+    let config = services.config.clone();
+    let ingest = tokio::spawn(ingest::run(services.clone(), stop.clone()));
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let tick = (config.lease_ttl.0 / 3)
+        .min(config.sender_refresh.0)
+        .max(Duration::from_millis(100));
+    let mut gauges_at = tokio::time::Instant::now();
+    tracing::info!(%owner, "worker started");
+    loop {
+        if let Err(e) = services.catalog.refresh().await {
+            tracing::warn!(error = %e, "could not refresh senders");
+        }
+        for sender in services.catalog.senders() {
+            let id = sender.phone_number_id.clone();
+            let finished = running.get(&id).is_some_and(|r| r.handle.is_finished());
+            if finished && let Some(r) = running.remove(&id) {
+                match r.handle.await {
+                    Ok(Err(e)) => {
+                        tracing::warn!(sender = %id, error = %e, "dispatch loop ended; restarting")
+                    }
+                    Err(e) => {
+                        tracing::error!(sender = %id, error = %e, "dispatch loop panicked; restarting")
+                    }
+                    Ok(Ok(())) => {}
+                }
+            }
+            match services
+                .state
+                .hold_lease(&id, &owner, config.lease_ttl.0)
+                .await
+            {
+                Ok(true) => {
+                    if !running.contains_key(&id) {
+                        let (trigger, signal) = shutdown_channel();
+                        let handle = tokio::spawn(sender::run(
+                            services.clone(),
+                            sender.clone(),
+                            owner.clone(),
+                            signal,
+                        ));
+                        running.insert(
+                            id,
+                            Running {
+                                stop: trigger,
+                                handle,
+                            },
+                        );
+                    }
+                }
+                Ok(false) => {
+                    if let Some(r) = running.remove(&id) {
+                        tracing::warn!(sender = %id, "lost the lease; stopping this sender here");
+                        r.stop.trigger();
+                        let _ = r.handle.await;
+                    }
+                }
+                Err(e) => tracing::warn!(sender = %id, error = %e, "lease check failed"),
+            }
+        }
+        if gauges_at.elapsed() >= Duration::from_secs(5) {
+            gauges_at = tokio::time::Instant::now();
+            update_gauges(&services, running.keys()).await;
+        }
+        tokio::select! {
+            _ = stop.wait() => break,
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+    tracing::info!("worker draining");
+    for r in running.values() {
+        r.stop.trigger();
+    }
+    for (id, r) in running {
+        let _ = r.handle.await;
+        let _ = services.state.release_lease(&id, &owner).await;
+    }
+    let _ = ingest.await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn update_gauges<'a>(services: &Services, owned: impl Iterator<Item = &'a String>) {
+    for id in owned {
+        for lane in Lane::ALL {
+            if let Ok(Some(depth)) =
+                crate::queue::depth(&services.amqp, &services.names.lane_queue(id, lane)).await
+            {
+                services
+                    .metrics
+                    .lane_depth
+                    .with_label_values(&[id.as_str(), lane.suffix()])
+                    .set(i64::from(depth));
+            }
+        }
+        if let Ok(Some(sender)) = services.catalog.sender(id).await {
+            let (counter, tier) = services.tier_counter(&sender);
+            if let Ok(usage) = services.state.tier_usage(&counter).await {
+                services
+                    .metrics
+                    .tier_usage
+                    .with_label_values(&[&counter])
+                    .set(usage as i64);
+                services
+                    .metrics
+                    .tier_limit
+                    .with_label_values(&[&counter])
+                    .set(tier.limit());
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Per-sender pacing with governor token buckets: the messages-per-second cap (slowed down after
+//! 130429 and restored after a cool-down), the per-recipient pair rate, and the optional spread of
+//! a tier's daily budget over a period.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::domain::pacing::for_hard_cap;
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
+fn mps_limiter(cap: u32) -> DefaultDirectRateLimiter {
+    let size = for_hard_cap(cap);
+    let quota =
+        Quota::with_period(size.interval).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+    RateLimiter::direct(quota.allow_burst(nz(size.burst)))
+}
+
+struct MpsState {
+    limiter: Arc<DefaultDirectRateLimiter>,
+    cap: u32,
+    configured: u32,
+    restore_at: Option<Instant>,
+}
+
+pub struct Pacer {
+    mps: Mutex<MpsState>,
+    pair: DefaultKeyedRateLimiter<String>,
+    spread: Mutex<Option<(u64, Arc<DefaultDirectRateLimiter>)>>,
+    cooldown: Duration,
+    clock: DefaultClock,
+}
+
+impl Pacer {
+    pub fn new(mps: u32, pair_interval: Duration, pair_burst: u32, cooldown: Duration) -> Pacer {
+        let pair_quota = Quota::with_period(pair_interval)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(nz(pair_burst));
+        Pacer {
+            mps: Mutex::new(MpsState {
+                limiter: Arc::new(mps_limiter(mps)),
+                cap: mps,
+                configured: mps,
+                restore_at: None,
+            }),
+            pair: RateLimiter::keyed(pair_quota),
+            spread: Mutex::new(None),
+            cooldown,
+            clock: DefaultClock::default(),
+        }
+    }
+
+    fn current(&self) -> Arc<DefaultDirectRateLimiter> {
+        let mut state = self.mps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = state.restore_at
+            && Instant::now() >= at
+        {
+            // Recover step by step: double the cap each cool-down until the configured one.
+            let cap = (state.cap * 2).min(state.configured);
+            state.cap = cap;
+            state.limiter = Arc::new(mps_limiter(cap));
+            state.restore_at = (cap < state.configured).then(|| Instant::now() + self.cooldown);
+        }
+        state.limiter.clone()
+    }
+
+    /// Waits for a send slot under the current cap; returns how long it waited.
+    pub async fn until_ready(&self) -> Duration {
+        let limiter = self.current();
+        let start = Instant::now();
+        limiter.until_ready().await;
+        start.elapsed()
+    }
+
+    /// Halves the cap after a throughput error (130429), down to 1 message per second.
+    pub fn slow_down(&self) {
+        let mut state = self.mps.lock().unwrap_or_else(|p| p.into_inner());
+        let cap = (state.cap / 2).max(1);
+        if cap < state.cap {
+            state.cap = cap;
+            state.limiter = Arc::new(mps_limiter(cap));
+        }
+        state.restore_at = Some(Instant::now() + self.cooldown);
+    }
+
+    /// Applies a new configured cap (the sender was updated).
+    pub fn reconfigure(&self, mps: u32) {
+        let mut state = self.mps.lock().unwrap_or_else(|p| p.into_inner());
+        if state.configured != mps {
+            state.configured = mps;
+            state.cap = mps;
+            state.limiter = Arc::new(mps_limiter(mps));
+            state.restore_at = None;
+        }
+    }
+
+    pub fn current_cap(&self) -> u32 {
+        self.mps.lock().unwrap_or_else(|p| p.into_inner()).cap
+    }
+
+    /// None when the recipient may receive now, else how long to wait.
+    pub fn pair_wait(&self, recipient: &str) -> Option<Duration> {
+        self.pair
+            .check_key(&recipient.to_string())
+            .err()
+            .map(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// None when a tier-consuming send may go now under the spread, else how long to wait.
+    /// `budget` recipients are spread evenly over `period`.
+    pub fn spread_wait(&self, budget: u64, period: Duration) -> Option<Duration> {
+        let limiter = {
+            let mut spread = self.spread.lock().unwrap_or_else(|p| p.into_inner());
+            match &*spread {
+                Some((b, l)) if *b == budget => l.clone(),
+                _ => {
+                    let interval = period / u32::try_from(budget.max(1)).unwrap_or(u32::MAX);
+                    let quota = Quota::with_period(interval.max(Duration::from_millis(1)))
+                        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+                    let l = Arc::new(RateLimiter::direct(quota));
+                    *spread = Some((budget, l.clone()));
+                    l
+                }
+            }
+        };
+        limiter
+            .check()
+            .err()
+            .map(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Forgets recipients whose pair bucket is full again, so memory does not grow forever.
+    pub fn forget_idle_recipients(&self) {
+        self.pair.retain_recent();
+        self.pair.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_down_halves_and_reconfigure_resets() {
+        let p = Pacer::new(80, Duration::from_secs(6), 2, Duration::from_secs(30));
+        p.slow_down();
+        assert_eq!(p.current_cap(), 40);
+        p.slow_down();
+        assert_eq!(p.current_cap(), 20);
+        p.reconfigure(100);
+        assert_eq!(p.current_cap(), 100);
+    }
+
+    #[test]
+    fn pair_rate_allows_the_burst_then_spaces() {
+        let p = Pacer::new(80, Duration::from_secs(6), 2, Duration::from_secs(30));
+        assert_eq!(p.pair_wait("a"), None);
+        assert_eq!(p.pair_wait("a"), None);
+        let wait = p.pair_wait("a").expect("third message must wait");
+        assert!(
+            wait > Duration::from_secs(4) && wait <= Duration::from_secs(6),
+            "{wait:?}"
+        );
+        assert_eq!(p.pair_wait("b"), None);
+    }
+}

@@ -1,0 +1,728 @@
+//! One sender's dispatch loop. It owns the sender's two lanes (a Redis lease plus RabbitMQ's
+//! single active consumer guarantee no other process does), so its pacing is exact.
+//!
+//! Per delivery: pair-rate check → messages-per-second slot → snapshot from Redis → decision →
+//! tier reservation and send claim → HTTP send (concurrently, bounded) → classification → record
+//! in PostgreSQL → ack. A message is acknowledged only after its outcome is durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+
+use crate::app::{Services, Shutdown};
+use crate::domain::Lane;
+use crate::domain::decision::{self, Decision, DeferReason, Facts, TEMPLATE_PAUSE_RECHECK};
+use crate::domain::errors::{Disposition, SendFailure, classify};
+use crate::domain::job::SendJob;
+use crate::domain::retry::{delay_step, pair_rate_backoff};
+use crate::queue::{self, QueueError};
+use crate::state::{Reservation, StateError, now_ms};
+use crate::store::{ConsentEvent, MessageUpdate, Sender, Status, StoreError};
+
+use super::pacing::Pacer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the {0} lane consumer stopped")]
+    ConsumerGone(&'static str),
+}
+
+impl From<lapin::Error> for WorkerError {
+    fn from(e: lapin::Error) -> Self {
+        WorkerError::Queue(QueueError::Amqp(e))
+    }
+}
+
+struct LaneState {
+    consumer: lapin::Consumer,
+    channel: lapin::Channel,
+    /// A message taken but not decided on yet because the lane is held.
+    held: Option<(Delivery, SendJob)>,
+    hold_until: Option<Instant>,
+}
+
+/// What a send task needs, shared by all of one sender's tasks.
+struct Shared {
+    services: Services,
+    sender: Sender,
+    tier_counter: String,
+    pacer: Pacer,
+    owner: String,
+}
+
+pub async fn run(
+    services: Services,
+    sender: Arc<Sender>,
+    owner: String,
+    mut stop: Shutdown,
+) -> Result<(), WorkerError> {
+    let id = sender.phone_number_id.clone();
+    let channel = services.amqp.create_channel().await?;
+    queue::declare_sender(&channel, &services.names, &id).await?;
+    let _ = channel.close(200, "done".into()).await;
+
+    let config = services.config.clone();
+    let (tier_counter, _) = services.tier_counter(&sender);
+    let shared = Arc::new(Shared {
+        pacer: Pacer::new(
+            u32::try_from(sender.mps).unwrap_or(80),
+            config.pair_rate_interval.0,
+            config.pair_rate_burst,
+            config.throttle_cooldown.0,
+        ),
+        services: services.clone(),
+        sender: (*sender).clone(),
+        tier_counter,
+        owner,
+    });
+    let mut lanes = Vec::with_capacity(2);
+    for lane in Lane::ALL {
+        let queue_name = services.names.lane_queue(&id, lane);
+        let tag = format!("{}-{}", shared.owner, lane.suffix());
+        let (channel, consumer) =
+            queue::consume(&services.amqp, &queue_name, &tag, config.prefetch).await?;
+        lanes.push(LaneState {
+            consumer,
+            channel,
+            held: None,
+            hold_until: None,
+        });
+    }
+    let inflight = Arc::new(Semaphore::new(config.sender_concurrency));
+    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<(Lane, Delivery, SendJob)>();
+    let mut last_refresh = Instant::now();
+    tracing::info!(sender = %id, "dispatching");
+
+    let outcome = loop {
+        let now = Instant::now();
+        if now.duration_since(last_refresh) >= config.sender_refresh.0 {
+            last_refresh = now;
+            shared.pacer.forget_idle_recipients();
+            if let Ok(Some(current)) = services.catalog.sender(&id).await {
+                shared
+                    .pacer
+                    .reconfigure(u32::try_from(current.mps).unwrap_or(80));
+            }
+        }
+        for lane in Lane::ALL {
+            let state = &mut lanes[lane.index()];
+            if state.hold_until.is_some_and(|t| t <= now) {
+                state.hold_until = None;
+                if let Some((delivery, job)) = state.held.take() {
+                    process(
+                        &shared, &mut lanes, lane, delivery, job, &inflight, &retry_tx,
+                    )
+                    .await;
+                }
+            }
+        }
+        let next_hold = lanes.iter().filter_map(|l| l.hold_until).min();
+        let tx_open = lanes[0].hold_until.is_none();
+        let mk_open = lanes[1].hold_until.is_none();
+        let (tx_lane, mk_lane) = lanes.split_at_mut(1);
+        let next = tokio::select! {
+            biased;
+            _ = stop.wait() => break Ok(()),
+            Some((lane, delivery, job)) = retry_rx.recv() => Some((lane, Ok(delivery), Some(job))),
+            d = tx_lane[0].consumer.next(), if tx_open => match d {
+                Some(d) => Some((Lane::Transactional, d, None)),
+                None => break Err(WorkerError::ConsumerGone("transactional")),
+            },
+            d = mk_lane[0].consumer.next(), if mk_open => match d {
+                Some(d) => Some((Lane::Marketing, d, None)),
+                None => break Err(WorkerError::ConsumerGone("marketing")),
+            },
+            _ = sleep_until_opt(next_hold), if next_hold.is_some() => None,
+        };
+        let Some((lane, delivery, job)) = next else {
+            continue;
+        };
+        let delivery = match delivery {
+            Ok(d) => d,
+            Err(e) => break Err(e.into()),
+        };
+        let job = match job {
+            Some(job) => job,
+            None => match SendJob::decode(&delivery.data) {
+                Ok(job) => job,
+                Err(e) => {
+                    dead_letter_undecodable(&shared, delivery, &e.to_string()).await;
+                    continue;
+                }
+            },
+        };
+        process(
+            &shared, &mut lanes, lane, delivery, job, &inflight, &retry_tx,
+        )
+        .await;
+    };
+
+    // Drain: wait for sends in flight so their outcomes are recorded and acknowledged.
+    let grace = config.shutdown_grace.0;
+    let all = u32::try_from(config.sender_concurrency).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, inflight.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(sender = %id, "sends still in flight after the grace period; RabbitMQ will redeliver them");
+    }
+    for lane in lanes {
+        // Closing the channel returns held and prefetched deliveries to the queue.
+        let _ = lane.channel.close(200, "stopping".into()).await;
+    }
+    tracing::info!(sender = %id, "stopped");
+    outcome
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn process(
+    shared: &Arc<Shared>,
+    lanes: &mut [LaneState],
+    lane: Lane,
+    delivery: Delivery,
+    job: SendJob,
+    inflight: &Arc<Semaphore>,
+    retry_tx: &mpsc::UnboundedSender<(Lane, Delivery, SendJob)>,
+) {
+    let services = &shared.services;
+    let sender_id = &shared.sender.phone_number_id;
+    let remaining = job.not_before_ms - now_ms();
+    if remaining > 500 {
+        // Back early from a delay step shorter than the wait: go round again.
+        let wait = Duration::from_millis(u64::try_from(remaining).unwrap_or(0));
+        redelay(shared, delivery, job, wait, None).await;
+        return;
+    }
+    if let Some(wait) = shared.pacer.pair_wait(&job.recipient) {
+        services
+            .metrics
+            .pacing_wait_seconds
+            .with_label_values(&[sender_id.as_str(), "pair"])
+            .inc_by(wait.as_secs_f64());
+        if wait > Duration::from_secs(30) {
+            let mut job = job;
+            job.not_before_ms = now_ms() + wait.as_millis() as i64;
+            redelay(shared, delivery, job, wait, Some(DeferReason::PairRate)).await;
+        } else {
+            let tx = retry_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = tx.send((lane, delivery, job));
+            });
+        }
+        return;
+    }
+    let waited = shared.pacer.until_ready().await;
+    if !waited.is_zero() {
+        services
+            .metrics
+            .pacing_wait_seconds
+            .with_label_values(&[sender_id.as_str(), "mps"])
+            .inc_by(waited.as_secs_f64());
+    }
+    let snapshot = match services
+        .state
+        .snapshot(
+            job.id,
+            job.attempt,
+            sender_id,
+            &job.recipient,
+            job.template.as_ref(),
+        )
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Redis unavailable; holding the lane");
+            hold(shared, lanes, lane, delivery, job, "state_unavailable");
+            return;
+        }
+    };
+    let facts = Facts {
+        category: job.category,
+        free_form: job.free_form,
+        delivery: job.delivery,
+    };
+    match decision::decide(&snapshot, &facts) {
+        Decision::AlreadySent(wamid) => {
+            let mut update = MessageUpdate::new(job.id, Status::Sent, job.attempt.max(1));
+            update.wamid = Some(wamid);
+            finish(shared, delivery, &job, update, "sent").await;
+        }
+        Decision::Skip(reason) => {
+            let mut update = MessageUpdate::new(job.id, Status::Skipped, job.attempt);
+            update.reason = Some(reason.code().into());
+            finish(shared, delivery, &job, update, "skipped").await;
+        }
+        Decision::Fail(reason) => {
+            let mut update = MessageUpdate::new(job.id, Status::Failed, job.attempt);
+            update.reason = Some(reason.code().into());
+            if let decision::FailReason::TemplateNotApproved(status) = &reason {
+                update.error = Some(format!("template status {status}"));
+            }
+            services
+                .metrics
+                .failures
+                .with_label_values(&[reason.code()])
+                .inc();
+            finish(shared, delivery, &job, update, "failed").await;
+        }
+        Decision::Hold(reason) => hold(shared, lanes, lane, delivery, job, reason.code()),
+        Decision::Defer(reason, wait) => defer(shared, delivery, job, reason, wait).await,
+        Decision::Send {
+            counts_against_tier,
+        } => {
+            let (_, tier) = services.tier_counter(&shared.sender);
+            if counts_against_tier
+                && let (Some(period), Some(budget)) =
+                    (shared.sender.tier_spread_seconds, tier_budget(tier.limit()))
+                && let Some(wait) = shared.pacer.spread_wait(
+                    budget,
+                    Duration::from_secs(u64::try_from(period).unwrap_or(1)),
+                )
+            {
+                services
+                    .metrics
+                    .pacing_wait_seconds
+                    .with_label_values(&[sender_id.as_str(), "spread"])
+                    .inc_by(wait.as_secs_f64());
+                let state = &mut lanes[lane.index()];
+                state.held = Some((delivery, job));
+                state.hold_until = Some(Instant::now() + wait);
+                return;
+            }
+            let reservation = services
+                .state
+                .reserve(
+                    &shared.tier_counter,
+                    tier.limit(),
+                    counts_against_tier,
+                    &job.recipient,
+                    job.id,
+                    job.attempt,
+                    &shared.owner,
+                )
+                .await;
+            match reservation {
+                Ok(Reservation::Granted) => {
+                    let permit = match inflight.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    };
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        send(&shared, delivery, job).await;
+                        drop(permit);
+                    });
+                }
+                Ok(Reservation::TierFull { frees_at_ms }) => {
+                    let wait =
+                        Duration::from_millis(u64::try_from(frees_at_ms - now_ms()).unwrap_or(0));
+                    defer(shared, delivery, job, DeferReason::TierExhausted, wait).await;
+                }
+                Ok(Reservation::AlreadyClaimed) => {
+                    tracing::warn!(id = %job.id, "send already claimed by another delivery; dropping this copy");
+                    ack(&delivery).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Redis unavailable; holding the lane");
+                    hold(shared, lanes, lane, delivery, job, "state_unavailable");
+                }
+            }
+        }
+    }
+}
+
+fn tier_budget(limit: i64) -> Option<u64> {
+    u64::try_from(limit).ok().filter(|b| *b > 0)
+}
+
+fn hold(
+    shared: &Shared,
+    lanes: &mut [LaneState],
+    lane: Lane,
+    delivery: Delivery,
+    job: SendJob,
+    reason: &str,
+) {
+    shared
+        .services
+        .metrics
+        .holds
+        .with_label_values(&[shared.sender.phone_number_id.as_str(), reason])
+        .inc();
+    let state = &mut lanes[lane.index()];
+    state.held = Some((delivery, job));
+    state.hold_until = Some(Instant::now() + shared.services.config.hold_recheck.0);
+}
+
+/// Sends one message and acts on the answer. Runs concurrently, bounded per sender.
+async fn send(shared: &Shared, delivery: Delivery, job: SendJob) {
+    let services = &shared.services;
+    let started = std::time::Instant::now();
+    let result = services
+        .cloud
+        .send(
+            &shared.sender.phone_number_id,
+            &shared.sender.access_token,
+            &job.body,
+        )
+        .await;
+    let attempts = job.attempt + 1;
+    match result {
+        Ok(accepted) => {
+            services
+                .metrics
+                .cloud_api_duration
+                .with_label_values(&["accepted"])
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = services.state.mark_sent(job.id, &accepted.wamid).await {
+                tracing::warn!(id = %job.id, error = %e, "could not mark the message sent in Redis");
+            }
+            let latency = (now_ms() - job.enqueued_at_ms).max(0) as f64 / 1000.0;
+            services.metrics.enqueue_to_accepted.observe(latency);
+            let mut update = MessageUpdate::new(job.id, Status::Sent, attempts);
+            update.wamid = Some(accepted.wamid);
+            finish(shared, delivery, &job, update, "sent").await;
+        }
+        Err(failure) => {
+            services
+                .metrics
+                .cloud_api_duration
+                .with_label_values(&["error"])
+                .observe(started.elapsed().as_secs_f64());
+            // The answer is known and it is not a send: a redelivery may try this attempt again.
+            if let Err(e) = services.state.release_claim(job.id, job.attempt).await {
+                tracing::warn!(id = %job.id, error = %e, "could not release the send claim");
+            }
+            on_failure(shared, delivery, job, failure).await;
+        }
+    }
+}
+
+async fn on_failure(shared: &Shared, delivery: Delivery, mut job: SendJob, failure: SendFailure) {
+    let services = &shared.services;
+    let config = &services.config;
+    let attempts = job.attempt + 1;
+    let label = failure.label();
+    let disposition = classify(&failure);
+    tracing::debug!(id = %job.id, %failure, ?disposition, "send failed");
+    let failed = |reason: &str| {
+        let mut update = MessageUpdate::new(job.id, Status::Failed, attempts);
+        update.reason = Some(reason.to_string());
+        update.error_code = Some(failure.code());
+        update.error = Some(failure.to_string());
+        update
+    };
+    match disposition {
+        Disposition::Retry | Disposition::ThrottleApp | Disposition::RetryAfter(_) => {
+            if attempts >= config.max_attempts {
+                exhaust(shared, delivery, &job, failed("attempts_exhausted")).await;
+                return;
+            }
+            let wait = match disposition {
+                Disposition::RetryAfter(d) => d,
+                Disposition::ThrottleApp => Duration::from_secs(60),
+                _ => services.derived.backoff.delay(attempts, fastrand::f64()),
+            };
+            services.metrics.retries.with_label_values(&[&label]).inc();
+            job.attempt = attempts;
+            job.not_before_ms = now_ms() + wait.as_millis() as i64;
+            let mut update = MessageUpdate::new(job.id, Status::Queued, attempts);
+            update.error_code = Some(failure.code());
+            update.error = Some(failure.to_string());
+            update.reason = Some("retrying".into());
+            retry_later(shared, delivery, job, wait, update).await;
+        }
+        Disposition::ThrottleSender | Disposition::ThrottleRecipient => {
+            job.throttles += 1;
+            if job.throttles > config.max_throttles {
+                exhaust(shared, delivery, &job, failed("throttled_too_often")).await;
+                return;
+            }
+            services.metrics.retries.with_label_values(&[&label]).inc();
+            let wait = if disposition == Disposition::ThrottleSender {
+                shared.pacer.slow_down();
+                Duration::from_secs(1)
+            } else {
+                pair_rate_backoff(job.throttles)
+            };
+            job.attempt = attempts;
+            job.not_before_ms = now_ms() + wait.as_millis() as i64;
+            let mut update = MessageUpdate::new(job.id, Status::Queued, attempts);
+            update.error_code = Some(failure.code());
+            update.error = Some(failure.to_string());
+            update.reason = Some("throttled".into());
+            retry_later(shared, delivery, job, wait, update).await;
+        }
+        Disposition::DeferRecipient(wait) => {
+            job.attempt = attempts;
+            defer(
+                shared,
+                delivery,
+                job,
+                DeferReason::RecipientMarketingCap,
+                wait,
+            )
+            .await;
+        }
+        Disposition::HoldTemplate => {
+            job.attempt = attempts;
+            defer(
+                shared,
+                delivery,
+                job,
+                DeferReason::TemplatePaused,
+                TEMPLATE_PAUSE_RECHECK,
+            )
+            .await;
+        }
+        Disposition::StopSender => {
+            let id = shared.sender.phone_number_id.clone();
+            tracing::error!(sender = %id, %failure, "account-level error: pausing the sender; its messages stay queued");
+            if let Err(e) = services
+                .set_sender_paused(&id, true, Some(&failure.to_string()))
+                .await
+            {
+                tracing::error!(sender = %id, error = %e, "could not pause the sender");
+            }
+            // Not the message's fault: put it back without spending an attempt.
+            let wait = services.config.hold_recheck.0;
+            let update = MessageUpdate::new(job.id, Status::Queued, job.attempt);
+            retry_later(shared, delivery, job, wait, update).await;
+        }
+        Disposition::PauseMarketing => {
+            let until = now_ms() + config.marketing_pause_on_spam.0.as_millis() as i64;
+            tracing::error!(sender = %shared.sender.phone_number_id, "spam rate limit (131048): holding marketing");
+            if let Err(e) = services
+                .state
+                .pause_marketing_until(&shared.sender.phone_number_id, until)
+                .await
+            {
+                tracing::error!(error = %e, "could not hold marketing");
+            }
+            let update = MessageUpdate::new(job.id, Status::Queued, job.attempt);
+            retry_later(
+                shared,
+                delivery,
+                job,
+                services.config.hold_recheck.0,
+                update,
+            )
+            .await;
+        }
+        Disposition::FailMarketingOptOut => {
+            let event = ConsentEvent {
+                recipient: job.recipient.clone(),
+                purpose: "marketing".into(),
+                action: "opt_out".into(),
+                source: "whatsapp".into(),
+                evidence: Some(format!("Cloud API error 131050 on message {}", job.id)),
+                actor: Some("pregon".into()),
+            };
+            if let Err(e) = services.record_consent(&[event]).await {
+                tracing::error!(error = %e, "could not record the marketing opt-out");
+            }
+            services.metrics.failures.with_label_values(&[&label]).inc();
+            finish(
+                shared,
+                delivery,
+                &job,
+                failed("recipient_stopped_marketing"),
+                "failed",
+            )
+            .await;
+        }
+        Disposition::Fail
+        | Disposition::FailUnreachable
+        | Disposition::FailOutsideWindow
+        | Disposition::FailTemplateDisabled => {
+            let reason = match disposition {
+                Disposition::FailUnreachable => "recipient_unreachable",
+                Disposition::FailOutsideWindow => "outside_customer_service_window",
+                Disposition::FailTemplateDisabled => "template_disabled",
+                _ => "rejected_by_cloud_api",
+            };
+            services.metrics.failures.with_label_values(&[&label]).inc();
+            finish(shared, delivery, &job, failed(reason), "failed").await;
+        }
+    }
+}
+
+/// Records an outcome, then acknowledges; if the record cannot be written the delivery goes back
+/// to the queue (the Redis "sent" marker keeps a redelivery from sending twice).
+async fn finish(
+    shared: &Shared,
+    delivery: Delivery,
+    job: &SendJob,
+    update: MessageUpdate,
+    outcome: &str,
+) {
+    match shared.services.writer.update(update).await {
+        Ok(()) => {
+            shared.services.metrics.outcome(
+                outcome,
+                &shared.sender.phone_number_id,
+                job.category.as_str(),
+            );
+            ack(&delivery).await;
+        }
+        Err(e) => {
+            tracing::error!(id = %job.id, error = %e, "could not record the outcome; requeueing");
+            requeue(&delivery).await;
+        }
+    }
+}
+
+async fn defer(
+    shared: &Shared,
+    delivery: Delivery,
+    mut job: SendJob,
+    reason: DeferReason,
+    wait: Duration,
+) {
+    shared
+        .services
+        .metrics
+        .deferrals
+        .with_label_values(&[reason.code()])
+        .inc();
+    job.deferrals += 1;
+    job.not_before_ms = now_ms() + wait.as_millis() as i64;
+    redelay(shared, delivery, job, wait, Some(reason)).await;
+}
+
+/// Parks a job in the delay queue closest to `wait`, recording it as deferred when a reason is
+/// given, then acknowledges the original delivery.
+async fn redelay(
+    shared: &Shared,
+    delivery: Delivery,
+    job: SendJob,
+    wait: Duration,
+    reason: Option<DeferReason>,
+) {
+    let update = reason.map(|r| {
+        let mut u = MessageUpdate::new(job.id, Status::Deferred, job.attempt);
+        u.reason = Some(r.code().into());
+        u.not_before = chrono::DateTime::from_timestamp_millis(job.not_before_ms);
+        u
+    });
+    if reason.is_some() {
+        shared.services.metrics.outcome(
+            "deferred",
+            &shared.sender.phone_number_id,
+            job.category.as_str(),
+        );
+    }
+    park(shared, delivery, job, wait, update).await;
+}
+
+async fn retry_later(
+    shared: &Shared,
+    delivery: Delivery,
+    job: SendJob,
+    wait: Duration,
+    update: MessageUpdate,
+) {
+    park(shared, delivery, job, wait, Some(update)).await;
+}
+
+async fn park(
+    shared: &Shared,
+    delivery: Delivery,
+    job: SendJob,
+    wait: Duration,
+    update: Option<MessageUpdate>,
+) {
+    let services = &shared.services;
+    let step = delay_step(&services.derived.delay_steps, wait);
+    let key = services.names.lane_key(&job.sender, job.lane());
+    if let Err(e) = services
+        .publisher
+        .publish(&services.names.delay(step), &key, &job.encode())
+        .await
+    {
+        tracing::error!(id = %job.id, error = %e, "could not park the message; requeueing");
+        requeue(&delivery).await;
+        return;
+    }
+    if let Some(update) = update
+        && let Err(e) = services.writer.update(update).await
+    {
+        // The parked copy is authoritative now; the row catches up on its next outcome.
+        tracing::warn!(id = %job.id, error = %e, "could not record the deferral");
+    }
+    ack(&delivery).await;
+}
+
+/// Attempts are used up: keep the job in the dead-letter queue and record the failure.
+async fn exhaust(shared: &Shared, delivery: Delivery, job: &SendJob, update: MessageUpdate) {
+    let services = &shared.services;
+    if let Some(code) = update.error_code {
+        services
+            .metrics
+            .failures
+            .with_label_values(&[&code.to_string()])
+            .inc();
+    }
+    if let Err(e) = services
+        .publisher
+        .publish(&services.names.dead(), "", &job.encode())
+        .await
+    {
+        tracing::error!(id = %job.id, error = %e, "could not dead-letter; requeueing");
+        requeue(&delivery).await;
+        return;
+    }
+    finish(shared, delivery, job, update, "failed").await;
+}
+
+async fn dead_letter_undecodable(shared: &Shared, delivery: Delivery, error: &str) {
+    tracing::error!(error, "undecodable job; moving it to the dead-letter queue");
+    let services = &shared.services;
+    services
+        .metrics
+        .failures
+        .with_label_values(&["undecodable_job"])
+        .inc();
+    match services
+        .publisher
+        .publish(&services.names.dead(), "", &delivery.data)
+        .await
+    {
+        Ok(()) => ack(&delivery).await,
+        Err(_) => requeue(&delivery).await,
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        tracing::warn!(error = %e, "ack failed; RabbitMQ will redeliver and the send claim prevents a duplicate");
+    }
+}
+
+async fn requeue(delivery: &Delivery) {
+    let _ = delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await;
+}

@@ -1,0 +1,438 @@
+//! The worker against the simulator: every invariant is checked on the receiving side.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pregon::simulator::SimConfig;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{Env, Options, max_in_any_second, recipients, template_body, text_body};
+
+async fn enqueue(env: &Env, sender: &str, body: Value) -> String {
+    let (status, answer) = env.post(&format!("/v1/{sender}/messages"), body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    answer["messages"][0]["id"].as_str().unwrap().to_string()
+}
+
+async fn enqueue_all(env: &Env, sender: &str, bodies: Vec<Value>) {
+    for chunk in bodies.chunks(1000) {
+        let (status, answer) = env
+            .post(
+                &format!("/v1/{sender}/messages/batch"),
+                json!({"messages": chunk}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["refused"], 0, "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn every_message_type_is_sent() {
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550200";
+    env.sender(sender, json!("TIER_1K"), 80).await;
+    env.template("order_update", "utility").await;
+    let to = recipients(1, 10)[0].clone();
+    // An inbound message opened the window; free-form messages may go.
+    env.services
+        .state
+        .open_service_window(
+            sender,
+            &to,
+            pregon::state::now_ms(),
+            Duration::from_secs(86_400),
+        )
+        .await
+        .unwrap();
+    env.sim(
+        "/_sim/windows",
+        json!({"phone_number_id": sender, "recipient": to}),
+    )
+    .await;
+    let bodies = vec![
+        template_body(&to, "order_update"),
+        text_body(&to),
+        json!({"messaging_product":"whatsapp","to":to,"type":"interactive","interactive":{"type":"button",
+            "body":{"text":"¿Confirmas tu pedido?"},"action":{"buttons":[
+              {"type":"reply","reply":{"id":"yes","title":"Sí"}},{"type":"reply","reply":{"id":"no","title":"No"}}]}}}),
+        json!({"messaging_product":"whatsapp","to":to,"type":"interactive","interactive":{"type":"list",
+            "body":{"text":"Elige"},"action":{"button":"Ver","sections":[{"title":"Tallas","rows":[
+              {"id":"s","title":"Chica"},{"id":"m","title":"Mediana","description":"La más vendida"}]}]}}}),
+        json!({"messaging_product":"whatsapp","to":to,"type":"image","image":{"link":"https://example.com/p.png","caption":"Tu pedido"}}),
+        json!({"messaging_product":"whatsapp","to":to,"type":"document","document":{"link":"https://example.com/f.pdf","filename":"factura.pdf"}}),
+    ];
+    let mut ids = Vec::new();
+    for body in bodies {
+        ids.push(enqueue(&env, sender, body).await);
+    }
+    env.start_worker();
+    env.wait_counts(sender, Duration::from_secs(30), |c| {
+        c.get("sent") == Some(&6)
+    })
+    .await;
+    let kinds: HashSet<String> = env
+        .received(sender)
+        .await
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["template", "text", "interactive", "image", "document"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    let (_, message) = env.get(&format!("/v1/messages/{}", ids[0])).await;
+    assert_eq!(message["status"], "sent");
+    assert!(message["wamid"].as_str().unwrap().starts_with("wamid."));
+    assert_eq!(message["attempts"], 1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn opted_out_after_enqueue_is_never_sent() {
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550201";
+    env.sender(sender, json!(1000), 80).await;
+    env.template("promo", "marketing").await;
+    let rs = recipients(20, 11);
+    env.opt_in(&rs).await;
+    enqueue_all(
+        &env,
+        sender,
+        rs.iter().map(|r| template_body(r, "promo")).collect(),
+    )
+    .await;
+    // Half of them say STOP before the worker gets to their messages.
+    let out: Vec<_> = rs[..10]
+        .iter()
+        .map(|r| pregon::store::ConsentEvent {
+            recipient: r.clone(),
+            purpose: "marketing".into(),
+            action: "opt_out".into(),
+            source: "keyword".into(),
+            evidence: Some("STOP".into()),
+            actor: None,
+        })
+        .collect();
+    env.services.record_consent(&out).await.unwrap();
+    env.start_worker();
+    let counts = env
+        .wait_counts(sender, Duration::from_secs(30), |c| {
+            c.get("sent") == Some(&10) && c.get("skipped") == Some(&10)
+        })
+        .await;
+    assert_eq!(counts.get("queued"), None);
+    let got: HashSet<String> = env
+        .received(sender)
+        .await
+        .into_iter()
+        .map(|r| r.to)
+        .collect();
+    for r in &rs[..10] {
+        assert!(!got.contains(r), "{r} opted out but was sent to");
+    }
+    assert_eq!(got.len(), 10);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn tier_250_sends_exactly_250_and_defers_the_rest() {
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550202";
+    env.sender(sender, json!(250), 1000).await;
+    env.template("promo", "marketing").await;
+    let rs = recipients(400, 12);
+    env.opt_in(&rs).await;
+    enqueue_all(
+        &env,
+        sender,
+        rs.iter().map(|r| template_body(r, "promo")).collect(),
+    )
+    .await;
+    env.start_worker();
+    let counts = env
+        .wait_counts(sender, Duration::from_secs(60), |c| {
+            c.get("sent") == Some(&250) && c.get("deferred") == Some(&150)
+        })
+        .await;
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    // Give the worker time to (wrongly) send more; it must not.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let received = env.received(sender).await;
+    assert_eq!(received.len(), 250);
+    assert_eq!(
+        received.iter().map(|r| &r.to).collect::<HashSet<_>>().len(),
+        250
+    );
+    assert!(
+        env.attempts(sender).await.iter().all(|a| a.code == 0),
+        "the simulator refused a send over the tier"
+    );
+    assert_eq!(
+        env.services
+            .state
+            .tier_usage(&format!("pn:{sender}"))
+            .await
+            .unwrap(),
+        250
+    );
+    let (_, id) = (
+        0,
+        sqlx::query_scalar::<_, String>(
+            "SELECT status_reason FROM messages WHERE status = 'deferred' LIMIT 1",
+        )
+        .fetch_one(&env.services.pool)
+        .await
+        .unwrap(),
+    );
+    assert_eq!(id, "messaging_limit_reached");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn twenty_mps_sender_never_exceeds_twenty_in_any_second() {
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550203";
+    env.sender(sender, json!("unlimited"), 20).await;
+    env.template("order_update", "utility").await;
+    let rs = recipients(120, 13);
+    enqueue_all(
+        &env,
+        sender,
+        rs.iter()
+            .map(|r| template_body(r, "order_update"))
+            .collect(),
+    )
+    .await;
+    env.start_worker();
+    env.wait_counts(sender, Duration::from_secs(40), |c| {
+        c.get("sent") == Some(&120)
+    })
+    .await;
+    let received = env.received(sender).await;
+    assert_eq!(received.len(), 120);
+    let peak = max_in_any_second(&received);
+    assert!(peak <= 20, "{peak} messages in one second");
+    assert!(env.attempts(sender).await.iter().all(|a| a.code != 130429));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_and_sent_once() {
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550204";
+    env.sender(sender, json!(1000), 80).await;
+    env.template("order_update", "utility").await;
+    env.sim(
+        "/_sim/faults",
+        json!({"phone_number_id": sender, "kind": "http_500", "count": 2}),
+    )
+    .await;
+    let to = &recipients(1, 14)[0];
+    let id = enqueue(&env, sender, template_body(to, "order_update")).await;
+    env.start_worker();
+    env.wait_counts(sender, Duration::from_secs(30), |c| {
+        c.get("sent") == Some(&1)
+    })
+    .await;
+    let attempts = env.attempts(sender).await;
+    assert_eq!(
+        attempts.iter().map(|a| a.code).collect::<Vec<_>>(),
+        vec![500, 500, 0]
+    );
+    assert_eq!(env.received(sender).await.len(), 1);
+    let (_, message) = env.get(&format!("/v1/messages/{id}")).await;
+    assert_eq!(message["attempts"], 3);
+    assert_eq!(message["last_error_code"], 500);
+    let metrics = env.services.metrics.render();
+    assert!(
+        metrics.contains("pregon_retries_total{code=\"http_500\"} 2"),
+        "{metrics}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn permanent_errors_are_not_retried() {
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550205";
+    env.sender(sender, json!(1000), 80).await;
+    env.template("gone", "utility").await;
+    env.sim(
+        "/_sim/templates",
+        json!({"name": "gone", "language": "es_MX", "status": "DELETED"}),
+    )
+    .await;
+    let to = &recipients(1, 15)[0];
+    let id = enqueue(&env, sender, template_body(to, "gone")).await;
+    env.start_worker();
+    env.wait_counts(sender, Duration::from_secs(20), |c| {
+        c.get("failed") == Some(&1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = env.attempts(sender).await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].code, 132001);
+    let (_, message) = env.get(&format!("/v1/messages/{id}")).await;
+    assert_eq!(message["status"], "failed");
+    assert_eq!(message["last_error_code"], 132001);
+    assert_eq!(message["status_reason"], "rejected_by_cloud_api");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn throughput_errors_slow_the_sender_and_everything_is_sent() {
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550206";
+    env.sender(sender, json!("unlimited"), 60).await;
+    env.template("order_update", "utility").await;
+    // Meta allows this number less than pregon was told.
+    env.sim(
+        "/_sim/numbers",
+        json!({"phone_number_id": sender, "mps": 8}),
+    )
+    .await;
+    let rs = recipients(80, 16);
+    enqueue_all(
+        &env,
+        sender,
+        rs.iter()
+            .map(|r| template_body(r, "order_update"))
+            .collect(),
+    )
+    .await;
+    env.start_worker();
+    env.wait_counts(sender, Duration::from_secs(90), |c| {
+        c.get("sent") == Some(&80)
+    })
+    .await;
+    let received = env.received(sender).await;
+    assert_eq!(
+        received.iter().map(|r| &r.to).collect::<HashSet<_>>().len(),
+        80
+    );
+    assert_eq!(received.len(), 80);
+    let throttled = env
+        .attempts(sender)
+        .await
+        .iter()
+        .filter(|a| a.code == 130429)
+        .count();
+    assert!(
+        throttled > 0,
+        "the simulator never throttled; the test proves nothing"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn free_form_outside_the_window_is_refused_inside_it_is_sent() {
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550207";
+    env.sender(sender, json!(1000), 80).await;
+    let to = recipients(1, 17)[0].clone();
+    let (status, body) = env
+        .post(&format!("/v1/{sender}/messages"), text_body(&to))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["code"], "outside_customer_service_window");
+    env.services
+        .state
+        .open_service_window(
+            sender,
+            &to,
+            pregon::state::now_ms(),
+            Duration::from_secs(86_400),
+        )
+        .await
+        .unwrap();
+    env.sim(
+        "/_sim/windows",
+        json!({"phone_number_id": sender, "recipient": to}),
+    )
+    .await;
+    enqueue(&env, sender, text_body(&to)).await;
+    env.start_worker();
+    env.wait_counts(sender, Duration::from_secs(20), |c| {
+        c.get("sent") == Some(&1)
+    })
+    .await;
+    // A window in the past does not count.
+    let other = recipients(1, 18)[0].clone();
+    env.services
+        .state
+        .open_service_window(
+            sender,
+            &other,
+            pregon::state::now_ms() - 90_000_000,
+            Duration::from_secs(86_400),
+        )
+        .await
+        .unwrap();
+    let (status, _) = env
+        .post(&format!("/v1/{sender}/messages"), text_body(&other))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn transactional_overtakes_a_marketing_backlog() {
+    let mut env = Env::start(Options {
+        sim: SimConfig {
+            default_mps: 1000,
+            pair_burst: 1000,
+            ..SimConfig::default()
+        },
+        tweak: |c| c.prefetch = 200,
+    })
+    .await;
+    let sender = "1065550208";
+    env.sender(sender, json!("unlimited"), 1000).await;
+    env.template("promo", "marketing").await;
+    env.template("otp", "authentication").await;
+    let backlog = recipients(50_000, 19);
+    env.opt_in(&backlog).await;
+    for chunk in backlog.chunks(1000) {
+        let requests = chunk
+            .iter()
+            .map(|r| pregon::enqueue::Request {
+                sender: sender.into(),
+                body: template_body(r, "promo"),
+                idempotency_key: None,
+                api_key_id: None,
+                delivery: Default::default(),
+            })
+            .collect();
+        for result in pregon::enqueue::enqueue_many(&env.services, requests).await {
+            result.unwrap();
+        }
+    }
+    let otp_to = "5215599999999";
+    enqueue(&env, sender, template_body(otp_to, "otp")).await;
+    env.start_worker();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let position = loop {
+        let received = env.received(sender).await;
+        if let Some(r) = received.iter().find(|r| r.to == otp_to) {
+            break r.seq;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the OTP never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // At most the marketing deliveries already prefetched and in flight can go before it.
+    let bound = u64::from(env.config.prefetch) + env.config.sender_concurrency as u64 + 1;
+    assert!(
+        position <= bound,
+        "the OTP arrived as message {position} of 50,001"
+    );
+    env.cleanup().await;
+}

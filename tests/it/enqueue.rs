@@ -1,0 +1,328 @@
+//! The enqueue API: Cloud API shapes in, clear 4xx errors, nothing queued on bad input.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::harness::{Env, Options, recipients, template_body, text_body};
+
+const SENDER: &str = "1065550100";
+
+async fn env() -> Env {
+    let mut env = Env::start(Options::default()).await;
+    env.sender(SENDER, json!(1000), 80).await;
+    env.template("order_update", "utility").await;
+    env.template("promo", "marketing").await;
+    env
+}
+
+fn path() -> String {
+    format!("/v1/{SENDER}/messages")
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field_and_queues_nothing() {
+    let env = env().await;
+    let to = &recipients(1, 1)[0];
+    let mut too_many_buttons = json!({"messaging_product":"whatsapp","to":to,"type":"interactive",
+        "interactive":{"type":"button","body":{"text":"Pick"},"action":{"buttons":[]}}});
+    too_many_buttons["interactive"]["action"]["buttons"] = json!(
+        (0..4)
+            .map(|i| json!({"type":"reply","reply":{"id":format!("b{i}"),"title":"Yes"}}))
+            .collect::<Vec<_>>()
+    );
+    let rows: Vec<_> = (0..11)
+        .map(|i| json!({"id":format!("r{i}"),"title":"Row"}))
+        .collect();
+    let long_list = json!({"messaging_product":"whatsapp","to":to,"type":"interactive",
+        "interactive":{"type":"list","body":{"text":"Menu"},"action":{"button":"Open","sections":[{"title":"A","rows":rows}]}}});
+    let long_text = json!({"messaging_product":"whatsapp","to":to,"type":"text","text":{"body":"x".repeat(4097)}});
+    let cases = [
+        (
+            json!({"messaging_product":"whatsapp","to":"12","type":"text","text":{"body":"x"}}),
+            400,
+            "invalid_phone_number",
+            "to",
+        ),
+        (
+            too_many_buttons,
+            400,
+            "too_many_buttons",
+            "interactive.action.buttons",
+        ),
+        (
+            long_list,
+            400,
+            "too_many_rows",
+            "interactive.action.sections[0].rows",
+        ),
+        (long_text, 400, "too_long", "text.body"),
+        (text_body(to), 422, "outside_customer_service_window", "to"),
+        (template_body(to, "promo"), 422, "no_marketing_opt_in", "to"),
+        (
+            template_body(to, "nonexistent"),
+            422,
+            "unknown_template",
+            "template.name",
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let (got, answer) = env.post(&path(), body).await;
+        assert_eq!(got.as_u16(), status, "{answer}");
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    // Unparseable JSON.
+    let resp = env
+        .http
+        .post(format!("{}{}", env.api_url, path()))
+        .bearer_auth(&env.admin_key)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_json");
+    // Unknown sender.
+    let (status, body) = env
+        .post("/v1/999/messages", template_body(to, "order_update"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "unknown_sender");
+    // Nothing was recorded or queued.
+    assert!(env.counts(SENDER).await.is_empty());
+    let depth = pregon::queue::depth(
+        &env.services.amqp,
+        &env.services
+            .names
+            .lane_queue(SENDER, pregon::domain::Lane::Transactional),
+    )
+    .await
+    .unwrap();
+    assert_eq!(depth, Some(0));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn opted_out_recipients_are_refused() {
+    let env = env().await;
+    let to = recipients(1, 2)[0].clone();
+    env.opt_in(std::slice::from_ref(&to)).await;
+    let (status, _) = env.post(&path(), template_body(&to, "promo")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = env
+        .post("/v1/consent", json!({"recipient": format!("+{to}"), "purpose": "marketing", "action": "opt_out", "source": "keyword", "evidence": "STOP"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = env.post(&path(), template_body(&to, "promo")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["code"], "recipient_opted_out");
+    // The log keeps both events; the current state is the latest.
+    let (_, consent) = env.get(&format!("/v1/consent/{to}")).await;
+    assert_eq!(consent["marketing"], "opt_out");
+    assert_eq!(consent["history"].as_array().unwrap().len(), 2);
+    // The log cannot be rewritten.
+    let rewrite = sqlx::query("UPDATE consent_events SET action = 'opt_in'")
+        .execute(&env.services.pool)
+        .await;
+    assert!(rewrite.is_err());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn api_keys_and_roles() {
+    let env = env().await;
+    let to = &recipients(1, 3)[0];
+    let (status, body) = env
+        .request(
+            Method::POST,
+            &path(),
+            None,
+            Some(template_body(to, "order_update")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = env
+        .request(
+            Method::POST,
+            &path(),
+            Some("pgn_wrong"),
+            Some(template_body(to, "order_update")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, viewer) = env
+        .post("/v1/apikeys", json!({"name": "dash", "role": "viewer"}))
+        .await;
+    let viewer = viewer["secret"].as_str().unwrap().to_string();
+    let (status, body) = env
+        .request(
+            Method::POST,
+            &path(),
+            Some(&viewer),
+            Some(template_body(to, "order_update")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (_, limited) = env
+        .post(
+            "/v1/apikeys",
+            json!({"name": "shop", "role": "service", "senders": ["42"]}),
+        )
+        .await;
+    let limited = limited["secret"].as_str().unwrap().to_string();
+    let (status, _) = env
+        .request(
+            Method::POST,
+            &path(),
+            Some(&limited),
+            Some(template_body(to, "order_update")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = env
+        .request(
+            Method::POST,
+            "/v1/senders",
+            Some(&limited),
+            Some(
+                json!({"phone_number_id": "7", "business_portfolio_id": "b", "access_token": "t"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, service) = env
+        .post("/v1/apikeys", json!({"name": "orders", "role": "service"}))
+        .await;
+    let service = service["secret"].as_str().unwrap().to_string();
+    let (status, body) = env
+        .request(
+            Method::POST,
+            &path(),
+            Some(&service),
+            Some(template_body(to, "order_update")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["messaging_product"], "whatsapp");
+    assert_eq!(body["contacts"][0]["wa_id"], to.as_str());
+    let id = body["messages"][0]["id"].as_str().unwrap().to_string();
+    let (status, message) = env
+        .request(
+            Method::GET,
+            &format!("/v1/messages/{id}"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(message["status"], "queued");
+    assert_eq!(message["category"], "utility");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn same_idempotency_key_sends_once() {
+    let mut env = env().await;
+    let to = &recipients(1, 4)[0];
+    let (http, url, admin) = (
+        env.http.clone(),
+        format!("{}{}", env.api_url, path()),
+        env.admin_key.clone(),
+    );
+    let send = |key: &'static str| {
+        http.post(url.clone())
+            .bearer_auth(admin.clone())
+            .header("Idempotency-Key", key)
+            .json(&template_body(to, "order_update"))
+            .send()
+    };
+    let first = send("order-1234").await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let second = send("order-1234").await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    let second: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(first["messages"][0]["id"], second["messages"][0]["id"]);
+    env.start_worker();
+    env.wait_counts(SENDER, Duration::from_secs(20), |c| {
+        c.get("sent") == Some(&1)
+    })
+    .await;
+    // A third try after sending still answers the first request and sends nothing.
+    let third: serde_json::Value = send("order-1234").await.unwrap().json().await.unwrap();
+    assert_eq!(first["messages"][0]["id"], third["messages"][0]["id"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.received(SENDER).await.len(), 1);
+    assert_eq!(env.counts(SENDER).await.values().sum::<i64>(), 1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn batch_answers_per_item() {
+    let env = env().await;
+    let rs = recipients(3, 5);
+    let (status, body) = env
+        .post(
+            &format!("/v1/{SENDER}/messages/batch"),
+            json!({"messages": [template_body(&rs[0], "order_update"), text_body("bad"), template_body(&rs[2], "order_update")]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(body["refused"], 1);
+    assert_eq!(body["results"][0]["status"], "accepted");
+    assert_eq!(body["results"][1]["status"], "refused");
+    assert_eq!(body["results"][1]["error"]["code"], "invalid_phone_number");
+    assert_eq!(body["results"][2]["status"], "accepted");
+    assert_eq!(env.counts(SENDER).await.get("queued"), Some(&2));
+    let too_big: Vec<_> = (0..1001)
+        .map(|_| template_body(&rs[0], "order_update"))
+        .collect();
+    let (status, body) = env
+        .post(
+            &format!("/v1/{SENDER}/messages/batch"),
+            json!({"messages": too_big}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_batch_size");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn health_metrics_and_readiness() {
+    let env = env().await;
+    let resp = env
+        .http
+        .get(format!("{}/readyz", env.api_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = env
+        .http
+        .get(format!("{}/healthz", env.api_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let to = &recipients(1, 6)[0];
+    env.post(&path(), template_body(to, "order_update")).await;
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.api_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("pregon_messages_total{{category=\"utility\",outcome=\"enqueued\",sender=\"{SENDER}\"}} 1")),
+        "{metrics}"
+    );
+    env.cleanup().await;
+}

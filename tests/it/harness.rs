@@ -1,0 +1,377 @@
+//! Test environment: real PostgreSQL, Redis and RabbitMQ on localhost, isolated per test (own
+//! database, Redis prefix and AMQP namespace), with the simulator and the API served over HTTP.
+
+use std::time::Duration;
+
+use pregon::app::{Services, ShutdownTrigger, shutdown_channel};
+use pregon::config::{Config, HumanDuration};
+use pregon::simulator::{Attempt, Received, SimConfig};
+use pregon::store;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+pub const ADMIN: &str = "admin";
+
+pub struct Options {
+    pub sim: SimConfig,
+    pub tweak: fn(&mut Config),
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sim: SimConfig::default(),
+            tweak: |_| {},
+        }
+    }
+}
+
+pub struct Env {
+    pub config: Config,
+    pub services: Services,
+    pub sim_url: String,
+    pub api_url: String,
+    pub admin_key: String,
+    pub http: reqwest::Client,
+    db_name: String,
+    senders: Vec<String>,
+    worker: Option<(ShutdownTrigger, JoinHandle<()>)>,
+    api: (ShutdownTrigger, JoinHandle<()>),
+    sim: (ShutdownTrigger, JoinHandle<()>),
+}
+
+pub fn base_url(db: &str) -> String {
+    let root = std::env::var("PREGON_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    format!("{}/{db}", root.trim_end_matches('/'))
+}
+
+fn ms(n: u64) -> HumanDuration {
+    HumanDuration(Duration::from_millis(n))
+}
+
+impl Env {
+    pub async fn start(options: Options) -> Env {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+        let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim_url = format!("http://{}", sim_listener.local_addr().unwrap());
+        let (sim_stop, mut sim_signal) = shutdown_channel();
+        let sim_config = options.sim.clone();
+        let sim =
+            tokio::spawn(async move {
+                pregon::simulator::serve(sim_listener, sim_config, async move {
+                    sim_signal.wait().await
+                })
+                .await
+                .unwrap();
+            });
+        let db_name = format!("pregon_it_{id}");
+        let mut config = Config {
+            database_url: base_url(&db_name),
+            database_max_connections: 8,
+            redis_prefix: format!("it-{id}"),
+            amqp_namespace: format!("it-{id}"),
+            whatsapp_base_url: sim_url.clone(),
+            http_timeout: ms(3000),
+            lease_ttl: ms(3000),
+            sender_refresh: ms(300),
+            hold_recheck: ms(300),
+            throttle_cooldown: ms(2000),
+            shutdown_grace: ms(5000),
+            ..Config::default()
+        };
+        if let Ok(url) = std::env::var("PREGON_REDIS_URL") {
+            config.redis_url = url;
+        }
+        if let Ok(url) = std::env::var("PREGON_AMQP_URL") {
+            config.amqp_url = url;
+        }
+        (options.tweak)(&mut config);
+        let (services, _background) = Services::connect(config.clone(), &format!("it-{id}"))
+            .await
+            .unwrap();
+        let (_, admin_key) = pregon::api::auth::create_key(
+            &services.pool,
+            ADMIN,
+            pregon::api::auth::Role::Admin,
+            None,
+        )
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_url = format!("http://{}", listener.local_addr().unwrap());
+        let (api_stop, api_signal) = shutdown_channel();
+        let api = tokio::spawn(pregon::process::serve_api(
+            services.clone(),
+            listener,
+            api_signal,
+        ));
+        Env {
+            config,
+            services,
+            sim_url,
+            api_url,
+            admin_key,
+            http: reqwest::Client::new(),
+            db_name,
+            senders: Vec::new(),
+            worker: None,
+            api: (api_stop, api),
+            sim: (sim_stop, sim),
+        }
+    }
+
+    pub fn start_worker(&mut self) {
+        let (stop, signal) = shutdown_channel();
+        let services = self.services.clone();
+        let handle = tokio::spawn(async move {
+            pregon::worker::run(services, signal).await.unwrap();
+        });
+        self.worker = Some((stop, handle));
+    }
+
+    pub async fn stop_worker(&mut self) {
+        if let Some((stop, handle)) = self.worker.take() {
+            stop.trigger();
+            handle.await.unwrap();
+        }
+    }
+
+    /// Environment variables that make a child `pregon` process use this test's services.
+    pub fn child_env(&self) -> Vec<(String, String)> {
+        let table = toml::Table::try_from(&self.config).unwrap();
+        table
+            .into_iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    toml::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (format!("PREGON_{}", k.to_ascii_uppercase()), value)
+            })
+            .collect()
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.api_url));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.request(
+            reqwest::Method::POST,
+            path,
+            Some(&self.admin_key.clone()),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.request(
+            reqwest::Method::GET,
+            path,
+            Some(&self.admin_key.clone()),
+            None,
+        )
+        .await
+    }
+
+    /// Registers a sender with pregon and tells the simulator the same limits.
+    pub async fn sender(&mut self, id: &str, tier: Value, mps: u32) {
+        let (status, body) = self
+            .post(
+                "/v1/senders",
+                json!({"phone_number_id": id, "business_portfolio_id": format!("bp-{id}"), "tier": tier,
+                       "mps": mps, "access_token": "test-token"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        self.senders.push(id.to_string());
+        let sim_tier = tier.as_u64();
+        self.sim(
+            &"/_sim/numbers",
+            json!({"phone_number_id": id, "mps": mps, "tier": sim_tier}),
+        )
+        .await;
+    }
+
+    pub async fn template(&self, name: &str, category: &str) {
+        let (status, body) = self
+            .post(
+                "/v1/templates",
+                json!({"name": name, "language": "es_MX", "category": category}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    pub async fn opt_in(&self, recipients: &[String]) {
+        let events: Vec<store::ConsentEvent> = recipients
+            .iter()
+            .map(|r| store::ConsentEvent {
+                recipient: r.clone(),
+                purpose: "marketing".into(),
+                action: "opt_in".into(),
+                source: "web_form".into(),
+                evidence: Some("ticked the newsletter box".into()),
+                actor: Some("test".into()),
+            })
+            .collect();
+        for chunk in events.chunks(5000) {
+            self.services.record_consent(chunk).await.unwrap();
+        }
+    }
+
+    pub async fn sim(&self, path: &str, body: Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.sim_url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "simulator {path}: {}",
+            resp.status()
+        );
+    }
+
+    pub async fn received(&self, sender: &str) -> Vec<Received> {
+        let v: Value = self
+            .http
+            .get(format!(
+                "{}/_sim/received?phone_number_id={sender}",
+                self.sim_url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        serde_json::from_value(v["messages"].clone()).unwrap()
+    }
+
+    pub async fn attempts(&self, sender: &str) -> Vec<Attempt> {
+        let v: Value = self
+            .http
+            .get(format!(
+                "{}/_sim/attempts?phone_number_id={sender}",
+                self.sim_url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        serde_json::from_value(v["attempts"].clone()).unwrap()
+    }
+
+    pub async fn counts(&self, sender: &str) -> std::collections::HashMap<String, i64> {
+        store::count_by_status(&self.services.pool, Some(sender))
+            .await
+            .unwrap()
+    }
+
+    /// Polls until `done` holds for the sender's status counts, or panics after `timeout`.
+    pub async fn wait_counts(
+        &self,
+        sender: &str,
+        timeout: Duration,
+        done: impl Fn(&std::collections::HashMap<String, i64>) -> bool,
+    ) -> std::collections::HashMap<String, i64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let counts = self.counts(sender).await;
+            if done(&counts) {
+                return counts;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting; counts for {sender}: {counts:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops everything this test started and removes its queues, keys and database.
+    pub async fn cleanup(mut self) {
+        self.stop_worker().await;
+        self.api.0.trigger();
+        let _ = self.api.1.await;
+        self.sim.0.trigger();
+        self.sim.1.abort();
+        let _ = pregon::queue::delete_namespace(
+            &self.services.amqp,
+            &self.services.names,
+            &self.senders,
+            &self.services.derived.delay_steps,
+        )
+        .await;
+        let _ = self.services.state.delete_all().await;
+        self.services.pool.close().await;
+        let _ = self.services.amqp.close(200, "test done".into()).await;
+        if let Ok(admin) = sqlx::PgPool::connect(&base_url("postgres")).await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.db_name
+            )))
+            .execute(&admin)
+            .await;
+        }
+    }
+}
+
+pub fn template_body(to: &str, name: &str) -> Value {
+    json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": "template",
+           "template": {"name": name, "language": {"code": "es_MX"},
+             "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]}})
+}
+
+pub fn text_body(to: &str) -> Value {
+    json!({"messaging_product": "whatsapp", "to": to, "type": "text", "text": {"body": "Hola"}})
+}
+
+/// Distinct valid Mexican mobile numbers.
+pub fn recipients(n: usize, seed: u32) -> Vec<String> {
+    assert!(n <= 10_000_000);
+    (0..n)
+        .map(|i| format!("521{:03}{:07}", seed % 1000, i))
+        .collect()
+}
+
+/// The most messages accepted by the simulator in any one-second window.
+pub fn max_in_any_second(received: &[Received]) -> usize {
+    let mut times: Vec<u64> = received.iter().map(|r| r.at_us).collect();
+    times.sort_unstable();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] >= 1_000_000 {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}

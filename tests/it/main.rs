@@ -1,0 +1,8 @@
+//! Integration tests against real PostgreSQL, Redis and RabbitMQ, and the simulator over HTTP.
+//! Each test isolates itself, so they run in parallel.
+
+mod dispatch;
+mod enqueue;
+mod harness;
+mod ingest;
+mod resilience;
