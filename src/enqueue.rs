@@ -73,8 +73,10 @@ struct Prepared {
     row: NewMessage,
     job: SendJob,
     input: String,
+    facts: Facts,
 }
 
+/// Validation and registry checks: everything but the recipient's consent and window.
 async fn prepare(services: &Services, request: &Request) -> Result<Prepared, EnqueueError> {
     let validated = message::validate(&request.body).map_err(|e| EnqueueError::Refused {
         status: 400,
@@ -128,13 +130,6 @@ async fn prepare(services: &Services, request: &Request) -> Result<Prepared, Enq
         free_form: validated.kind.is_free_form(),
         delivery: request.delivery,
     };
-    let (consent, window_open) = services
-        .state
-        .recipient_state(&sender.phone_number_id, &recipient)
-        .await?;
-    if let Some(reason) = consent_verdict(&facts, &consent, window_open) {
-        return Err(refused(422, reason.code(), "to", reason.message()));
-    }
     let id = Uuid::now_v7();
     let body = RawValue::from_string(validated.body.to_string()).map_err(|e| {
         refused(
@@ -183,6 +178,7 @@ async fn prepare(services: &Services, request: &Request) -> Result<Prepared, Enq
             body,
         },
         input,
+        facts,
     })
 }
 
@@ -218,45 +214,64 @@ pub async fn enqueue_many(
 ) -> Vec<Result<Accepted, EnqueueError>> {
     let mut results: Vec<Option<Result<Accepted, EnqueueError>>> =
         Vec::with_capacity(requests.len());
-    let mut ready: Vec<(usize, Prepared)> = Vec::new();
+    let mut valid: Vec<(usize, Prepared)> = Vec::new();
     for (i, request) in requests.iter().enumerate() {
         match prepare(services, request).await {
             Err(e) => results.push(Some(Err(e))),
             Ok(prepared) => {
-                if let Some(key) = &request.idempotency_key {
-                    match services
-                        .state
-                        .claim_idempotency_key(
-                            key,
-                            prepared.row.id,
-                            services.config.idempotency_ttl.0,
-                        )
-                        .await
-                    {
-                        Err(e) => {
-                            results.push(Some(Err(e.into())));
-                            continue;
-                        }
-                        Ok(owner) if owner != prepared.row.id => {
-                            results.push(Some(match replay(services, key, owner).await {
-                                Ok(Some(a)) => Ok(a),
-                                Ok(None) => Err(refused(
-                                    409,
-                                    "idempotency_key_in_use",
-                                    "Idempotency-Key",
-                                    "a request with this key is still being processed",
-                                )),
-                                Err(e) => Err(e),
-                            }));
-                            continue;
-                        }
-                        Ok(_) => {}
-                    }
-                }
                 results.push(None);
-                ready.push((i, prepared));
+                valid.push((i, prepared));
             }
         }
+    }
+    // Consent and windows of the whole batch in one round trip.
+    let pairs: Vec<(&str, &str)> = valid
+        .iter()
+        .map(|(_, p)| (p.job.sender.as_str(), p.job.recipient.as_str()))
+        .collect();
+    let states = match services.state.recipient_states(&pairs).await {
+        Ok(states) => states,
+        Err(e) => {
+            let message = e.to_string();
+            for (i, _) in &valid {
+                results[*i] = Some(Err(EnqueueError::Store(StoreError::Batch(message.clone()))));
+            }
+            return finish(results);
+        }
+    };
+    let mut ready: Vec<(usize, Prepared)> = Vec::new();
+    for ((i, prepared), (consent, window_open)) in valid.into_iter().zip(states) {
+        if let Some(reason) = consent_verdict(&prepared.facts, &consent, window_open) {
+            results[i] = Some(Err(refused(422, reason.code(), "to", reason.message())));
+            continue;
+        }
+        if let Some(key) = &prepared.row.idempotency_key {
+            match services
+                .state
+                .claim_idempotency_key(key, prepared.row.id, services.config.idempotency_ttl.0)
+                .await
+            {
+                Err(e) => {
+                    results[i] = Some(Err(e.into()));
+                    continue;
+                }
+                Ok(owner) if owner != prepared.row.id => {
+                    results[i] = Some(match replay(services, key, owner).await {
+                        Ok(Some(a)) => Ok(a),
+                        Ok(None) => Err(refused(
+                            409,
+                            "idempotency_key_in_use",
+                            "Idempotency-Key",
+                            "a request with this key is still being processed",
+                        )),
+                        Err(e) => Err(e),
+                    });
+                    continue;
+                }
+                Ok(_) => {}
+            }
+        }
+        ready.push((i, prepared));
     }
     if ready.is_empty() {
         return results

@@ -101,7 +101,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&config);
+    let quiet = matches!(
+        cli.command,
+        Some(Command::Demo(_)) | Some(Command::Bench(_))
+    );
+    init_tracing(
+        &config,
+        if quiet {
+            "warn"
+        } else {
+            "info,sqlx=warn,lapin=warn"
+        },
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -118,9 +129,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(config: &Config) {
+fn init_tracing(config: &Config, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

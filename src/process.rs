@@ -63,3 +63,75 @@ pub async fn serve_api(
         tracing::error!(error = %e, "API server failed");
     }
 }
+
+/// An in-process stack for `demo` and `bench`: services connected, a worker running.
+pub struct LocalStack {
+    pub services: Services,
+    background: crate::app::Background,
+    worker: Option<(crate::app::ShutdownTrigger, tokio::task::JoinHandle<()>)>,
+}
+
+impl LocalStack {
+    /// Connects to the services under a fresh namespace, wiping what an earlier run left there.
+    pub async fn fresh(config: Config, name: &str) -> Result<LocalStack, AppError> {
+        crate::store::ensure_database(&config.database_url).await?;
+        let pool = crate::store::connect(&config.database_url, 2).await?;
+        sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+            .execute(&pool)
+            .await
+            .map_err(crate::store::StoreError::from)?;
+        pool.close().await;
+        let (services, background) = Services::connect(config, name).await?;
+        services.state.delete_all().await?;
+        let senders: Vec<String> = (0..200).map(local_sender_id).collect();
+        crate::queue::delete_namespace(
+            &services.amqp,
+            &services.names,
+            &senders,
+            &services.derived.delay_steps,
+        )
+        .await?;
+        let setup = services
+            .amqp
+            .create_channel()
+            .await
+            .map_err(crate::queue::QueueError::from)?;
+        crate::queue::declare_base(&setup, &services.names, &services.derived.delay_steps).await?;
+        let _ = setup.close(200, "done".into()).await;
+        Ok(LocalStack {
+            services,
+            background,
+            worker: None,
+        })
+    }
+
+    pub fn start_worker(&mut self) {
+        let (trigger, signal) = shutdown_channel();
+        let services = self.services.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = crate::worker::run(services, signal).await {
+                tracing::error!(error = %e, "worker failed");
+            }
+        });
+        self.worker = Some((trigger, handle));
+    }
+
+    pub async fn stop(mut self) {
+        if let Some((trigger, handle)) = self.worker.take() {
+            trigger.trigger();
+            let _ = handle.await;
+        }
+        let LocalStack {
+            services,
+            background,
+            ..
+        } = self;
+        drop(services);
+        let _ = background.writer.await;
+    }
+}
+
+/// The sender ids `demo` and `bench` use (and `LocalStack::fresh` cleans up).
+pub fn local_sender_id(i: usize) -> String {
+    format!("{}{i:03}", 1_065_550_000)
+}

@@ -21,6 +21,8 @@ use crate::domain::tier::TIER_WINDOW;
 pub enum StateError {
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("unexpected Redis answer: {0}")]
+    Parse(#[from] redis::ParsingError),
 }
 
 /// How long send claims and "already sent" markers live: longer than any redelivery can take.
@@ -244,26 +246,36 @@ impl State {
             .await?)
     }
 
-    /// Consent and window in one round trip, for the enqueue-time policy check.
-    pub async fn recipient_state(
+    /// Consent and window of many (sender, recipient) pairs in one round trip, for the
+    /// enqueue-time policy check of a batch.
+    pub async fn recipient_states(
         &self,
-        phone_number_id: &str,
-        recipient: &str,
-    ) -> Result<(Consent, bool), StateError> {
+        pairs: &[(&str, &str)],
+    ) -> Result<Vec<(Consent, bool)>, StateError> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (sender, recipient) in pairs {
+            pipe.hmget(self.key(&["consent", recipient]), &["marketing", "utility"])
+                .exists(self.key(&["win", sender, recipient]));
+        }
         let mut conn = self.conn.clone();
-        let ((marketing, utility), window): ((Option<String>, Option<String>), bool) =
-            redis::pipe()
-                .hmget(self.key(&["consent", recipient]), &["marketing", "utility"])
-                .exists(self.key(&["win", phone_number_id, recipient]))
-                .query_async(&mut conn)
-                .await?;
-        Ok((
-            Consent {
-                marketing: marketing.as_deref().and_then(ConsentAction::parse),
-                utility: utility.as_deref().and_then(ConsentAction::parse),
-            },
-            window,
-        ))
+        let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let mut out = Vec::with_capacity(pairs.len());
+        for pair in raw.chunks(2) {
+            let (marketing, utility): (Option<String>, Option<String>) =
+                redis::from_redis_value_ref(&pair[0])?;
+            let window: bool = redis::from_redis_value_ref(&pair[1])?;
+            out.push((
+                Consent {
+                    marketing: marketing.as_deref().and_then(ConsentAction::parse),
+                    utility: utility.as_deref().and_then(ConsentAction::parse),
+                },
+                window,
+            ));
+        }
+        Ok(out)
     }
 
     // -- the send path -----------------------------------------------------------------------
