@@ -102,9 +102,12 @@ pub async fn create_key(
 }
 
 /// Verified keys, cached briefly so a request does not cost a database round trip.
+/// Verified callers by key hash, with when they were verified.
+type Verified = HashMap<Vec<u8>, (Caller, Instant)>;
+
 #[derive(Clone, Default)]
 pub struct KeyCache {
-    inner: Arc<Mutex<HashMap<Vec<u8>, (Caller, Instant)>>>,
+    inner: Arc<Mutex<Verified>>,
 }
 
 const CACHE_TTL: Duration = Duration::from_secs(30);

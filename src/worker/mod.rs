@@ -6,6 +6,7 @@ pub mod pacing;
 mod sender;
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -63,7 +64,7 @@ pub async fn run(services: Services, mut stop: Shutdown) -> Result<(), WorkerErr
                 .await
             {
                 Ok(true) => {
-                    if !running.contains_key(&id) {
+                    if let Entry::Vacant(slot) = running.entry(id) {
                         let (trigger, signal) = shutdown_channel();
                         let handle = tokio::spawn(sender::run(
                             services.clone(),
@@ -71,13 +72,10 @@ pub async fn run(services: Services, mut stop: Shutdown) -> Result<(), WorkerErr
                             owner.clone(),
                             signal,
                         ));
-                        running.insert(
-                            id,
-                            Running {
-                                stop: trigger,
-                                handle,
-                            },
-                        );
+                        slot.insert(Running {
+                            stop: trigger,
+                            handle,
+                        });
                     }
                 }
                 Ok(false) => {

@@ -209,7 +209,7 @@ impl Env {
         self.senders.push(id.to_string());
         let sim_tier = tier.as_u64();
         self.sim(
-            &"/_sim/numbers",
+            "/_sim/numbers",
             json!({"phone_number_id": id, "mps": mps, "tier": sim_tier}),
         )
         .await;

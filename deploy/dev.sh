@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Local set-up for a fresh machine: makes sure RabbitMQ, Redis and PostgreSQL answer on localhost
+# (starting them, or installing them from the system's packages when absent), then runs the demo
+# or the whole test suite.
+#
+#   deploy/dev.sh demo [--scale N]   the demo: a campaign-sized burst through the simulator
+#   deploy/dev.sh test [ARGS]        every unit and integration test (ARGS go to cargo test)
+#   deploy/dev.sh services           only make sure the services are running
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+APT_UPDATED=""
+
+say() { printf '\033[1m%s\033[0m\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 tries=${2:-60}
+  for _ in $(seq 1 "$tries"); do
+    port_open "$port" && return 0
+    sleep 1
+  done
+  echo "nothing answers on 127.0.0.1:$port after ${tries}s" >&2
+  return 1
+}
+
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "please install $* with your system's package manager" >&2
+    exit 1
+  fi
+  if [ -z "$APT_UPDATED" ]; then
+    $SUDO apt-get update -qq
+    APT_UPDATED=1
+  fi
+  say "installing $* from the system's packages"
+  # Package scripts try to start services through systemd, which may be absent; we start them below.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null || true
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || { echo "could not install $pkg" >&2; exit 1; }
+  done
+}
+
+ensure_postgres() {
+  port_open 5432 && return 0
+  local fresh=""
+  if ! ls -d /etc/postgresql/*/main >/dev/null 2>&1; then
+    apt_install postgresql
+    fresh=1
+  fi
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  if [ -n "$fresh" ]; then
+    # A database installed just for pregon's development and CI: trust connections from this host.
+    local hba="/etc/postgresql/$version/main/pg_hba.conf"
+    $SUDO sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nlocal all all trust' "$hba"
+  fi
+  say "starting PostgreSQL $version"
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null \
+    || $SUDO pg_ctlcluster "$version" main start
+  wait_port 5432 60
+}
+
+ensure_redis() {
+  port_open 6379 && return 0
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  say "starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp --logfile /tmp/pregon-redis.log
+  wait_port 6379 30
+}
+
+ensure_rabbitmq() {
+  port_open 5672 && return 0
+  command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/sbin/rabbitmq-server ] || apt_install rabbitmq-server
+  say "starting RabbitMQ"
+  $SUDO rabbitmq-server -detached
+  wait_port 5672 120
+  $SUDO rabbitmqctl await_startup >/dev/null 2>&1 || true
+}
+
+ensure_toolchain() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "pregon needs a Rust toolchain (1.88 or newer) with cargo: see https://rustup.rs" >&2
+    exit 1
+  fi
+}
+
+ensure_services() {
+  ensure_postgres
+  ensure_redis
+  ensure_rabbitmq
+}
+
+command=${1:-}
+shift || true
+case "$command" in
+  services)
+    ensure_services
+    say "RabbitMQ, Redis and PostgreSQL are running"
+    ;;
+  demo)
+    ensure_toolchain
+    ensure_services
+    cargo run --quiet --bin pregon -- demo "$@"
+    ;;
+  test)
+    ensure_toolchain
+    ensure_services
+    cargo test --all-features "$@"
+    ;;
+  *)
+    echo "usage: deploy/dev.sh demo|test|services" >&2
+    exit 2
+    ;;
+esac
