@@ -1,1 +1,126 @@
-fn main() {}
+//! Hot-path pieces: the send decision, message validation, job encode/decode, and the Redis
+//! round trips every send makes (snapshot read, tier reservation + claim) against the local Redis.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use pregon::domain::decision::{
+    self, Consent, ConsentAction, Facts, Quality, SenderState, Snapshot, TemplateStatus,
+};
+use pregon::domain::job::{JOB_VERSION, SendJob, TemplateRef};
+use pregon::domain::{Category, DeliveryMode, message};
+use serde_json::json;
+
+fn job() -> SendJob {
+    let body = json!({"messaging_product":"whatsapp","to":"5215512345678","type":"template",
+        "template":{"name":"order_update","language":{"code":"es_MX"},
+          "components":[{"type":"body","parameters":[{"type":"text","text":"A-1234"}]}]}});
+    SendJob {
+        v: JOB_VERSION,
+        id: uuid::Uuid::now_v7(),
+        sender: "1065550000100".into(),
+        recipient: "5215512345678".into(),
+        category: Category::Utility,
+        template: Some(TemplateRef {
+            name: "order_update".into(),
+            language: "es_MX".into(),
+        }),
+        free_form: false,
+        delivery: DeliveryMode::AtMostOnce,
+        attempt: 0,
+        throttles: 0,
+        deferrals: 0,
+        enqueued_at_ms: 1_700_000_000_000,
+        not_before_ms: 0,
+        body: serde_json::value::RawValue::from_string(body.to_string()).unwrap(),
+    }
+}
+
+fn pure(c: &mut Criterion) {
+    let snapshot = Snapshot {
+        sender: SenderState {
+            connected: true,
+            quality: Quality::Green,
+            paused: false,
+            marketing_paused: false,
+        },
+        template: Some(TemplateStatus::Approved),
+        consent: Consent {
+            marketing: Some(ConsentAction::OptIn),
+            utility: None,
+        },
+        window_open: false,
+        sent_wamid: None,
+        claimed: false,
+    };
+    let facts = Facts {
+        category: Category::Marketing,
+        free_form: false,
+        delivery: DeliveryMode::AtMostOnce,
+    };
+    c.bench_function("send decision", |b| {
+        b.iter(|| decision::decide(black_box(&snapshot), black_box(&facts)))
+    });
+
+    let body = json!({"messaging_product":"whatsapp","to":"+52 1 55 1234 5678","type":"template",
+        "template":{"name":"order_update","language":{"code":"es_MX"},
+          "components":[{"type":"body","parameters":[{"type":"text","text":"A-1234"}]}]}});
+    c.bench_function("validate template message", |b| {
+        b.iter(|| message::validate(black_box(&body)))
+    });
+
+    let job = job();
+    let encoded = job.encode();
+    c.bench_function("job encode", |b| b.iter(|| black_box(&job).encode()));
+    c.bench_function("job decode", |b| {
+        b.iter(|| SendJob::decode(black_box(&encoded)))
+    });
+}
+
+fn redis_round_trips(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url =
+        std::env::var("PREGON_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let Ok(state) = runtime.block_on(pregon::state::State::connect(&url, &prefix)) else {
+        eprintln!("Redis is not reachable at {url}; skipping the round-trip benchmarks");
+        return;
+    };
+    let template = TemplateRef {
+        name: "order_update".into(),
+        language: "es_MX".into(),
+    };
+    let id = uuid::Uuid::now_v7();
+    c.bench_function("redis snapshot read", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(state.snapshot(id, 0, "1065550000100", "5215512345678", Some(&template)))
+                .unwrap()
+        })
+    });
+    let mut n: u64 = 0;
+    c.bench_function("redis tier reservation + claim", |b| {
+        b.iter(|| {
+            n += 1;
+            let recipient = format!("52155{:08}", n % 100_000);
+            runtime
+                .block_on(state.reserve(
+                    "pn:bench",
+                    -1,
+                    true,
+                    &recipient,
+                    uuid::Uuid::now_v7(),
+                    0,
+                    "bench",
+                ))
+                .unwrap()
+        })
+    });
+    runtime.block_on(state.delete_all()).unwrap();
+}
+
+criterion_group!(benches, pure, redis_round_trips);
+criterion_main!(benches);

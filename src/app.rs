@@ -13,7 +13,9 @@ use crate::domain::tier::Tier;
 use crate::metrics::Metrics;
 use crate::queue::{self, Names, Publisher, QueueError};
 use crate::state::{SenderMirror, State, StateError};
-use crate::store::{self, ConsentEvent, MessageWriter, Sender, StoreError, Template, WriterConfig};
+use crate::store::{
+    self, ConsentEvent, MessageWriter, Sender, StoreError, Template, WriterConfig, WriterHandle,
+};
 use crate::whatsapp::{ClientConfig, CloudApi};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +54,7 @@ pub struct Services {
 
 /// Handles a process keeps to shut down in order.
 pub struct Background {
-    pub writer: tokio::task::JoinHandle<()>,
+    pub writer: WriterHandle,
 }
 
 impl Services {

@@ -45,7 +45,7 @@ pub async fn run(config: Config, roles: Roles) -> Result<(), AppError> {
         let _ = task.await;
     }
     drop(services);
-    let _ = background.writer.await;
+    background.writer.close().await;
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -121,13 +121,7 @@ impl LocalStack {
             trigger.trigger();
             let _ = handle.await;
         }
-        let LocalStack {
-            services,
-            background,
-            ..
-        } = self;
-        drop(services);
-        let _ = background.writer.await;
+        self.background.writer.close().await;
     }
 }
 

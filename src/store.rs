@@ -534,14 +534,13 @@ pub struct WriterConfig {
 }
 
 impl MessageWriter {
-    /// Starts the writer task; it ends when every `MessageWriter` clone is dropped, after flushing.
-    pub fn spawn(
-        pool: PgPool,
-        config: WriterConfig,
-    ) -> (MessageWriter, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task. It runs until [`WriterHandle::close`] (or until every
+    /// `MessageWriter` clone is dropped), and flushes what it was given before it ends.
+    pub fn spawn(pool: PgPool, config: WriterConfig) -> (MessageWriter, WriterHandle) {
         let (tx, rx) = mpsc::channel(config.batch_size * 4);
-        let handle = tokio::spawn(run_writer(pool, rx, config));
-        (MessageWriter { tx }, handle)
+        let (close, closed) = oneshot::channel();
+        let join = tokio::spawn(run_writer(pool, rx, closed, config));
+        (MessageWriter { tx }, WriterHandle { close, join })
     }
 
     pub async fn write(&self, write: Write) -> Result<(), StoreError> {
@@ -562,9 +561,42 @@ impl MessageWriter {
     }
 }
 
-async fn run_writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>, config: WriterConfig) {
+/// Stops a writer after it has flushed everything already handed to it.
+pub struct WriterHandle {
+    close: oneshot::Sender<()>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl WriterHandle {
+    pub async fn close(self) {
+        let _ = self.close.send(());
+        let _ = self.join.await;
+    }
+}
+
+async fn run_writer(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<Pending>,
+    mut closed: oneshot::Receiver<()>,
+    config: WriterConfig,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(config.batch_size);
-    while let Some(first) = rx.recv().await {
+    let mut closing = false;
+    loop {
+        let first = tokio::select! {
+            biased;
+            p = rx.recv() => p,
+            asked = &mut closed, if !closing => {
+                closing = true;
+                // Asked to close: take no new writes; those already queued are still flushed.
+                // A dropped handle only means nobody will ask: run until the writers are gone.
+                if asked.is_ok() {
+                    rx.close();
+                }
+                continue;
+            }
+        };
+        let Some(first) = first else { break };
         batch.push(first);
         let deadline = tokio::time::Instant::now() + config.linger;
         while batch.len() < config.batch_size {
