@@ -175,3 +175,49 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `pregon_*` series the dashboard and the alert rules query must exist.
+    #[test]
+    fn dashboards_and_alerts_query_real_metrics() {
+        let metrics = Metrics::new();
+        // Touch every vector once so gather() lists it.
+        metrics.outcome("sent", "s", "utility");
+        metrics.retries.with_label_values(&["1"]).inc();
+        metrics.failures.with_label_values(&["1"]).inc();
+        metrics.deferrals.with_label_values(&["r"]).inc();
+        metrics.holds.with_label_values(&["s", "r"]).inc();
+        metrics.ingest_refused.with_label_values(&["c"]).inc();
+        metrics.lane_depth.with_label_values(&["s", "tx"]).set(1);
+        metrics.tier_usage.with_label_values(&["c"]).set(1);
+        metrics.tier_limit.with_label_values(&["c"]).set(1);
+        metrics.sender_paused.with_label_values(&["s"]).set(0);
+        metrics.pacing_wait_seconds.with_label_values(&["s", "mps"]).inc();
+        metrics.cloud_api_duration.with_label_values(&["accepted"]).observe(0.1);
+        metrics.enqueue_to_accepted.observe(0.1);
+        let known: Vec<String> = metrics.registry.gather().iter().map(|f| f.name().to_string()).collect();
+        let root = env!("CARGO_MANIFEST_DIR");
+        for file in ["dashboards/pregon.json", "deploy/prometheus/alerts.yml"] {
+            let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find("pregon_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = name
+                    .strip_suffix("_bucket")
+                    .or_else(|| name.strip_suffix("_count"))
+                    .or_else(|| name.strip_suffix("_sum"))
+                    .unwrap_or(&name);
+                if base != "pregon_" && !base.starts_with("pregon_overview") {
+                    assert!(known.iter().any(|k| k == base), "{file} uses {name}, which pregon does not export");
+                }
+                rest = &rest[at + name.len().max(1)..];
+            }
+        }
+    }
+}
