@@ -531,3 +531,19 @@ mod tests {
         assert!(Config::settings_help().contains("PREGON_DEFAULT_MPS"));
     }
 }
+
+#[cfg(test)]
+mod readme {
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for (name, _) in super::SETTINGS {
+            let var = format!("PREGON_{}", name.to_ascii_uppercase());
+            assert!(
+                readme.contains(&format!("`{var}`")),
+                "README does not list {var}"
+            );
+        }
+    }
+}

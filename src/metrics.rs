@@ -195,10 +195,21 @@ mod tests {
         metrics.tier_usage.with_label_values(&["c"]).set(1);
         metrics.tier_limit.with_label_values(&["c"]).set(1);
         metrics.sender_paused.with_label_values(&["s"]).set(0);
-        metrics.pacing_wait_seconds.with_label_values(&["s", "mps"]).inc();
-        metrics.cloud_api_duration.with_label_values(&["accepted"]).observe(0.1);
+        metrics
+            .pacing_wait_seconds
+            .with_label_values(&["s", "mps"])
+            .inc();
+        metrics
+            .cloud_api_duration
+            .with_label_values(&["accepted"])
+            .observe(0.1);
         metrics.enqueue_to_accepted.observe(0.1);
-        let known: Vec<String> = metrics.registry.gather().iter().map(|f| f.name().to_string()).collect();
+        let known: Vec<String> = metrics
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
         let root = env!("CARGO_MANIFEST_DIR");
         for file in ["dashboards/pregon.json", "deploy/prometheus/alerts.yml"] {
             let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
@@ -214,7 +225,10 @@ mod tests {
                     .or_else(|| name.strip_suffix("_sum"))
                     .unwrap_or(&name);
                 if base != "pregon_" && !base.starts_with("pregon_overview") {
-                    assert!(known.iter().any(|k| k == base), "{file} uses {name}, which pregon does not export");
+                    assert!(
+                        known.iter().any(|k| k == base),
+                        "{file} uses {name}, which pregon does not export"
+                    );
                 }
                 rest = &rest[at + name.len().max(1)..];
             }

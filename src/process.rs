@@ -20,14 +20,24 @@ pub async fn run(config: Config, roles: Roles) -> Result<(), AppError> {
     let (services, background) = Services::connect(config, name).await?;
     let (trigger, shutdown) = shutdown_channel();
     let mut tasks = Vec::new();
+    let listener = tokio::net::TcpListener::bind(&services.config.listen).await?;
     if roles.api {
-        let listener = tokio::net::TcpListener::bind(&services.config.listen).await?;
         tracing::info!(address = %services.config.listen, "API listening");
         tasks.push(tokio::spawn(serve_api(
             services.clone(),
             listener,
             shutdown.clone(),
         )));
+    } else {
+        // A worker alone still answers /metrics, /healthz and /readyz for Prometheus and probes.
+        tracing::info!(address = %services.config.listen, "metrics listening");
+        let router = crate::api::ops_router(services.clone());
+        let mut signal = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { signal.wait().await })
+                .await;
+        }));
     }
     if roles.worker {
         let services = services.clone();

@@ -53,11 +53,24 @@ pub fn router(services: Services) -> Router {
         .route("/v1/consent", post(post_consent))
         .route("/v1/consent/{recipient}", get(get_consent))
         .route("/v1/apikeys", post(post_api_key))
+        .merge(ops_routes())
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn ops_routes() -> Router<ApiState> {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+}
+
+/// Only /metrics, /healthz and /readyz: what a worker-only process serves on `listen`.
+pub fn ops_router(services: Services) -> Router {
+    ops_routes().with_state(ApiState {
+        services,
+        keys: KeyCache::default(),
+    })
 }
 
 fn delivery_mode(headers: &HeaderMap) -> Result<DeliveryMode, ApiError> {

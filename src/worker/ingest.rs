@@ -150,10 +150,11 @@ async fn handle(services: &Services, data: &[u8]) -> bool {
             message,
             ..
         }) => {
-            let field = if field.is_empty() {
-                None
-            } else {
-                Some(format!("message.{field}"))
+            // Fields of the Cloud API body live under `message` in the envelope.
+            let field = match field.as_str() {
+                "" => None,
+                "phone_number_id" => Some(field),
+                _ => Some(format!("message.{field}")),
             };
             refuse(code, field, message).await
         }

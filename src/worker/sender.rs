@@ -55,10 +55,25 @@ struct LaneState {
 /// What a send task needs, shared by all of one sender's tasks.
 struct Shared {
     services: Services,
-    sender: Sender,
-    tier_counter: String,
+    /// The sender as last read from the catalog: tier, token and cap may change while it runs.
+    sender: std::sync::RwLock<Arc<Sender>>,
     pacer: Pacer,
     owner: String,
+}
+
+impl Shared {
+    fn sender(&self) -> Arc<Sender> {
+        self.sender
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn update_sender(&self, sender: Arc<Sender>) {
+        self.pacer
+            .reconfigure(u32::try_from(sender.mps).unwrap_or(80));
+        *self.sender.write().unwrap_or_else(|p| p.into_inner()) = sender;
+    }
 }
 
 pub async fn run(
@@ -73,7 +88,6 @@ pub async fn run(
     let _ = channel.close(200, "done".into()).await;
 
     let config = services.config.clone();
-    let (tier_counter, _) = services.tier_counter(&sender);
     let shared = Arc::new(Shared {
         pacer: Pacer::new(
             u32::try_from(sender.mps).unwrap_or(80),
@@ -82,8 +96,7 @@ pub async fn run(
             config.throttle_cooldown.0,
         ),
         services: services.clone(),
-        sender: (*sender).clone(),
-        tier_counter,
+        sender: std::sync::RwLock::new(sender),
         owner,
     });
     let mut lanes = Vec::with_capacity(2);
@@ -110,9 +123,7 @@ pub async fn run(
             last_refresh = now;
             shared.pacer.forget_idle_recipients();
             if let Ok(Some(current)) = services.catalog.sender(&id).await {
-                shared
-                    .pacer
-                    .reconfigure(u32::try_from(current.mps).unwrap_or(80));
+                shared.update_sender(current);
             }
         }
         for lane in Lane::ALL {
@@ -202,7 +213,8 @@ async fn process(
     retry_tx: &mpsc::UnboundedSender<(Lane, Delivery, SendJob)>,
 ) {
     let services = &shared.services;
-    let sender_id = &shared.sender.phone_number_id;
+    let sender = shared.sender();
+    let sender_id = &sender.phone_number_id;
     let remaining = job.not_before_ms - now_ms();
     if remaining > 500 {
         // Back early from a delay step shorter than the wait: go round again.
@@ -289,10 +301,10 @@ async fn process(
         Decision::Send {
             counts_against_tier,
         } => {
-            let (_, tier) = services.tier_counter(&shared.sender);
+            let (tier_counter, tier) = services.tier_counter(&sender);
             if counts_against_tier
                 && let (Some(period), Some(budget)) =
-                    (shared.sender.tier_spread_seconds, tier_budget(tier.limit()))
+                    (sender.tier_spread_seconds, tier_budget(tier.limit()))
                 && let Some(wait) = shared.pacer.spread_wait(
                     budget,
                     Duration::from_secs(u64::try_from(period).unwrap_or(1)),
@@ -311,7 +323,7 @@ async fn process(
             let reservation = services
                 .state
                 .reserve(
-                    &shared.tier_counter,
+                    &tier_counter,
                     tier.limit(),
                     counts_against_tier,
                     &job.recipient,
@@ -366,7 +378,7 @@ fn hold(
         .services
         .metrics
         .holds
-        .with_label_values(&[shared.sender.phone_number_id.as_str(), reason])
+        .with_label_values(&[shared.sender().phone_number_id.as_str(), reason])
         .inc();
     let state = &mut lanes[lane.index()];
     state.held = Some((delivery, job));
@@ -377,13 +389,10 @@ fn hold(
 async fn send(shared: &Shared, delivery: Delivery, job: SendJob) {
     let services = &shared.services;
     let started = std::time::Instant::now();
+    let sender = shared.sender();
     let result = services
         .cloud
-        .send(
-            &shared.sender.phone_number_id,
-            &shared.sender.access_token,
-            &job.body,
-        )
+        .send(&sender.phone_number_id, &sender.access_token, &job.body)
         .await;
     let attempts = job.attempt + 1;
     match result {
@@ -495,7 +504,7 @@ async fn on_failure(shared: &Shared, delivery: Delivery, mut job: SendJob, failu
             .await;
         }
         Disposition::StopSender => {
-            let id = shared.sender.phone_number_id.clone();
+            let id = shared.sender().phone_number_id.clone();
             tracing::error!(sender = %id, %failure, "account-level error: pausing the sender; its messages stay queued");
             if let Err(e) = services
                 .set_sender_paused(&id, true, Some(&failure.to_string()))
@@ -510,10 +519,10 @@ async fn on_failure(shared: &Shared, delivery: Delivery, mut job: SendJob, failu
         }
         Disposition::PauseMarketing => {
             let until = now_ms() + config.marketing_pause_on_spam.0.as_millis() as i64;
-            tracing::error!(sender = %shared.sender.phone_number_id, "spam rate limit (131048): holding marketing");
+            tracing::error!(sender = %shared.sender().phone_number_id, "spam rate limit (131048): holding marketing");
             if let Err(e) = services
                 .state
-                .pause_marketing_until(&shared.sender.phone_number_id, until)
+                .pause_marketing_until(&shared.sender().phone_number_id, until)
                 .await
             {
                 tracing::error!(error = %e, "could not hold marketing");
@@ -579,7 +588,7 @@ async fn finish(
         Ok(()) => {
             shared.services.metrics.outcome(
                 outcome,
-                &shared.sender.phone_number_id,
+                &shared.sender().phone_number_id,
                 job.category.as_str(),
             );
             ack(&delivery).await;
@@ -627,7 +636,7 @@ async fn redelay(
     if reason.is_some() {
         shared.services.metrics.outcome(
             "deferred",
-            &shared.sender.phone_number_id,
+            &shared.sender().phone_number_id,
             job.category.as_str(),
         );
     }

@@ -35,6 +35,12 @@ async fn ingest_queues_valid_requests_and_records_refusals() {
         .to_string(),
     )
     .await;
+    publish(
+        json!({"schema": "pregon.enqueue.v1", "phone_number_id": "404",
+                   "message": template_body(to, "order_update")})
+        .to_string(),
+    )
+    .await;
     publish("definitely not json".into()).await;
     publish(
         json!({"schema": "pregon.enqueue.v9", "phone_number_id": sender, "message": {}})
@@ -52,7 +58,7 @@ async fn ingest_queues_valid_requests_and_records_refusals() {
                 .fetch_all(&env.services.pool)
                 .await
                 .unwrap();
-        if rows.len() >= 3 || tokio::time::Instant::now() > deadline {
+        if rows.len() >= 4 || tokio::time::Instant::now() > deadline {
             break rows;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -64,6 +70,7 @@ async fn ingest_queues_valid_requests_and_records_refusals() {
         vec![
             ("invalid_envelope".into(), None),
             ("invalid_phone_number".into(), Some("message.to".into())),
+            ("unknown_sender".into(), Some("phone_number_id".into())),
             ("unsupported_schema".into(), Some("schema".into())),
         ]
     );

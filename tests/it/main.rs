@@ -6,3 +6,4 @@ mod enqueue;
 mod harness;
 mod ingest;
 mod resilience;
+mod simulator;

@@ -11,14 +11,31 @@ use serde_json::json;
 
 use crate::harness::{Env, Options, recipients, template_body};
 
-fn spawn_worker(env: &Env) -> Child {
+/// A child `pregon` process that is killed when the test ends, even when an assertion fails.
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(env: &Env) -> Worker {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     Command::new(env!("CARGO_BIN_EXE_pregon"))
         .arg("worker")
         .envs(env.child_env())
+        .env("PREGON_LISTEN", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
+        .map(Worker)
         .expect("the pregon binary starts")
 }
 
@@ -78,8 +95,8 @@ async fn a_killed_worker_loses_nothing_and_sends_nothing_twice() {
     let (mut env, rs) = setup(40, sender, 300).await;
     let mut child = spawn_worker(&env);
     wait_received(&env, sender, 60).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
     let at_kill = env.received(sender).await.len();
     assert!(
         at_kill < 300,
@@ -128,10 +145,10 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
     let mut child = spawn_worker(&env);
     wait_received(&env, sender, 60).await;
     // SAFETY: signalling a child process we own.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(
