@@ -95,8 +95,10 @@ struct NumberState {
     mps: u32,
     tier: Option<u32>,
     accepted_at: VecDeque<Instant>,
-    /// Recipients reached outside a window: last contact time.
+    /// Recipients reached outside a window: last contact time (tracked only under a tier).
     unique: HashMap<String, Instant>,
+    /// Contacts in time order, to expire `unique` without scanning it on every request.
+    contacts: VecDeque<(Instant, String)>,
     /// Pair-rate GCRA: theoretical arrival time per recipient.
     pair_tat: HashMap<String, Instant>,
 }
@@ -450,6 +452,7 @@ fn evaluate(
             tier: default_tier,
             accepted_at: VecDeque::new(),
             unique: HashMap::new(),
+            contacts: VecDeque::new(),
             pair_tat: HashMap::new(),
         });
     // Throughput: accepted messages in the last second, exactly.
@@ -507,14 +510,21 @@ fn evaluate(
         );
     }
     // Messaging limit: unique recipients outside a window in the moving 24 h.
-    if template.is_some() && !window_open {
-        number
-            .unique
-            .retain(|_, last| now.duration_since(*last) < TIER_WINDOW);
-        if let Some(tier) = number.tier
-            && !number.unique.contains_key(to)
-            && number.unique.len() >= tier as usize
-        {
+    if template.is_some()
+        && !window_open
+        && let Some(tier) = number.tier
+    {
+        while let Some((at, recipient)) = number.contacts.front() {
+            if now.duration_since(*at) < TIER_WINDOW {
+                break;
+            }
+            // Forget the recipient only if this was their latest contact.
+            if number.unique.get(recipient) == Some(at) {
+                number.unique.remove(recipient);
+            }
+            number.contacts.pop_front();
+        }
+        if !number.unique.contains_key(to) && number.unique.len() >= tier as usize {
             return Verdict::Refuse(
                 StatusCode::BAD_REQUEST,
                 131048,
@@ -522,6 +532,7 @@ fn evaluate(
             );
         }
         number.unique.insert(to.to_string(), now);
+        number.contacts.push_back((now, to.to_string()));
     }
     number.pair_tat.insert(to.to_string(), tat + pair_interval);
     number.accepted_at.push_back(now);
@@ -607,6 +618,7 @@ async fn configure_number(State(state): State<SimState>, body: Bytes) -> Respons
             tier: None,
             accepted_at: VecDeque::new(),
             unique: HashMap::new(),
+            contacts: VecDeque::new(),
             pair_tat: HashMap::new(),
         });
     if let Some(mps) = c.mps {
