@@ -144,6 +144,9 @@ async fn handle(services: &Services, data: &[u8]) -> bool {
     };
     match enqueue::enqueue(services, request).await {
         Ok(_) => true,
+        // The same key is being enqueued right now by another delivery: try again shortly, when
+        // it will be answered as a replay instead of refused.
+        Err(EnqueueError::Refused { status: 409, .. }) => false,
         Err(EnqueueError::Refused {
             code,
             field,
