@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::app::{AppError, shutdown_channel};
 use crate::config::Config;
 use crate::process::{LocalStack, local_sender_id};
-use crate::simulator::{Received, SimConfig};
+use crate::simulator::{Received, SimConfig, peak_per_second};
 use crate::store::{self, ConsentEvent};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -314,20 +314,6 @@ async fn fetch_received(http: &reqwest::Client, sim_url: &str, sender: &str) -> 
         return Vec::new();
     };
     serde_json::from_value(v["messages"].clone()).unwrap_or_default()
-}
-
-/// The most messages the simulator accepted from one sender in any one-second window.
-pub fn peak_per_second(received: &[Received]) -> usize {
-    let mut times: Vec<u64> = received.iter().map(|r| r.at_us).collect();
-    times.sort_unstable();
-    let (mut best, mut start) = (0, 0);
-    for end in 0..times.len() {
-        while times[end] - times[start] >= 1_000_000 {
-            start += 1;
-        }
-        best = best.max(end - start + 1);
-    }
-    best
 }
 
 /// The same server and credentials, another database name.

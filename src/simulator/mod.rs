@@ -549,6 +549,20 @@ fn evaluate(
     }
 }
 
+/// The most messages accepted in any one-second window: what a per-second cap is judged by.
+pub fn peak_per_second(received: &[Received]) -> usize {
+    let mut times: Vec<u64> = received.iter().map(|r| r.at_us).collect();
+    times.sort_unstable();
+    let (mut best, mut start) = (0, 0);
+    for end in 0..times.len() {
+        while times[end] - times[start] >= 1_000_000 {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
 #[derive(Deserialize)]
 struct NumberFilter {
     phone_number_id: Option<String>,

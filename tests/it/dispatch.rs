@@ -7,7 +7,7 @@ use pregon::simulator::SimConfig;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Env, Options, max_in_any_second, recipients, template_body, text_body};
+use crate::harness::{Env, Options, recipients, template_body, text_body};
 
 async fn enqueue(env: &Env, sender: &str, body: Value) -> String {
     let (status, answer) = env.post(&format!("/v1/{sender}/messages"), body).await;
@@ -215,7 +215,7 @@ async fn twenty_mps_sender_never_exceeds_twenty_in_any_second() {
     .await;
     let received = env.received(sender).await;
     assert_eq!(received.len(), 120);
-    let peak = max_in_any_second(&received);
+    let peak = pregon::simulator::peak_per_second(&received);
     assert!(peak <= 20, "{peak} messages in one second");
     assert!(env.attempts(sender).await.iter().all(|a| a.code != 130429));
     env.cleanup().await;

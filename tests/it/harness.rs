@@ -258,26 +258,23 @@ impl Env {
     }
 
     pub async fn received(&self, sender: &str) -> Vec<Received> {
-        let v: Value = self
-            .http
-            .get(format!(
-                "{}/_sim/received?phone_number_id={sender}",
-                self.sim_url
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        serde_json::from_value(v["messages"].clone()).unwrap()
+        self.sim_list("received", "messages", sender).await
     }
 
     pub async fn attempts(&self, sender: &str) -> Vec<Attempt> {
+        self.sim_list("attempts", "attempts", sender).await
+    }
+
+    async fn sim_list<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        field: &str,
+        sender: &str,
+    ) -> Vec<T> {
         let v: Value = self
             .http
             .get(format!(
-                "{}/_sim/attempts?phone_number_id={sender}",
+                "{}/_sim/{path}?phone_number_id={sender}",
                 self.sim_url
             ))
             .send()
@@ -286,7 +283,7 @@ impl Env {
             .json()
             .await
             .unwrap();
-        serde_json::from_value(v["attempts"].clone()).unwrap()
+        serde_json::from_value(v[field].clone()).unwrap()
     }
 
     pub async fn counts(&self, sender: &str) -> std::collections::HashMap<String, i64> {
@@ -359,19 +356,4 @@ pub fn recipients(n: usize, seed: u32) -> Vec<String> {
     (0..n)
         .map(|i| format!("521{:03}{:07}", seed % 1000, i))
         .collect()
-}
-
-/// The most messages accepted by the simulator in any one-second window.
-pub fn max_in_any_second(received: &[Received]) -> usize {
-    let mut times: Vec<u64> = received.iter().map(|r| r.at_us).collect();
-    times.sort_unstable();
-    let mut best = 0;
-    let mut start = 0;
-    for end in 0..times.len() {
-        while times[end] - times[start] >= 1_000_000 {
-            start += 1;
-        }
-        best = best.max(end - start + 1);
-    }
-    best
 }
