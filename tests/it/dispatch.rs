@@ -436,3 +436,117 @@ async fn transactional_overtakes_a_marketing_backlog() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn account_errors_pause_the_sender_and_keep_its_messages() {
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550209";
+    env.sender(sender, json!(1000), 80).await;
+    env.template("order_update", "utility").await;
+    env.sim(
+        "/_sim/faults",
+        json!({"phone_number_id": sender, "kind": "error", "code": 190}),
+    )
+    .await;
+    let to = &recipients(1, 20)[0];
+    let id = enqueue(&env, sender, template_body(to, "order_update")).await;
+    env.start_worker();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, senders) = env.get("/v1/senders").await;
+        if senders["data"][0]["paused"] == true {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sender was not paused: {senders}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Paused, the message waits: not failed, not sent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, message) = env.get(&format!("/v1/messages/{id}")).await;
+    assert_eq!(message["status"], "queued", "{message}");
+    assert!(env.received(sender).await.is_empty());
+    let (status, _) = env
+        .post(&format!("/v1/senders/{sender}/resume"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    env.wait_counts(sender, Duration::from_secs(20), |c| {
+        c.get("sent") == Some(&1)
+    })
+    .await;
+    let codes: Vec<i64> = env.attempts(sender).await.iter().map(|a| a.code).collect();
+    assert_eq!(codes, vec![190, 0]);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_business_portfolio_shares_one_messaging_limit() {
+    let mut env = Env::start(Options {
+        sim: SimConfig::default(),
+        tweak: |c| c.tier_scope = pregon::domain::tier::TierScope::BusinessPortfolio,
+    })
+    .await;
+    env.template("promo", "marketing").await;
+    let (a, b) = ("1065550210", "1065550211");
+    for id in [a, b] {
+        let (status, body) = env
+            .post(
+                "/v1/senders",
+                json!({"phone_number_id": id, "business_portfolio_id": "shared-portfolio", "tier": 100,
+                       "mps": 500, "access_token": "t"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let rs = recipients(200, 21);
+    env.opt_in(&rs).await;
+    enqueue_all(
+        &env,
+        a,
+        rs[..120]
+            .iter()
+            .map(|r| template_body(r, "promo"))
+            .collect(),
+    )
+    .await;
+    enqueue_all(
+        &env,
+        b,
+        rs[120..]
+            .iter()
+            .map(|r| template_body(r, "promo"))
+            .collect(),
+    )
+    .await;
+    env.start_worker();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ca, cb) = (env.counts(a).await, env.counts(b).await);
+        let get =
+            |c: &std::collections::HashMap<String, i64>, k: &str| c.get(k).copied().unwrap_or(0);
+        if get(&ca, "queued") + get(&cb, "queued") == 0 {
+            assert_eq!(get(&ca, "sent") + get(&cb, "sent"), 100, "{ca:?} {cb:?}");
+            assert_eq!(
+                get(&ca, "deferred") + get(&cb, "deferred"),
+                100,
+                "{ca:?} {cb:?}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{ca:?} {cb:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let at_sim = env.received(a).await.len() + env.received(b).await.len();
+    assert_eq!(at_sim, 100);
+    assert_eq!(
+        env.services
+            .state
+            .tier_usage("bp:shared-portfolio")
+            .await
+            .unwrap(),
+        100
+    );
+    env.cleanup_senders(&[a, b]).await;
+}

@@ -312,6 +312,12 @@ impl Env {
         }
     }
 
+    /// Cleanup for a test that registered senders itself instead of through [`Env::sender`].
+    pub async fn cleanup_senders(mut self, senders: &[&str]) {
+        self.senders.extend(senders.iter().map(|s| s.to_string()));
+        self.cleanup().await;
+    }
+
     /// Stops everything this test started and removes its queues, keys and database.
     pub async fn cleanup(mut self) {
         self.stop_worker().await;
