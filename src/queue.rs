@@ -31,9 +31,29 @@ pub enum QueueError {
     ConfirmTimeout(Duration),
 }
 
-/// How many times a quorum queue redelivers one message (crashes, requeues) before it is
-/// dead-lettered as poison.
+/// How many times a quorum queue redelivers one message (crashes, requeues) before RabbitMQ
+/// dead-letters it on its own; a backstop behind [`REDELIVERY_LIMIT`].
 const DELIVERY_LIMIT: i64 = 50;
+
+/// Redeliveries after which the worker gives a message up itself, records it failed and moves it
+/// to the dead-letter queue, so it never disappears with its row still `queued`.
+pub const REDELIVERY_LIMIT: u64 = 20;
+
+/// How often RabbitMQ has delivered this message before (quorum queues count it in the
+/// `x-delivery-count` header).
+pub fn redeliveries(properties: &BasicProperties) -> u64 {
+    let Some(headers) = properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Names {

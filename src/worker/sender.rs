@@ -173,6 +173,14 @@ pub async fn run(
                 }
             },
         };
+        if queue::redeliveries(&delivery.properties) >= queue::REDELIVERY_LIMIT {
+            // Processes keep dying with this message in hand: stop the cycle, keep the evidence.
+            tracing::error!(id = %job.id, "message redelivered too often; dead-lettering it");
+            let mut update = MessageUpdate::new(job.id, Status::Failed, job.attempt);
+            update.reason = Some("redelivered_too_often".into());
+            exhaust(&shared, delivery, &job, update).await;
+            continue;
+        }
         process(
             &shared, &mut lanes, lane, delivery, job, &inflight, &retry_tx,
         )

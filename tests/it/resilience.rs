@@ -187,3 +187,60 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_message_redelivered_too_often_is_recorded_failed_and_dead_lettered() {
+    use futures_util::StreamExt;
+    use lapin::options::BasicNackOptions;
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550402";
+    env.sender(sender, json!(1000), 80).await;
+    env.template("order_update", "utility").await;
+    let to = &recipients(1, 42)[0];
+    let (status, body) = env
+        .post(
+            &format!("/v1/{sender}/messages"),
+            template_body(to, "order_update"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // Every crash returns the delivery to the queue; do that as often as the limit.
+    let queue = env
+        .services
+        .names
+        .lane_queue(sender, pregon::domain::Lane::Transactional);
+    let (channel, mut consumer) = pregon::queue::consume(&env.services.amqp, &queue, "crashing", 1)
+        .await
+        .unwrap();
+    for _ in 0..pregon::queue::REDELIVERY_LIMIT {
+        let delivery = consumer
+            .next()
+            .await
+            .expect("the job is in its lane")
+            .unwrap();
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .unwrap();
+    }
+    channel.close(200, "crashed enough".into()).await.unwrap();
+    env.start_worker();
+    env.wait_counts(sender, Duration::from_secs(20), |c| {
+        c.get("failed") == Some(&1)
+    })
+    .await;
+    let reason: String = sqlx::query_scalar("SELECT status_reason FROM messages")
+        .fetch_one(&env.services.pool)
+        .await
+        .unwrap();
+    assert_eq!(reason, "redelivered_too_often");
+    assert!(env.received(sender).await.is_empty());
+    let dead = pregon::queue::depth(&env.services.amqp, &env.services.names.dead())
+        .await
+        .unwrap();
+    assert_eq!(dead, Some(1));
+    env.cleanup().await;
+}
