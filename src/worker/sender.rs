@@ -55,6 +55,8 @@ struct LaneState {
 /// What a send task needs, shared by all of one sender's tasks.
 struct Shared {
     services: Services,
+    /// The sender's phone_number_id: fixed for the life of the loop.
+    id: String,
     /// The sender as last read from the catalog: tier, token and cap may change while it runs.
     sender: std::sync::RwLock<Arc<Sender>>,
     pacer: Pacer,
@@ -96,6 +98,7 @@ pub async fn run(
             config.throttle_cooldown.0,
         ),
         services: services.clone(),
+        id: id.clone(),
         sender: std::sync::RwLock::new(sender),
         owner,
     });
@@ -386,7 +389,7 @@ fn hold(
         .services
         .metrics
         .holds
-        .with_label_values(&[shared.sender().phone_number_id.as_str(), reason])
+        .with_label_values(&[shared.id.as_str(), reason])
         .inc();
     let state = &mut lanes[lane.index()];
     state.held = Some((delivery, job));
@@ -512,7 +515,7 @@ async fn on_failure(shared: &Shared, delivery: Delivery, mut job: SendJob, failu
             .await;
         }
         Disposition::StopSender => {
-            let id = shared.sender().phone_number_id.clone();
+            let id = shared.id.clone();
             tracing::error!(sender = %id, %failure, "account-level error: pausing the sender; its messages stay queued");
             if let Err(e) = services
                 .set_sender_paused(&id, true, Some(&failure.to_string()))
@@ -527,10 +530,10 @@ async fn on_failure(shared: &Shared, delivery: Delivery, mut job: SendJob, failu
         }
         Disposition::PauseMarketing => {
             let until = now_ms() + config.marketing_pause_on_spam.0.as_millis() as i64;
-            tracing::error!(sender = %shared.sender().phone_number_id, "spam rate limit (131048): holding marketing");
+            tracing::error!(sender = %shared.id, "spam rate limit (131048): holding marketing");
             if let Err(e) = services
                 .state
-                .pause_marketing_until(&shared.sender().phone_number_id, until)
+                .pause_marketing_until(&shared.id, until)
                 .await
             {
                 tracing::error!(error = %e, "could not hold marketing");
@@ -594,11 +597,10 @@ async fn finish(
 ) {
     match shared.services.writer.update(update).await {
         Ok(()) => {
-            shared.services.metrics.outcome(
-                outcome,
-                &shared.sender().phone_number_id,
-                job.category.as_str(),
-            );
+            shared
+                .services
+                .metrics
+                .outcome(outcome, &shared.id, job.category.as_str());
             ack(&delivery).await;
         }
         Err(e) => {
@@ -642,11 +644,10 @@ async fn redelay(
         u
     });
     if reason.is_some() {
-        shared.services.metrics.outcome(
-            "deferred",
-            &shared.sender().phone_number_id,
-            job.category.as_str(),
-        );
+        shared
+            .services
+            .metrics
+            .outcome("deferred", &shared.id, job.category.as_str());
     }
     park(shared, delivery, job, wait, update).await;
 }
