@@ -54,14 +54,17 @@ impl Catalog {
     }
 
     pub async fn sender(&self, phone_number_id: &str) -> Result<Option<Arc<Sender>>, StoreError> {
-        if self.stale() {
+        let refreshed = self.stale();
+        if refreshed {
             self.refresh().await?;
         }
         if let Some(s) = self.cached_sender(phone_number_id) {
             return Ok(Some(s));
         }
-        // A sender registered moments ago by another process.
-        self.refresh().await?;
+        if !refreshed {
+            // A sender registered moments ago by another process.
+            self.refresh().await?;
+        }
         Ok(self.cached_sender(phone_number_id))
     }
 
@@ -75,7 +78,8 @@ impl Catalog {
         name: &str,
         language: &str,
     ) -> Result<Option<Template>, StoreError> {
-        if self.stale() {
+        let refreshed = self.stale();
+        if refreshed {
             self.refresh().await?;
         }
         let key = (name.to_string(), language.to_string());
@@ -83,7 +87,7 @@ impl Catalog {
             let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
             inner.templates.get(&key).cloned()
         };
-        if found.is_some() {
+        if found.is_some() || refreshed {
             return Ok(found);
         }
         self.refresh().await?;
