@@ -11,6 +11,7 @@ pub mod pacing;
 pub mod phone;
 pub mod retry;
 pub mod tier;
+pub mod webhook;
 
 /// What a message is for; decides pricing, consent needs and which lane it travels in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
