@@ -50,6 +50,7 @@ fn pure(c: &mut Criterion) {
             utility: None,
         },
         window_open: false,
+        suppressed: false,
         sent_wamid: None,
         claimed: false,
     };
@@ -74,6 +75,38 @@ fn pure(c: &mut Criterion) {
     c.bench_function("job encode", |b| b.iter(|| black_box(&job).encode()));
     c.bench_function("job decode", |b| {
         b.iter(|| SendJob::decode(black_box(&encoded)))
+    });
+}
+
+/// The receiver's work per webhook POST (signature check, JSON validity) and the processor's
+/// parse, for a full batch of 1,000 statuses.
+fn webhook_parsing(c: &mut Criterion) {
+    let statuses: Vec<serde_json::Value> = (0..1000)
+        .map(|i| {
+            serde_json::json!({"id": format!("wamid.{i}"), "status": "delivered", "timestamp": "1700000000",
+                "recipient_id": "5215512345678", "pricing": {"billable": true, "pricing_model": "PMP",
+                "category": "utility", "type": "regular"}})
+        })
+        .collect();
+    let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "W",
+        "changes": [{"field": "messages", "value": {"metadata": {"phone_number_id": "PN"},
+        "statuses": statuses}}]}]})
+    .to_string()
+    .into_bytes();
+    let secrets = vec![b"secret".to_vec()];
+    let signature = pregon::whatsapp::sign(b"secret", &body);
+    c.bench_function("webhook receive check (1,000 statuses)", |b| {
+        b.iter(|| {
+            assert!(pregon::whatsapp::verify(
+                &secrets,
+                black_box(&body),
+                &signature
+            ));
+            serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok()
+        })
+    });
+    c.bench_function("webhook parse (1,000 statuses)", |b| {
+        b.iter(|| pregon::domain::webhook::parse(black_box(&body)).map(|u| u.len()))
     });
 }
 
@@ -122,5 +155,5 @@ fn redis_round_trips(c: &mut Criterion) {
     runtime.block_on(state.delete_all()).unwrap();
 }
 
-criterion_group!(benches, pure, redis_round_trips);
+criterion_group!(benches, pure, webhook_parsing, redis_round_trips);
 criterion_main!(benches);

@@ -8,6 +8,7 @@ CREATE TABLE webhook_events (
     state        TEXT NOT NULL DEFAULT 'pending'
                  CHECK (state IN ('pending', 'processed', 'malformed', 'failed')),
     attempts     INTEGER NOT NULL DEFAULT 0,
+    claimed_until TIMESTAMPTZ,         -- a processor is working on it until then
     updates      INTEGER,              -- updates found in the body, once processed
     unknown      INTEGER,              -- updates of a kind or shape pregon does not act on
     error        TEXT,
@@ -29,6 +30,7 @@ ALTER TABLE messages DROP CONSTRAINT messages_status_check;
 ALTER TABLE messages ADD CONSTRAINT messages_status_check
     CHECK (status IN ('queued', 'deferred', 'sent', 'delivered', 'read', 'failed', 'skipped', 'cancelled'));
 ALTER TABLE messages
+    ADD COLUMN body             TEXT,  -- the Cloud API body, to send again after 131049 or a retry
     ADD COLUMN delivered_at     TIMESTAMPTZ,
     ADD COLUMN read_at          TIMESTAMPTZ,
     ADD COLUMN failed_at        TIMESTAMPTZ,
@@ -50,7 +52,8 @@ CREATE TABLE message_statuses (
     error_title TEXT,
     pricing     JSONB,
     received_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    applied_at  TIMESTAMPTZ,
+    applied_at  TIMESTAMPTZ,           -- folded into the message row
+    effects_done BOOLEAN NOT NULL DEFAULT FALSE, -- suppression / opt-out / retry taken care of
     UNIQUE (wamid, status)
 );
 CREATE INDEX message_statuses_unapplied ON message_statuses (id) WHERE applied_at IS NULL;
@@ -75,6 +78,7 @@ CREATE TABLE inbound_messages (
     reply_to        UUID,                -- our message it replies to, when known
     referral        JSONB,
     opted_out       BOOLEAN NOT NULL DEFAULT FALSE,
+    handled         BOOLEAN NOT NULL DEFAULT FALSE, -- window, opt-out, reply link and events done
     occurred_at     TIMESTAMPTZ NOT NULL,
     received_at     TIMESTAMPTZ NOT NULL DEFAULT now()
 );

@@ -147,8 +147,9 @@ impl Services {
         phone_number_id: &str,
         paused: bool,
         reason: Option<&str>,
+        source: store::PauseSource,
     ) -> Result<(), AppError> {
-        store::set_sender_paused(&self.pool, phone_number_id, paused, reason).await?;
+        store::set_sender_paused(&self.pool, phone_number_id, paused, reason, source).await?;
         self.catalog.refresh().await?;
         if let Some(sender) = self.catalog.sender(phone_number_id).await? {
             self.mirror_sender(&sender).await?;
@@ -181,6 +182,50 @@ impl Services {
         let ids = store::append_consent(&self.pool, events).await?;
         self.state.mirror_consent(&mirror).await?;
         Ok(ids)
+    }
+
+    /// Suppresses a recipient Meta reports as not on WhatsApp, in PostgreSQL and Redis.
+    pub async fn suppress(&self, recipient: &str, evidence: &str) -> Result<(), AppError> {
+        store::webhooks::suppress(&self.pool, recipient, "not_on_whatsapp", evidence).await?;
+        self.state.set_suppressed(recipient, true).await?;
+        Ok(())
+    }
+
+    /// Lifts a suppression; returns whether there was one.
+    pub async fn unsuppress(&self, recipient: &str) -> Result<bool, AppError> {
+        let had = store::webhooks::unsuppress(&self.pool, recipient).await?;
+        self.state.set_suppressed(recipient, false).await?;
+        Ok(had)
+    }
+
+    /// Applies what Meta reported about a number to PostgreSQL and the Redis mirror the worker
+    /// decides on, before returning: the next decision follows it.
+    pub async fn apply_sender_health(
+        &self,
+        phone_number_id: &str,
+        change: &crate::domain::webhook::SenderChange,
+    ) -> Result<(), AppError> {
+        store::webhooks::update_sender_health(
+            &self.pool,
+            phone_number_id,
+            change.quality.as_deref(),
+            change.status.as_deref(),
+            change.tier.map(Tier::limit),
+            change.mps,
+        )
+        .await?;
+        self.catalog.refresh().await?;
+        if let Some(sender) = self.catalog.sender(phone_number_id).await? {
+            self.mirror_sender(&sender).await?;
+            let unable = sender.paused || sender.status != "CONNECTED";
+            self.metrics
+                .sender_paused
+                .with_label_values(&[phone_number_id])
+                .set(i64::from(unable));
+            tracing::info!(sender = phone_number_id, quality = %sender.quality, status = %sender.status,
+                tier = sender.tier, mps = sender.mps, "sender health updated from a webhook");
+        }
+        Ok(())
     }
 
     /// The tier counter and limit of a sender under the configured scope.

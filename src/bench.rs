@@ -140,6 +140,7 @@ async fn measure(config: Config, args: &BenchArgs) -> Result<(), AppError> {
                 paused_reason: None,
                 mps: i32::try_from(args.mps).unwrap_or(1000),
                 tier_spread_seconds: None,
+                waba_id: None,
                 access_token: "bench-token".into(),
             })
             .await?;

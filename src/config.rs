@@ -132,6 +132,15 @@ pub struct Config {
     pub batch_max_items: usize,
     pub max_body_bytes: usize,
     pub suppress_unreachable: bool,
+    pub webhook_verify_token: String,
+    pub webhook_app_secrets: String,
+    pub webhook_max_body_bytes: usize,
+    pub opt_out_keywords: String,
+    pub opt_out_confirmation: String,
+    pub background_poll: HumanDuration,
+    pub callback_timeout: HumanDuration,
+    pub callback_max_age: HumanDuration,
+    pub callback_concurrency: usize,
     pub log_format: String,
 }
 
@@ -175,6 +184,15 @@ impl Default for Config {
             batch_max_items: 1000,
             max_body_bytes: 4 * 1024 * 1024,
             suppress_unreachable: true,
+            webhook_verify_token: String::new(),
+            webhook_app_secrets: String::new(),
+            webhook_max_body_bytes: 4 * 1024 * 1024,
+            opt_out_keywords: crate::domain::webhook::DEFAULT_OPT_OUT_KEYWORDS.into(),
+            opt_out_confirmation: String::new(),
+            background_poll: HumanDuration(Duration::from_millis(200)),
+            callback_timeout: secs(10),
+            callback_max_age: secs(86_400),
+            callback_concurrency: 32,
             log_format: "text".into(),
         }
     }
@@ -303,6 +321,39 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "suppress_unreachable",
         "suppress recipients Meta reports as not on WhatsApp (131026)",
     ),
+    (
+        "webhook_verify_token",
+        "token Meta's GET /webhooks/whatsapp handshake must present (empty: refuse every handshake)",
+    ),
+    (
+        "webhook_app_secrets",
+        "app secrets that may sign webhooks, comma-separated (several during a rotation; empty: refuse every POST)",
+    ),
+    (
+        "webhook_max_body_bytes",
+        "largest accepted webhook body (Meta sends up to 3 MB)",
+    ),
+    (
+        "opt_out_keywords",
+        "inbound texts that record a marketing opt-out, comma-separated, compared without case or accents",
+    ),
+    (
+        "opt_out_confirmation",
+        "text sent back after an opt-out keyword (empty: send nothing)",
+    ),
+    (
+        "background_poll",
+        "how often idle background tasks look for webhook events, outbox events and due callbacks",
+    ),
+    ("callback_timeout", "timeout of one HTTP callback delivery"),
+    (
+        "callback_max_age",
+        "how long a failing callback delivery is retried before it is given up",
+    ),
+    (
+        "callback_concurrency",
+        "HTTP callback deliveries in flight per process",
+    ),
     ("log_format", "text or json"),
 ];
 
@@ -310,6 +361,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
 #[derive(Debug, Clone)]
 pub struct Derived {
     pub ladder: Vec<Tier>,
+    /// App secrets that may sign webhooks.
+    pub app_secrets: Vec<Vec<u8>>,
+    /// Opt-out keywords, folded for comparison.
+    pub opt_out_keywords: Vec<String>,
     pub delay_steps: Vec<Duration>,
     pub backoff: BackoffPolicy,
 }
@@ -402,8 +457,21 @@ impl Config {
                 "log_format must be text or json".into(),
             ));
         }
+        if self.callback_concurrency == 0 || self.background_poll.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "callback_concurrency and background_poll must be positive".into(),
+            ));
+        }
         Ok(Derived {
             ladder,
+            app_secrets: self
+                .webhook_app_secrets
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.as_bytes().to_vec())
+                .collect(),
+            opt_out_keywords: crate::domain::webhook::opt_out_keywords(&self.opt_out_keywords),
             delay_steps,
             backoff: BackoffPolicy {
                 base: self.retry_base.0,
@@ -437,6 +505,12 @@ impl Config {
         c.database_url = redact_url(&c.database_url);
         c.redis_url = redact_url(&c.redis_url);
         c.amqp_url = redact_url(&c.amqp_url);
+        if !c.webhook_app_secrets.is_empty() {
+            c.webhook_app_secrets = "***".into();
+        }
+        if !c.webhook_verify_token.is_empty() {
+            c.webhook_verify_token = "***".into();
+        }
         toml::to_string(&c).unwrap_or_default()
     }
 }

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::app::Services;
-use crate::domain::decision::{Facts, consent_verdict};
+use crate::domain::decision::{Facts, recipient_verdict};
 use crate::domain::job::{JOB_VERSION, SendJob, TemplateRef};
 use crate::domain::message::{self, MessageKind};
 use crate::domain::{Category, DeliveryMode};
@@ -160,6 +160,7 @@ async fn prepare(services: &Services, request: &Request) -> Result<Prepared, Enq
                 DeliveryMode::AtMostOnce => "at_most_once".into(),
                 DeliveryMode::AtLeastOnce => "at_least_once".into(),
             },
+            body: body.get().to_string(),
         },
         job: SendJob {
             v: JOB_VERSION,
@@ -240,8 +241,13 @@ pub async fn enqueue_many(
         }
     };
     let mut ready: Vec<(usize, Prepared)> = Vec::new();
-    for ((i, prepared), (consent, window_open)) in valid.into_iter().zip(states) {
-        if let Some(reason) = consent_verdict(&prepared.facts, &consent, window_open) {
+    for ((i, prepared), state) in valid.into_iter().zip(states) {
+        if let Some(reason) = recipient_verdict(
+            &prepared.facts,
+            &state.consent,
+            state.window_open,
+            state.suppressed,
+        ) {
             results[i] = Some(Err(refused(422, reason.code(), "to", reason.message())));
             continue;
         }

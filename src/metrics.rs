@@ -1,8 +1,8 @@
 //! Prometheus metrics, one registry per process (tests build their own).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -22,6 +22,16 @@ pub struct Metrics {
     pub pacing_wait_seconds: prometheus::CounterVec,
     pub sender_paused: IntGaugeVec,
     pub ingest_refused: IntCounterVec,
+    /// Webhook POSTs and verification handshakes by outcome.
+    pub webhook_requests: IntCounterVec,
+    /// Webhook updates processed, by kind (status, inbound, template, …, unknown).
+    pub webhook_updates: IntCounterVec,
+    pub webhook_ack_seconds: Histogram,
+    /// Webhook events stored and not processed yet.
+    pub webhook_backlog: IntGauge,
+    pub events_published: IntCounterVec,
+    pub event_outbox_depth: IntGauge,
+    pub callback_deliveries: IntCounterVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -99,6 +109,52 @@ impl Metrics {
             "1 while a sender is paused",
             &["sender"],
         );
+        let webhook_requests = counter(
+            "pregon_webhook_requests_total",
+            "Webhook requests by outcome (accepted, bad_signature, too_large, malformed, verified, verify_refused)",
+            &["outcome"],
+        );
+        let webhook_updates = counter(
+            "pregon_webhook_updates_total",
+            "Webhook updates processed by kind",
+            &["kind"],
+        );
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("static metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        let webhook_backlog = plain_gauge(
+            "pregon_webhook_backlog",
+            "Webhook events stored and waiting to be processed",
+        );
+        let events_published = counter(
+            "pregon_events_published_total",
+            "Lifecycle events published to RabbitMQ by type",
+            &["type"],
+        );
+        let event_outbox_depth = plain_gauge(
+            "pregon_event_outbox_depth",
+            "Lifecycle events waiting in the outbox",
+        );
+        let callback_deliveries = counter(
+            "pregon_callback_deliveries_total",
+            "HTTP callback attempts by outcome (delivered, failed, gave_up)",
+            &["outcome"],
+        );
+        let webhook_ack_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "pregon_webhook_ack_seconds",
+                "Time to store and acknowledge a webhook POST",
+            )
+            .buckets(buckets()),
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(webhook_ack_seconds.clone()))
+            .expect("metric registered once");
         let enqueue_to_accepted = Histogram::with_opts(
             HistogramOpts::new(
                 "pregon_enqueue_to_accepted_seconds",
@@ -148,6 +204,13 @@ impl Metrics {
             pacing_wait_seconds,
             sender_paused,
             ingest_refused,
+            webhook_requests,
+            webhook_updates,
+            webhook_ack_seconds,
+            webhook_backlog,
+            events_published,
+            event_outbox_depth,
+            callback_deliveries,
         }
     }
 
@@ -204,6 +267,22 @@ mod tests {
             .with_label_values(&["accepted"])
             .observe(0.1);
         metrics.enqueue_to_accepted.observe(0.1);
+        metrics
+            .webhook_requests
+            .with_label_values(&["accepted"])
+            .inc();
+        metrics.webhook_updates.with_label_values(&["status"]).inc();
+        metrics.webhook_ack_seconds.observe(0.01);
+        metrics.webhook_backlog.set(0);
+        metrics
+            .events_published
+            .with_label_values(&["message.sent"])
+            .inc();
+        metrics.event_outbox_depth.set(0);
+        metrics
+            .callback_deliveries
+            .with_label_values(&["delivered"])
+            .inc();
         let known: Vec<String> = metrics
             .registry
             .gather()

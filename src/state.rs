@@ -45,6 +45,14 @@ pub struct SenderMirror {
     pub paused: bool,
 }
 
+/// What the enqueue-time check knows about one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecipientState {
+    pub consent: Consent,
+    pub window_open: bool,
+    pub suppressed: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reservation {
     /// Slot taken (or not needed) and the send claimed: go.
@@ -251,29 +259,30 @@ impl State {
     pub async fn recipient_states(
         &self,
         pairs: &[(&str, &str)],
-    ) -> Result<Vec<(Consent, bool)>, StateError> {
+    ) -> Result<Vec<RecipientState>, StateError> {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for (sender, recipient) in pairs {
             pipe.hmget(self.key(&["consent", recipient]), &["marketing", "utility"])
-                .exists(self.key(&["win", sender, recipient]));
+                .exists(self.key(&["win", sender, recipient]))
+                .exists(self.key(&["sup", recipient]));
         }
         let mut conn = self.conn.clone();
         let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
         let mut out = Vec::with_capacity(pairs.len());
-        for pair in raw.chunks(2) {
+        for triple in raw.chunks(3) {
             let (marketing, utility): (Option<String>, Option<String>) =
-                redis::from_redis_value_ref(&pair[0])?;
-            let window: bool = redis::from_redis_value_ref(&pair[1])?;
-            out.push((
-                Consent {
+                redis::from_redis_value_ref(&triple[0])?;
+            out.push(RecipientState {
+                consent: Consent {
                     marketing: marketing.as_deref().and_then(ConsentAction::parse),
                     utility: utility.as_deref().and_then(ConsentAction::parse),
                 },
-                window,
-            ));
+                window_open: redis::from_redis_value_ref(&triple[1])?,
+                suppressed: redis::from_redis_value_ref(&triple[2])?,
+            });
         }
         Ok(out)
     }
@@ -298,26 +307,28 @@ impl State {
         .hmget(self.key(&["consent", recipient]), &["marketing", "utility"])
         .exists(self.key(&["win", phone_number_id, recipient]))
         .get(self.key(&["done", &id]))
-        .exists(self.key(&["claim", &id, &attempt.to_string()]));
+        .exists(self.key(&["claim", &id, &attempt.to_string()]))
+        .exists(self.key(&["sup", recipient]));
         if let Some(t) = template {
             pipe.get(self.key(&["tpl", &t.name, &t.language]));
         }
         let mut conn = self.conn.clone();
         #[allow(clippy::type_complexity)]
-        let (sender, consent, window, done, claimed, rest): (
+        let (sender, consent, window, done, claimed, suppressed, rest): (
             (Option<String>, Option<String>, Option<String>, Option<i64>),
             (Option<String>, Option<String>),
             bool,
             Option<String>,
             bool,
+            bool,
             Vec<Option<String>>,
         ) = if template.is_some() {
-            let (a, b, c, d, e, f): (_, _, _, _, _, Option<String>) =
+            let (a, b, c, d, e, f, g): (_, _, _, _, _, _, Option<String>) =
                 pipe.query_async(&mut conn).await?;
-            (a, b, c, d, e, vec![f])
+            (a, b, c, d, e, f, vec![g])
         } else {
-            let (a, b, c, d, e) = pipe.query_async(&mut conn).await?;
-            (a, b, c, d, e, Vec::new())
+            let (a, b, c, d, e, f) = pipe.query_async(&mut conn).await?;
+            (a, b, c, d, e, f, Vec::new())
         };
         let (status, quality, paused, mk_paused_until) = sender;
         Ok(Snapshot {
@@ -336,6 +347,7 @@ impl State {
                 utility: consent.1.as_deref().and_then(ConsentAction::parse),
             },
             window_open: window,
+            suppressed,
             sent_wamid: done,
             claimed,
         })
@@ -387,6 +399,31 @@ impl State {
                 CLAIM_TTL.as_secs(),
             )
             .await?;
+        Ok(())
+    }
+
+    /// Forgets that a message was sent, so it can be sent again (after a 131049 failure status).
+    pub async fn forget_sent(&self, message_id: Uuid) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .del(self.key(&["done", &message_id.to_string()]))
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a recipient as not reachable on WhatsApp (131026): nothing more is sent to them.
+    pub async fn set_suppressed(
+        &self,
+        recipient: &str,
+        suppressed: bool,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let key = self.key(&["sup", recipient]);
+        if suppressed {
+            let _: () = conn.set(key, 1).await?;
+        } else {
+            let _: () = conn.del(key).await?;
+        }
         Ok(())
     }
 

@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod error;
+pub mod subscriptions;
+pub mod webhooks;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -54,6 +56,8 @@ pub fn router(services: Services) -> Router {
         .route("/v1/consent/{recipient}", get(get_consent))
         .route("/v1/apikeys", post(post_api_key))
         .merge(ops_routes())
+        .merge(webhooks::routes())
+        .merge(subscriptions::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -250,6 +254,8 @@ struct SenderBody {
     mps: Option<i32>,
     #[serde(default)]
     tier_spread_seconds: Option<i32>,
+    #[serde(default)]
+    waba_id: Option<String>,
     access_token: String,
 }
 
@@ -333,6 +339,7 @@ async fn put_sender(
         paused_reason: None,
         mps,
         tier_spread_seconds: b.tier_spread_seconds,
+        waba_id: b.waba_id,
         access_token: b.access_token,
     };
     let saved = state
@@ -396,7 +403,7 @@ async fn set_paused(
     let reason = paused.then_some("paused by an operator");
     state
         .services
-        .set_sender_paused(&id, paused, reason)
+        .set_sender_paused(&id, paused, reason, store::PauseSource::Operator)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!({"phone_number_id": id, "paused": paused})).into_response())

@@ -98,6 +98,8 @@ pub struct Snapshot {
     pub template: Option<TemplateStatus>,
     pub consent: Consent,
     pub window_open: bool,
+    /// Meta reported the recipient is not on WhatsApp (131026) and suppression is on.
+    pub suppressed: bool,
     /// The wamid, if a previous delivery of this message was already accepted by Meta.
     pub sent_wamid: Option<String>,
     /// A previous delivery of this very attempt started its HTTP call and never reported back.
@@ -113,6 +115,7 @@ pub struct Facts {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipReason {
+    Suppressed,
     OptedOut,
     NoMarketingOptIn,
     OutsideServiceWindow,
@@ -121,6 +124,7 @@ pub enum SkipReason {
 impl SkipReason {
     pub fn code(self) -> &'static str {
         match self {
+            SkipReason::Suppressed => "recipient_suppressed",
             SkipReason::OptedOut => "recipient_opted_out",
             SkipReason::NoMarketingOptIn => "no_marketing_opt_in",
             SkipReason::OutsideServiceWindow => "outside_customer_service_window",
@@ -129,6 +133,9 @@ impl SkipReason {
 
     pub fn message(self) -> &'static str {
         match self {
+            SkipReason::Suppressed => {
+                "Meta reported this number is not on WhatsApp (131026); it is suppressed"
+            }
             SkipReason::OptedOut => "the recipient opted out of this kind of message",
             SkipReason::NoMarketingOptIn => {
                 "marketing messages need a recorded opt-in from the recipient"
@@ -230,6 +237,20 @@ pub fn consent_verdict(facts: &Facts, consent: &Consent, window_open: bool) -> O
     }
 }
 
+/// Suppression, then consent and window: whether this recipient may get this message at all.
+/// A suppressed recipient who just wrote to us (an open window) is evidently reachable.
+pub fn recipient_verdict(
+    facts: &Facts,
+    consent: &Consent,
+    window_open: bool,
+    suppressed: bool,
+) -> Option<SkipReason> {
+    if suppressed && !window_open {
+        return Some(SkipReason::Suppressed);
+    }
+    consent_verdict(facts, consent, window_open)
+}
+
 pub fn decide(snapshot: &Snapshot, facts: &Facts) -> Decision {
     if let Some(wamid) = &snapshot.sent_wamid {
         return Decision::AlreadySent(wamid.clone());
@@ -240,7 +261,12 @@ pub fn decide(snapshot: &Snapshot, facts: &Facts) -> Decision {
     if !snapshot.sender.connected || snapshot.sender.paused {
         return Decision::Hold(HoldReason::SenderUnavailable);
     }
-    if let Some(skip) = consent_verdict(facts, &snapshot.consent, snapshot.window_open) {
+    if let Some(skip) = recipient_verdict(
+        facts,
+        &snapshot.consent,
+        snapshot.window_open,
+        snapshot.suppressed,
+    ) {
         return Decision::Skip(skip);
     }
     if let Some(status) = &snapshot.template {
@@ -287,9 +313,25 @@ mod tests {
                 utility: None,
             },
             window_open: false,
+            suppressed: false,
             sent_wamid: None,
             claimed: false,
         }
+    }
+
+    #[test]
+    fn suppressed_recipients_are_skipped_unless_they_just_wrote() {
+        let mut s = healthy();
+        s.suppressed = true;
+        assert_eq!(
+            decide(&s, &facts(Category::Utility, false)),
+            Decision::Skip(SkipReason::Suppressed)
+        );
+        s.window_open = true;
+        assert!(matches!(
+            decide(&s, &facts(Category::Utility, false)),
+            Decision::Send { .. }
+        ));
     }
 
     fn facts(category: Category, free_form: bool) -> Facts {

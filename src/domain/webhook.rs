@@ -495,7 +495,7 @@ pub fn is_opt_out(message: &InboundMessage, keywords: &[String]) -> bool {
         .flatten()
         .any(|t| {
             let folded = fold(t);
-            keywords.iter().any(|k| *k == folded)
+            keywords.contains(&folded)
         })
 }
 

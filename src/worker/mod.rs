@@ -1,5 +1,6 @@
 //! The worker process: takes leases on senders, runs one dispatch loop per owned sender,
-//! consumes the direct-ingest queue, and keeps lane-depth and tier-usage gauges current.
+//! consumes the direct-ingest queue, runs webhook processing, the event relay and callback
+//! deliveries beside them, and keeps lane-depth and tier-usage gauges current.
 
 mod ingest;
 pub mod pacing;
@@ -34,6 +35,7 @@ pub async fn run(services: Services, mut stop: Shutdown) -> Result<(), WorkerErr
     let owner = worker_id();
     let config = services.config.clone();
     let ingest = tokio::spawn(ingest::run(services.clone(), stop.clone()));
+    let background = crate::events::spawn_background(&services, &stop);
     let mut running: HashMap<String, Running> = HashMap::new();
     let tick = (config.lease_ttl.0 / 3)
         .min(config.sender_refresh.0)
@@ -106,6 +108,9 @@ pub async fn run(services: Services, mut stop: Shutdown) -> Result<(), WorkerErr
         let _ = services.state.release_lease(&id, &owner).await;
     }
     let _ = ingest.await;
+    for task in background {
+        let _ = task.await;
+    }
     tracing::info!("worker stopped");
     Ok(())
 }

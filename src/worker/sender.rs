@@ -22,7 +22,7 @@ use crate::domain::job::SendJob;
 use crate::domain::retry::{delay_step, pair_rate_backoff};
 use crate::queue::{self, QueueError};
 use crate::state::{Reservation, StateError, now_ms};
-use crate::store::{ConsentEvent, MessageUpdate, Sender, Status, StoreError};
+use crate::store::{ConsentEvent, MessageUpdate, PauseSource, Sender, Status, StoreError};
 
 use super::pacing::Pacer;
 
@@ -518,7 +518,7 @@ async fn on_failure(shared: &Shared, delivery: Delivery, mut job: SendJob, failu
             let id = shared.id.clone();
             tracing::error!(sender = %id, %failure, "account-level error: pausing the sender; its messages stay queued");
             if let Err(e) = services
-                .set_sender_paused(&id, true, Some(&failure.to_string()))
+                .set_sender_paused(&id, true, Some(&failure.to_string()), PauseSource::CloudApi)
                 .await
             {
                 tracing::error!(sender = %id, error = %e, "could not pause the sender");

@@ -11,6 +11,9 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+pub mod events;
+pub mod webhooks;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("PostgreSQL: {0}")]
@@ -103,6 +106,8 @@ pub struct Sender {
     pub paused_reason: Option<String>,
     pub mps: i32,
     pub tier_spread_seconds: Option<i32>,
+    /// The WhatsApp Business Account the number belongs to: account-wide webhooks name it.
+    pub waba_id: Option<String>,
     #[serde(skip)]
     pub access_token: String,
 }
@@ -110,17 +115,17 @@ pub struct Sender {
 pub async fn upsert_sender(pool: &PgPool, s: &Sender) -> Result<Sender, StoreError> {
     Ok(sqlx::query_as::<_, Sender>(
         "INSERT INTO senders (phone_number_id, business_portfolio_id, display_phone_number, tier, quality,
-                              status, paused, paused_reason, mps, tier_spread_seconds, access_token)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                              status, paused, paused_reason, mps, tier_spread_seconds, access_token, waba_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (phone_number_id) DO UPDATE SET
              business_portfolio_id = EXCLUDED.business_portfolio_id,
              display_phone_number = EXCLUDED.display_phone_number,
              tier = EXCLUDED.tier, quality = EXCLUDED.quality, status = EXCLUDED.status,
              paused = EXCLUDED.paused, paused_reason = EXCLUDED.paused_reason, mps = EXCLUDED.mps,
              tier_spread_seconds = EXCLUDED.tier_spread_seconds, access_token = EXCLUDED.access_token,
-             updated_at = now()
+             waba_id = EXCLUDED.waba_id, updated_at = now()
          RETURNING phone_number_id, business_portfolio_id, display_phone_number, tier, quality, status,
-                   paused, paused_reason, mps, tier_spread_seconds, access_token",
+                   paused, paused_reason, mps, tier_spread_seconds, waba_id, access_token",
     )
     .bind(&s.phone_number_id)
     .bind(&s.business_portfolio_id)
@@ -133,6 +138,7 @@ pub async fn upsert_sender(pool: &PgPool, s: &Sender) -> Result<Sender, StoreErr
     .bind(s.mps)
     .bind(s.tier_spread_seconds)
     .bind(&s.access_token)
+    .bind(&s.waba_id)
     .fetch_one(pool)
     .await?)
 }
@@ -140,11 +146,28 @@ pub async fn upsert_sender(pool: &PgPool, s: &Sender) -> Result<Sender, StoreErr
 pub async fn list_senders(pool: &PgPool) -> Result<Vec<Sender>, StoreError> {
     Ok(sqlx::query_as::<_, Sender>(
         "SELECT phone_number_id, business_portfolio_id, display_phone_number, tier, quality, status,
-                paused, paused_reason, mps, tier_spread_seconds, access_token
+                paused, paused_reason, mps, tier_spread_seconds, waba_id, access_token
          FROM senders ORDER BY phone_number_id",
     )
     .fetch_all(pool)
     .await?)
+}
+
+/// Who paused a sender: a webhook reporting the number healthy again lifts pregon's own pauses,
+/// never an operator's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseSource {
+    Operator,
+    CloudApi,
+}
+
+impl PauseSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseSource::Operator => "operator",
+            PauseSource::CloudApi => "cloud_api",
+        }
+    }
 }
 
 pub async fn set_sender_paused(
@@ -152,13 +175,19 @@ pub async fn set_sender_paused(
     phone_number_id: &str,
     paused: bool,
     reason: Option<&str>,
+    source: PauseSource,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE senders SET paused = $2, paused_reason = $3, updated_at = now() WHERE phone_number_id = $1")
-        .bind(phone_number_id)
-        .bind(paused)
-        .bind(reason)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "UPDATE senders SET paused = $2, paused_reason = $3,
+             pause_source = CASE WHEN $2 THEN $4 ELSE NULL END, updated_at = now()
+         WHERE phone_number_id = $1",
+    )
+    .bind(phone_number_id)
+    .bind(paused)
+    .bind(reason)
+    .bind(source.as_str())
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -302,6 +331,8 @@ pub struct NewMessage {
     pub template_name: Option<String>,
     pub template_language: Option<String>,
     pub delivery: String,
+    /// The Cloud API body as sent, kept so the message can be sent again later.
+    pub body: String,
 }
 
 /// Message states in the order they may follow one another; a write never moves a message back.
@@ -376,14 +407,49 @@ pub struct MessageRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub read_at: Option<DateTime<Utc>>,
+    pub replied_at: Option<DateTime<Utc>>,
+    pub pricing_type: Option<String>,
+    pub pricing_category: Option<String>,
 }
 
 macro_rules! message_columns {
     () => {
         "id, sender, recipient, category, message_type, template_name, template_language, status, status_reason,
-         wamid, attempts, last_error_code, last_error, not_before, created_at, updated_at, sent_at"
+         wamid, attempts, last_error_code, last_error, not_before, created_at, updated_at, sent_at,
+         delivered_at, read_at, replied_at, pricing_type, pricing_category"
     };
 }
+
+/// The lifecycle event of a changed message row `c`, as JSON (schema `pregon.event.v1`).
+macro_rules! message_event_json {
+    ($type:literal) => {
+        concat!(
+            "jsonb_build_object('schema', 'pregon.event.v1', 'id', gen_random_uuid(), 'type', ",
+            $type,
+            ", 'occurred_at', now(), 'message', jsonb_build_object(
+                'id', c.id, 'sender', c.sender, 'recipient', c.recipient, 'category', c.category,
+                'type', c.message_type, 'template', c.template_name, 'language', c.template_language,
+                'status', c.status, 'reason', c.status_reason, 'wamid', c.wamid, 'attempts', c.attempts,
+                'error_code', c.last_error_code, 'error', c.last_error, 'not_before', c.not_before,
+                'pricing', CASE WHEN c.pricing_type IS NULL THEN NULL ELSE jsonb_build_object(
+                    'model', c.pricing_model, 'type', c.pricing_type, 'category', c.pricing_category,
+                    'billable', c.billable) END))"
+        )
+    };
+}
+pub(crate) use message_event_json;
+
+/// Columns a changed-row CTE returns so [`message_event_json`] can describe it.
+macro_rules! changed_columns {
+    () => {
+        "m.id, m.sender, m.recipient, m.category, m.message_type, m.template_name, m.template_language,
+         m.status, m.status_reason, m.wamid, m.attempts, m.last_error_code, m.last_error, m.not_before,
+         m.pricing_model, m.pricing_type, m.pricing_category, m.billable, m.api_key_id"
+    };
+}
+pub(crate) use changed_columns;
 
 pub async fn get_message(pool: &PgPool, id: Uuid) -> Result<Option<MessageRow>, StoreError> {
     Ok(sqlx::query_as::<_, MessageRow>(concat!(
@@ -431,12 +497,20 @@ async fn insert_messages(pool: &PgPool, rows: &[NewMessage]) -> Result<(), Store
     fn col<T: Clone>(rows: &[NewMessage], f: impl Fn(&NewMessage) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
-    sqlx::query(
-        "INSERT INTO messages (id, idempotency_key, api_key_id, sender, recipient, category, message_type,
-                               template_name, template_language, delivery, status)
-         SELECT u.*, 'queued' FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                                $7::text[], $8::text[], $9::text[], $10::text[]) AS u",
-    )
+    sqlx::query(concat!(
+        "WITH c AS (
+             INSERT INTO messages AS m (id, idempotency_key, api_key_id, sender, recipient, category, message_type,
+                                   template_name, template_language, delivery, body, status)
+             SELECT u.*, 'queued' FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                                    $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) AS u
+             RETURNING ",
+        changed_columns!(),
+        ")
+         INSERT INTO event_outbox (event_type, routing_key, api_key_id, payload)
+         SELECT 'message.queued', 'message.queued.' || c.category, c.api_key_id, ",
+        message_event_json!("'message.queued'"),
+        " FROM c"
+    ))
     .bind(col(rows, |r| r.id))
     .bind(col(rows, |r| r.idempotency_key.clone()))
     .bind(col(rows, |r| r.api_key_id))
@@ -447,19 +521,22 @@ async fn insert_messages(pool: &PgPool, rows: &[NewMessage]) -> Result<(), Store
     .bind(col(rows, |r| r.template_name.clone()))
     .bind(col(rows, |r| r.template_language.clone()))
     .bind(col(rows, |r| r.delivery.clone()))
+    .bind(col(rows, |r| r.body.clone()))
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// Applies updates in one statement. A final state is never replaced by a non-final one, so a
-/// late "deferred" can never hide a "sent".
+/// Applies updates in one statement, with a lifecycle event for each row whose state changed. A
+/// final state is never replaced by a non-final one, so a late "deferred" can never hide a "sent",
+/// and what webhooks reported (delivered, read) is never overwritten by the worker.
 async fn update_messages(pool: &PgPool, updates: &[MessageUpdate]) -> Result<(), StoreError> {
     fn col<T: Clone>(rows: &[MessageUpdate], f: impl Fn(&MessageUpdate) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
-    sqlx::query(
-        "UPDATE messages m SET
+    sqlx::query(concat!(
+        "WITH c AS (
+         UPDATE messages m SET
              status = u.status,
              status_reason = u.reason,
              wamid = COALESCE(u.wamid, m.wamid),
@@ -472,9 +549,18 @@ async fn update_messages(pool: &PgPool, updates: &[MessageUpdate]) -> Result<(),
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[],
                      $8::timestamptz[])
               AS u(id, status, reason, wamid, attempts, error_code, error, not_before)
+              JOIN messages old ON old.id = u.id
          WHERE m.id = u.id
-           AND (m.status NOT IN ('sent', 'failed', 'skipped') OR u.status IN ('sent', 'failed', 'skipped'))",
-    )
+           AND m.status NOT IN ('delivered', 'read', 'cancelled')
+           AND (m.status NOT IN ('sent', 'failed', 'skipped') OR u.status IN ('sent', 'failed', 'skipped'))
+         RETURNING ",
+        changed_columns!(),
+        ", old.status AS old_status)
+         INSERT INTO event_outbox (event_type, routing_key, api_key_id, payload)
+         SELECT 'message.' || c.status, 'message.' || c.status || '.' || c.category, c.api_key_id, ",
+        message_event_json!("'message.' || c.status"),
+        " FROM c WHERE c.status IS DISTINCT FROM c.old_status"
+    ))
     .bind(col(updates, |u| u.id))
     .bind(col(updates, |u| u.status.as_str().to_string()))
     .bind(col(updates, |u| u.reason.clone()))
