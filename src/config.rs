@@ -141,6 +141,8 @@ pub struct Config {
     pub callback_timeout: HumanDuration,
     pub callback_max_age: HumanDuration,
     pub callback_concurrency: usize,
+    pub callback_retry_base: HumanDuration,
+    pub template_pause_recheck: HumanDuration,
     pub log_format: String,
 }
 
@@ -193,6 +195,8 @@ impl Default for Config {
             callback_timeout: secs(10),
             callback_max_age: secs(86_400),
             callback_concurrency: 32,
+            callback_retry_base: secs(5),
+            template_pause_recheck: secs(60),
             log_format: "text".into(),
         }
     }
@@ -353,6 +357,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
     (
         "callback_concurrency",
         "HTTP callback deliveries in flight per process",
+    ),
+    (
+        "callback_retry_base",
+        "first callback retry delay; doubles per attempt up to an hour, with jitter",
+    ),
+    (
+        "template_pause_recheck",
+        "how often messages of a PAUSED template are looked at again",
     ),
     ("log_format", "text or json"),
 ];

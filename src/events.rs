@@ -179,8 +179,12 @@ async fn deliver(services: &Services, http: &reqwest::Client, d: DueDelivery) {
         .unwrap_or(chrono::Duration::days(1));
     let retry_at = || {
         let next = chrono::Utc::now()
-            + chrono::Duration::from_std(callback_delay(attempt, fastrand::f64()))
-                .unwrap_or(chrono::Duration::hours(1));
+            + chrono::Duration::from_std(callback_delay(
+                services.config.callback_retry_base.0,
+                attempt,
+                fastrand::f64(),
+            ))
+            .unwrap_or(chrono::Duration::hours(1));
         (next < d.created_at + max_age).then_some(next)
     };
     let result = match answer {
@@ -264,7 +268,10 @@ mod tests {
 
     #[test]
     fn callback_retry_delays_grow_to_an_hour() {
-        assert!(callback_delay(1, 0.5) >= Duration::from_secs(4));
-        assert!(callback_delay(30, 1.0) <= Duration::from_secs(3600 * 12 / 10));
+        let base = Duration::from_secs(5);
+        assert!(callback_delay(base, 1, 0.5) >= Duration::from_secs(4));
+        assert!(callback_delay(base, 2, 0.5) >= Duration::from_secs(9));
+        assert!(callback_delay(base, 30, 1.0) <= Duration::from_secs(3600 * 12 / 10));
+        assert!(callback_delay(base, 30, 0.0) >= Duration::from_secs(2880));
     }
 }

@@ -70,7 +70,9 @@ pub async fn run(services: Services, mut stop: Shutdown) {
 
 /// Claims and processes one batch of stored events; returns how many it processed.
 pub async fn process_batch(services: &Services) -> Result<usize, StoreError> {
-    let events = stored::claim_events(&services.pool, CLAIM_BATCH, CLAIM_LEASE_SECONDS).await?;
+    let mut events = stored::claim_events(&services.pool, CLAIM_BATCH, CLAIM_LEASE_SECONDS).await?;
+    // In the order Meta sent them: a later update about the same thing must win.
+    events.sort_by_key(|e| e.id);
     let n = events.len();
     for event in events {
         match process_event(services, &event.body).await {

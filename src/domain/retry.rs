@@ -26,13 +26,12 @@ impl BackoffPolicy {
     }
 }
 
-/// Delay before callback attempt `attempt` (1 = the first retry): 5 s doubling to an hour, ±20 %
-/// jitter so a receiver coming back is not hit by every delivery at once. Over a day that is
-/// about 30 attempts.
-pub fn callback_delay(attempt: u32, unit: f64) -> Duration {
-    let base = Duration::from_secs(5)
-        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
-    base.min(Duration::from_secs(3600))
+/// Delay before callback attempt `attempt` (1 = the first retry): `base` doubling to an hour,
+/// ±20 % jitter so a receiver coming back is not hit by every delivery at once. With a 5 s base,
+/// a day holds about 30 attempts.
+pub fn callback_delay(base: Duration, attempt: u32, unit: f64) -> Duration {
+    base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)))
+        .min(Duration::from_secs(3600))
         .mul_f64(0.8 + 0.4 * unit.clamp(0.0, 1.0))
 }
 

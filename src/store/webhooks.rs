@@ -647,7 +647,7 @@ pub async fn update_template_field(
 ) -> Result<Option<super::Template>, StoreError> {
     let column = field.column();
     let sql = format!(
-        "WITH old AS (SELECT {column} AS v FROM templates WHERE name = $1 AND language = $2 FOR UPDATE),
+        "WITH old AS (SELECT {column} AS v FROM templates WHERE name = $1 AND language = $2),
          upd AS (
              UPDATE templates SET {column} = $3,
                  status_reason = CASE WHEN $6 = 'status' THEN $4 ELSE status_reason END,

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::app::{Services, Shutdown};
 use crate::domain::Lane;
-use crate::domain::decision::{self, Decision, DeferReason, Facts, TEMPLATE_PAUSE_RECHECK};
+use crate::domain::decision::{self, Decision, DeferReason, Facts};
 use crate::domain::errors::{Disposition, SendFailure, classify};
 use crate::domain::job::SendJob;
 use crate::domain::retry::{delay_step, pair_rate_backoff};
@@ -308,6 +308,10 @@ async fn process(
             finish(shared, delivery, &job, update, "failed").await;
         }
         Decision::Hold(reason) => hold(shared, lanes, lane, delivery, job, reason.code()),
+        Decision::Defer(DeferReason::TemplatePaused, _) => {
+            let wait = services.config.template_pause_recheck.0;
+            defer(shared, delivery, job, DeferReason::TemplatePaused, wait).await
+        }
         Decision::Defer(reason, wait) => defer(shared, delivery, job, reason, wait).await,
         Decision::Send {
             counts_against_tier,
@@ -510,7 +514,7 @@ async fn on_failure(shared: &Shared, delivery: Delivery, mut job: SendJob, failu
                 delivery,
                 job,
                 DeferReason::TemplatePaused,
-                TEMPLATE_PAUSE_RECHECK,
+                services.config.template_pause_recheck.0,
             )
             .await;
         }

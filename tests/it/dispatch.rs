@@ -390,6 +390,7 @@ async fn transactional_overtakes_a_marketing_backlog() {
             ..SimConfig::default()
         },
         tweak: |c| c.prefetch = 200,
+        sim_webhooks: false,
     })
     .await;
     let sender = "1065550208";
@@ -486,6 +487,7 @@ async fn a_business_portfolio_shares_one_messaging_limit() {
     let mut env = Env::start(Options {
         sim: SimConfig::default(),
         tweak: |c| c.tier_scope = pregon::domain::tier::TierScope::BusinessPortfolio,
+        sim_webhooks: false,
     })
     .await;
     env.template("promo", "marketing").await;

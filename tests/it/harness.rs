@@ -16,6 +16,8 @@ pub const ADMIN: &str = "admin";
 pub struct Options {
     pub sim: SimConfig,
     pub tweak: fn(&mut Config),
+    /// Point the simulator's status webhooks at pregon's receiver.
+    pub sim_webhooks: bool,
 }
 
 impl Default for Options {
@@ -23,9 +25,16 @@ impl Default for Options {
         Options {
             sim: SimConfig::default(),
             tweak: |_| {},
+            sim_webhooks: false,
         }
     }
 }
+
+/// The app secret the simulator and the webhook fixtures sign with; a second one is configured
+/// too, as during a rotation.
+pub const APP_SECRET: &str = "pregon-simulator-secret";
+pub const OLD_APP_SECRET: &str = "it-previous-secret";
+pub const VERIFY_TOKEN: &str = "it-verify-token";
 
 pub struct Env {
     pub config: Config,
@@ -54,10 +63,16 @@ fn ms(n: u64) -> HumanDuration {
 impl Env {
     pub async fn start(options: Options) -> Env {
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_url = format!("http://{}", listener.local_addr().unwrap());
         let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sim_url = format!("http://{}", sim_listener.local_addr().unwrap());
         let (sim_stop, mut sim_signal) = shutdown_channel();
-        let sim_config = options.sim.clone();
+        let mut sim_config = options.sim.clone();
+        if options.sim_webhooks {
+            sim_config.webhook_url = Some(format!("{api_url}/webhooks/whatsapp"));
+            sim_config.app_secret = APP_SECRET.into();
+        }
         let sim =
             tokio::spawn(async move {
                 pregon::simulator::serve(sim_listener, sim_config, async move {
@@ -79,6 +94,9 @@ impl Env {
             hold_recheck: ms(300),
             throttle_cooldown: ms(2000),
             shutdown_grace: ms(5000),
+            webhook_app_secrets: format!("{APP_SECRET},{OLD_APP_SECRET}"),
+            webhook_verify_token: VERIFY_TOKEN.into(),
+            background_poll: ms(50),
             ..Config::default()
         };
         if let Ok(url) = std::env::var("PREGON_REDIS_URL") {
@@ -99,8 +117,6 @@ impl Env {
         )
         .await
         .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api_url = format!("http://{}", listener.local_addr().unwrap());
         let (api_stop, api_signal) = shutdown_channel();
         let api = tokio::spawn(pregon::process::serve_api(
             services.clone(),
@@ -127,6 +143,19 @@ impl Env {
         let services = self.services.clone();
         let handle = tokio::spawn(async move {
             pregon::worker::run(services, signal).await.unwrap();
+        });
+        self.worker = Some((stop, handle));
+    }
+
+    /// Only what runs beside the dispatcher (webhook processing, event relay, callbacks), for
+    /// tests about webhooks that need no sends.
+    pub fn start_background(&mut self) {
+        let (stop, signal) = shutdown_channel();
+        let tasks = pregon::events::spawn_background(&self.services, &signal);
+        let handle = tokio::spawn(async move {
+            for t in tasks {
+                t.await.unwrap();
+            }
         });
         self.worker = Some((stop, handle));
     }
@@ -344,6 +373,156 @@ impl Env {
             .await;
         }
     }
+}
+
+impl Env {
+    /// Posts a webhook body signed with `secret` (None: unsigned); answers status and text.
+    pub async fn webhook_signed(&self, body: &[u8], secret: Option<&str>) -> (StatusCode, String) {
+        let mut req = self
+            .http
+            .post(format!("{}/webhooks/whatsapp", self.api_url))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(secret) = secret {
+            req = req.header(
+                "x-hub-signature-256",
+                pregon::whatsapp::sign(secret.as_bytes(), body),
+            );
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    }
+
+    /// Posts a webhook signed like Meta's and expects it to be accepted.
+    pub async fn webhook(&self, body: &Value) {
+        let (status, text) = self
+            .webhook_signed(body.to_string().as_bytes(), Some(APP_SECRET))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+    }
+
+    /// A queue bound to the events exchange with `pattern`, for reading what other systems see.
+    pub async fn events_queue(&self, pattern: &str) -> lapin::Consumer {
+        use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let channel = self.services.amqp.create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.name().as_str().into(),
+                self.services.names.events().as_str().into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .basic_consume(
+                queue.name().as_str().into(),
+                "it-events".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+    }
+
+    pub async fn message(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/messages/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Polls `check` until it gives a value, or panics after `timeout` with `what`.
+    pub async fn eventually<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl AsyncFnMut() -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Reads events (routing key, JSON) from an events queue until `n` arrived or `timeout` passed.
+pub async fn read_events(
+    consumer: &mut lapin::Consumer,
+    n: usize,
+    timeout: Duration,
+) -> Vec<(String, Value)> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(d))) => out.push((
+                d.routing_key.to_string(),
+                serde_json::from_slice(&d.data).unwrap(),
+            )),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Meta's envelope around one change.
+pub fn envelope(field: &str, value: Value) -> Value {
+    json!({"object": "whatsapp_business_account",
+           "entry": [{"id": "it-waba", "changes": [{"field": field, "value": value}]}]})
+}
+
+pub fn statuses(phone_number_id: &str, statuses: Vec<Value>) -> Value {
+    envelope(
+        "messages",
+        json!({"messaging_product": "whatsapp",
+               "metadata": {"display_phone_number": phone_number_id, "phone_number_id": phone_number_id},
+               "statuses": statuses}),
+    )
+}
+
+pub fn status(wamid: &str, status: &str, recipient: &str) -> Value {
+    json!({"id": wamid, "status": status, "timestamp": chrono::Utc::now().timestamp().to_string(),
+           "recipient_id": recipient,
+           "pricing": {"billable": true, "pricing_model": "PMP", "category": "utility", "type": "regular"}})
+}
+
+pub fn inbound(phone_number_id: &str, from: &str, wamid: &str, message: Value) -> Value {
+    let mut m = message;
+    m["from"] = json!(from);
+    m["id"] = json!(wamid);
+    m["timestamp"] = json!(chrono::Utc::now().timestamp().to_string());
+    envelope(
+        "messages",
+        json!({"messaging_product": "whatsapp",
+               "metadata": {"display_phone_number": phone_number_id, "phone_number_id": phone_number_id},
+               "contacts": [{"profile": {"name": "Ana"}, "wa_id": from}],
+               "messages": [m]}),
+    )
 }
 
 pub fn template_body(to: &str, name: &str) -> Value {

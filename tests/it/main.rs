@@ -7,3 +7,4 @@ mod harness;
 mod ingest;
 mod resilience;
 mod simulator;
+mod webhooks;

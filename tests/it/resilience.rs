@@ -46,6 +46,7 @@ async fn setup(seed: u32, sender: &str, n: usize) -> (Env, Vec<String>) {
             ..SimConfig::default()
         },
         tweak: |_| {},
+        sim_webhooks: false,
     })
     .await;
     env.sender(sender, json!("unlimited"), 60).await;

@@ -48,6 +48,7 @@ async fn status_webhooks_are_signed_and_shaped_like_metas() {
             ..SimConfig::default()
         },
         tweak: |_| {},
+        sim_webhooks: false,
     })
     .await;
     let sender = "1065550500";
