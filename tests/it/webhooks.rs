@@ -776,9 +776,12 @@ async fn template_webhooks_pause_release_disable_and_recategorise() {
     env.cleanup().await;
 }
 
+/// One callback as the receiver saw it: headers and raw body.
+type Seen = (axum::http::HeaderMap, Vec<u8>);
+
 #[derive(Clone, Default)]
 struct Receiver {
-    seen: Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 async fn callback_receiver(fail_first: usize) -> (String, Receiver) {
