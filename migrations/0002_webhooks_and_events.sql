@@ -50,6 +50,7 @@ CREATE TABLE message_statuses (
     recipient   TEXT,
     error_code  BIGINT,
     error_title TEXT,
+    failure_reason TEXT,               -- for a failed status: what its code means (domain::webhook)
     pricing     JSONB,
     received_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     applied_at  TIMESTAMPTZ,           -- folded into the message row

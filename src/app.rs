@@ -150,15 +150,25 @@ impl Services {
         source: store::PauseSource,
     ) -> Result<(), AppError> {
         store::set_sender_paused(&self.pool, phone_number_id, paused, reason, source).await?;
-        self.catalog.refresh().await?;
-        if let Some(sender) = self.catalog.sender(phone_number_id).await? {
-            self.mirror_sender(&sender).await?;
-        }
+        self.reload_sender(phone_number_id).await?;
         self.metrics
             .sender_paused
             .with_label_values(&[phone_number_id])
             .set(i64::from(paused));
         Ok(())
+    }
+
+    /// Rereads a sender changed in PostgreSQL into the catalog and the Redis mirror.
+    async fn reload_sender(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<std::sync::Arc<Sender>>, AppError> {
+        self.catalog.refresh().await?;
+        let sender = self.catalog.sender(phone_number_id).await?;
+        if let Some(sender) = &sender {
+            self.mirror_sender(sender).await?;
+        }
+        Ok(sender)
     }
 
     pub async fn register_template(&self, template: Template) -> Result<(), AppError> {
@@ -214,9 +224,7 @@ impl Services {
             change.mps,
         )
         .await?;
-        self.catalog.refresh().await?;
-        if let Some(sender) = self.catalog.sender(phone_number_id).await? {
-            self.mirror_sender(&sender).await?;
+        if let Some(sender) = self.reload_sender(phone_number_id).await? {
             let unable = sender.paused || sender.status != "CONNECTED";
             self.metrics
                 .sender_paused

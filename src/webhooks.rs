@@ -127,12 +127,9 @@ async fn process_event(services: &Services, body: &[u8]) -> Result<Outcome, AppE
         match update {
             Update::NumberQuality(u) => {
                 count(services, "phone_number_quality_update");
-                let digits: String = u
-                    .display_phone_number
-                    .chars()
-                    .filter(char::is_ascii_digit)
-                    .collect();
-                let senders = stored::senders_by_display_number(&services.pool, &digits).await?;
+                let senders =
+                    stored::senders_by_display_number(&services.pool, &u.display_phone_number)
+                        .await?;
                 let change = webhook::number_quality_change(u);
                 for id in senders {
                     services.apply_sender_health(&id, &change).await?;
@@ -159,9 +156,7 @@ async fn process_event(services: &Services, body: &[u8]) -> Result<Outcome, AppE
                     };
                     let senders = match &u.phone_number {
                         Some(number) => {
-                            let digits: String =
-                                number.chars().filter(char::is_ascii_digit).collect();
-                            stored::senders_by_display_number(&services.pool, &digits).await?
+                            stored::senders_by_display_number(&services.pool, number).await?
                         }
                         None => stored::senders_of_account(&services.pool, &u.waba_id).await?,
                     };

@@ -77,6 +77,13 @@ pub fn ops_router(services: Services) -> Router {
     })
 }
 
+/// A recipient given in a body or path, normalised, or a 400 naming the `recipient` field.
+pub(crate) fn recipient_field(raw: &str) -> Result<phone::PhoneNumber, ApiError> {
+    phone::normalize(raw).map_err(|e| {
+        ApiError::bad_request("invalid_phone_number", Some("recipient"), e.to_string())
+    })
+}
+
 fn delivery_mode(headers: &HeaderMap) -> Result<DeliveryMode, ApiError> {
     match headers
         .get("x-pregon-delivery")
@@ -503,9 +510,7 @@ async fn post_consent(
     let caller = state.caller(&headers).await?;
     caller.require(Role::Service)?;
     let b: ConsentBody = parse_json(&body)?;
-    let recipient = phone::normalize(&b.recipient).map_err(|e| {
-        ApiError::bad_request("invalid_phone_number", Some("recipient"), e.to_string())
-    })?;
+    let recipient = recipient_field(&b.recipient)?;
     if !matches!(b.purpose.as_str(), "marketing" | "utility") {
         return Err(ApiError::bad_request(
             "invalid_field",
@@ -560,9 +565,7 @@ async fn get_consent(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.caller(&headers).await?;
-    let recipient = phone::normalize(&recipient).map_err(|e| {
-        ApiError::bad_request("invalid_phone_number", Some("recipient"), e.to_string())
-    })?;
+    let recipient = recipient_field(&recipient)?;
     let history = store::consent_history(&state.services.pool, recipient.digits())
         .await
         .map_err(ApiError::internal)?;

@@ -13,7 +13,6 @@ use uuid::Uuid;
 use super::ApiState;
 use super::auth::{Caller, Role, generate_secret};
 use super::error::{ApiError, parse_json};
-use crate::domain::phone;
 use crate::events::EVENT_TYPES;
 use crate::store::events as stored;
 use crate::store::webhooks::suppression;
@@ -183,11 +182,7 @@ async fn deliveries(
 }
 
 fn recipient(raw: &str) -> Result<String, ApiError> {
-    phone::normalize(raw)
-        .map(|p| p.digits().to_string())
-        .map_err(|e| {
-            ApiError::bad_request("invalid_phone_number", Some("recipient"), e.to_string())
-        })
+    super::recipient_field(raw).map(|p| p.digits().to_string())
 }
 
 async fn get_suppression(

@@ -107,7 +107,7 @@ async fn accept(
     // Checked without building a tree: the processor parses it properly.
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
         // Kept for inspection: a signed body is Meta's (or someone holding the secret).
-        let stored = stored::insert_event(&services.pool, &bytes, RawState::Malformed).await;
+        let stored = stored::insert_raw_event(&services.pool, &bytes, RawState::Malformed).await;
         if let Err(store_error) = stored {
             tracing::warn!(error = %store_error, "could not keep a malformed webhook body");
         }
@@ -120,7 +120,7 @@ async fn accept(
             ),
         ));
     }
-    stored::insert_event(&services.pool, &bytes, RawState::Pending)
+    stored::insert_raw_event(&services.pool, &bytes, RawState::Pending)
         .await
         .map_err(|e| ("store_unavailable", ApiError::internal(e)))?;
     Ok(())

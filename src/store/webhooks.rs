@@ -10,7 +10,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::{StoreError, changed_columns, message_event_json};
-use crate::domain::webhook::{InboundMessage, StatusUpdate};
+use crate::domain::webhook::{InboundMessage, StatusUpdate, failed_status};
 
 // ---------------------------------------------------------------------------------------------
 // Raw events
@@ -22,7 +22,11 @@ pub enum RawState {
 }
 
 /// Stores a webhook body exactly as received, before it is acknowledged.
-pub async fn insert_event(pool: &PgPool, body: &[u8], state: RawState) -> Result<i64, StoreError> {
+pub async fn insert_raw_event(
+    pool: &PgPool,
+    body: &[u8],
+    state: RawState,
+) -> Result<i64, StoreError> {
     let state = match state {
         RawState::Pending => "pending",
         RawState::Malformed => "malformed",
@@ -168,10 +172,11 @@ pub async fn insert_statuses(
     let rows = sqlx::query(
         "WITH u AS (
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[],
-                                  $6::text[], $7::jsonb[])
-                 AS u(wamid, status, occurred_at, recipient, error_code, error_title, pricing)
+                                  $6::text[], $7::text[], $8::jsonb[])
+                 AS u(wamid, status, occurred_at, recipient, error_code, error_title, failure_reason, pricing)
          ), ins AS (
-             INSERT INTO message_statuses (wamid, status, occurred_at, recipient, error_code, error_title, pricing)
+             INSERT INTO message_statuses (wamid, status, occurred_at, recipient, error_code, error_title,
+                                           failure_reason, pricing)
              SELECT DISTINCT ON (wamid, status) * FROM u
              ON CONFLICT (wamid, status) DO NOTHING
              RETURNING id
@@ -187,6 +192,9 @@ pub async fn insert_statuses(
     .bind(col(&|s| s.recipient.clone()))
     .bind(statuses.iter().map(|s| s.error_code).collect::<Vec<_>>())
     .bind(col(&|s| s.error_title.clone()))
+    .bind(col(&|s| {
+        (s.status == "failed").then(|| failed_status(s.error_code).reason().to_string())
+    }))
     .bind(statuses.iter().map(|s| s.pricing.clone()).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
@@ -249,6 +257,7 @@ pub async fn apply_statuses(pool: &PgPool, ids: &[i64]) -> Result<u64, StoreErro
                  min(occurred_at) FILTER (WHERE status = 'failed' AND error_code IS DISTINCT FROM 131049) AS failed_at,
                  (array_agg(error_code ORDER BY id) FILTER (WHERE status = 'failed'))[1] AS error_code,
                  (array_agg(error_title ORDER BY id) FILTER (WHERE status = 'failed'))[1] AS error_title,
+                 (array_agg(failure_reason ORDER BY id) FILTER (WHERE status = 'failed'))[1] AS failure_reason,
                  (array_agg(pricing ORDER BY id DESC) FILTER (WHERE pricing IS NOT NULL))[1] AS pricing
              FROM s GROUP BY wamid
          ), c AS (
@@ -262,14 +271,7 @@ pub async fn apply_statuses(pool: &PgPool, ids: &[i64]) -> Result<u64, StoreErro
                  status_reason = CASE
                      WHEN a.is_failed AND NOT (a.is_read OR a.is_delivered)
                           AND old.status NOT IN ('read', 'delivered', 'skipped', 'cancelled')
-                     THEN CASE a.error_code
-                         WHEN 131026 THEN 'recipient_unreachable'
-                         WHEN 131050 THEN 'recipient_stopped_marketing'
-                         WHEN 131047 THEN 'outside_customer_service_window'
-                         WHEN 132015 THEN 'template_paused'
-                         WHEN 132016 THEN 'template_disabled'
-                         WHEN 130472 THEN 'experiment_holdout'
-                         ELSE 'undelivered' END
+                     THEN a.failure_reason
                      ELSE old.status_reason END,
                  last_error_code = CASE WHEN a.is_failed THEN a.error_code ELSE old.last_error_code END,
                  last_error = CASE WHEN a.is_failed THEN a.error_title ELSE old.last_error END,
@@ -560,11 +562,16 @@ pub async fn inbound(pool: &PgPool, wamid: &str) -> Result<Option<InboundRow>, S
 // ---------------------------------------------------------------------------------------------
 // Sender and template health
 
-/// Senders a number-level update names by display number (compared digit by digit).
+/// Senders a number-level update names by display number (compared digit by digit, so
+/// "+1 555-000-0908" and "15550000908" are the same number).
 pub async fn senders_by_display_number(
     pool: &PgPool,
-    digits: &str,
+    display_number: &str,
 ) -> Result<Vec<String>, StoreError> {
+    let digits: String = display_number
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
     Ok(sqlx::query_scalar(
         "SELECT phone_number_id FROM senders
          WHERE regexp_replace(coalesce(display_phone_number, ''), '[^0-9]', '', 'g') = $1",
