@@ -130,7 +130,14 @@ fn redis_round_trips(c: &mut Criterion) {
     c.bench_function("redis snapshot read", |b| {
         b.iter(|| {
             runtime
-                .block_on(state.snapshot(id, 0, "1065550000100", "5215512345678", Some(&template)))
+                .block_on(state.snapshot(
+                    id,
+                    0,
+                    "1065550000100",
+                    "5215512345678",
+                    Some(&template),
+                    None,
+                ))
                 .unwrap()
         })
     });

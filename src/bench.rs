@@ -147,6 +147,7 @@ async fn measure(config: Config, args: &BenchArgs) -> Result<(), AppError> {
     }
     services
         .register_template(Template {
+            parameters: Vec::new(),
             name: "order_update".into(),
             language: "es_MX".into(),
             category: "utility".into(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::domain::campaign::RateCard;
 use crate::domain::retry::{BackoffPolicy, parse_steps};
 use crate::domain::tier::{Tier, TierScope, parse_ladder};
 
@@ -143,6 +144,10 @@ pub struct Config {
     pub callback_concurrency: usize,
     pub callback_retry_base: HumanDuration,
     pub template_pause_recheck: HumanDuration,
+    pub campaign_poll: HumanDuration,
+    pub campaign_window: u32,
+    pub campaign_chunk: u32,
+    pub rate_card: String,
     pub log_format: String,
 }
 
@@ -197,10 +202,17 @@ impl Default for Config {
             callback_concurrency: 32,
             callback_retry_base: secs(5),
             template_pause_recheck: secs(60),
+            campaign_poll: HumanDuration(Duration::from_millis(250)),
+            campaign_window: 20_000,
+            campaign_chunk: 2_000,
+            rate_card: String::new(),
             log_format: "text".into(),
         }
     }
 }
+
+/// The example rate card kept in the repository, used when `rate_card` names no file.
+const BUILT_IN_RATE_CARD: &str = include_str!("../deploy/rate-card.csv");
 
 /// Every setting with what it does; `pregon --help` prints this list with the defaults.
 pub const SETTINGS: &[(&str, &str)] = &[
@@ -366,6 +378,22 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "template_pause_recheck",
         "how often messages of a PAUSED template are looked at again",
     ),
+    (
+        "campaign_poll",
+        "how often a campaign runner plans, hands over, and checks its senders' health",
+    ),
+    (
+        "campaign_window",
+        "most messages of one campaign waiting in RabbitMQ at once (pause and cancel act on the rest in PostgreSQL)",
+    ),
+    (
+        "campaign_chunk",
+        "recipients planned or handed over per step",
+    ),
+    (
+        "rate_card",
+        "CSV of prices per country and category for estimates (empty: deploy/rate-card.csv as built in)",
+    ),
     ("log_format", "text or json"),
 ];
 
@@ -373,6 +401,8 @@ pub const SETTINGS: &[(&str, &str)] = &[
 #[derive(Debug, Clone)]
 pub struct Derived {
     pub ladder: Vec<Tier>,
+    /// Prices per delivered template for campaign estimates.
+    pub rate_card: RateCard,
     /// App secrets that may sign webhooks.
     pub app_secrets: Vec<Vec<u8>>,
     /// Opt-out keywords, folded for comparison.
@@ -474,7 +504,21 @@ impl Config {
                 "callback_concurrency and background_poll must be positive".into(),
             ));
         }
+        if self.campaign_window == 0 || self.campaign_chunk == 0 || self.campaign_poll.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "campaign_window, campaign_chunk and campaign_poll must be positive".into(),
+            ));
+        }
+        let rate_card_text = if self.rate_card.is_empty() {
+            BUILT_IN_RATE_CARD.to_string()
+        } else {
+            std::fs::read_to_string(&self.rate_card)
+                .map_err(|e| ConfigError::Invalid(format!("rate_card {}: {e}", self.rate_card)))?
+        };
+        let rate_card = RateCard::parse(&rate_card_text)
+            .map_err(|e| ConfigError::Invalid(format!("rate_card: {e}")))?;
         Ok(Derived {
+            rate_card,
             ladder,
             app_secrets: self
                 .webhook_app_secrets

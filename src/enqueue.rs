@@ -176,6 +176,7 @@ async fn prepare(services: &Services, request: &Request) -> Result<Prepared, Enq
             deferrals: 0,
             enqueued_at_ms: now_ms(),
             not_before_ms: 0,
+            campaign: None,
             body,
         },
         input,

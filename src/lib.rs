@@ -8,8 +8,10 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod campaigns;
 pub mod catalog;
 pub mod config;
+pub mod contacts;
 pub mod demo;
 pub mod domain;
 pub mod enqueue;
@@ -20,6 +22,7 @@ pub mod queue;
 pub mod simulator;
 pub mod state;
 pub mod store;
+pub mod templates;
 pub mod webhooks;
 pub mod whatsapp;
 pub mod worker;

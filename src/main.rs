@@ -53,7 +53,7 @@ enum ApikeyCommand {
     Create {
         #[arg(long, default_value = "admin")]
         name: String,
-        /// admin, service or viewer
+        /// admin, service, marketing or viewer
         #[arg(long, default_value = "admin")]
         role: String,
         /// Limit the key to these sender phone_number_ids (comma-separated).
@@ -205,7 +205,7 @@ async fn run(command: Command, config: Config) -> Result<(), AppError> {
             senders,
         }) => {
             let role = Role::parse(&role)
-                .ok_or_else(|| AppError::Invalid("role is admin, service or viewer".into()))?;
+                .ok_or_else(|| AppError::Invalid(format!("role is {}", Role::NAMES)))?;
             store::ensure_database(&config.database_url).await?;
             let pool = store::connect(&config.database_url, 2).await?;
             store::migrate(&pool).await?;

@@ -32,6 +32,14 @@ pub struct Metrics {
     pub events_published: IntCounterVec,
     pub event_outbox_depth: IntGauge,
     pub callback_deliveries: IntCounterVec,
+    /// Campaign launches, pauses, resumes, completions by event and cause.
+    pub campaign_transitions: IntCounterVec,
+    /// Campaign messages written at planning.
+    pub campaign_planned: prometheus::IntCounter,
+    /// Campaign messages handed to RabbitMQ.
+    pub campaign_handed: prometheus::IntCounter,
+    /// Contact rows imported, by outcome (created, updated, error).
+    pub contacts_imported: IntCounterVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -144,6 +152,31 @@ impl Metrics {
             "HTTP callback attempts by outcome (delivered, failed, gave_up)",
             &["outcome"],
         );
+        let campaign_transitions = counter(
+            "pregon_campaign_transitions_total",
+            "Campaign state changes by event (launched, paused, auto_paused, auto_resumed, ...) and cause",
+            &["event", "cause"],
+        );
+        let contacts_imported = counter(
+            "pregon_contacts_imported_total",
+            "Contact import rows by outcome (created, updated, error)",
+            &["outcome"],
+        );
+        let plain_counter = |name: &str, help: &str| {
+            let c = prometheus::IntCounter::new(name, help).expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        };
+        let campaign_planned = plain_counter(
+            "pregon_campaign_planned_total",
+            "Campaign messages written at planning",
+        );
+        let campaign_handed = plain_counter(
+            "pregon_campaign_handed_total",
+            "Campaign messages handed to RabbitMQ by the fan-out",
+        );
         let webhook_ack_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "pregon_webhook_ack_seconds",
@@ -211,6 +244,10 @@ impl Metrics {
             events_published,
             event_outbox_depth,
             callback_deliveries,
+            campaign_transitions,
+            campaign_planned,
+            campaign_handed,
+            contacts_imported,
         }
     }
 

@@ -12,7 +12,7 @@ use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
 use crate::domain::decision::{
-    Consent, ConsentAction, Quality, SenderState, Snapshot, TemplateStatus,
+    CampaignGate, Consent, ConsentAction, Quality, SenderState, Snapshot, TemplateStatus,
 };
 use crate::domain::job::TemplateRef;
 use crate::domain::tier::TIER_WINDOW;
@@ -43,6 +43,16 @@ pub struct SenderMirror {
     pub status: String,
     pub quality: String,
     pub paused: bool,
+}
+
+/// A sender's health as mirrored for the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderHealth {
+    pub status: String,
+    pub quality: String,
+    pub paused: bool,
+    /// Marketing held after a spam-rate answer (131048).
+    pub marketing_held: bool,
 }
 
 /// What the enqueue-time check knows about one recipient.
@@ -102,6 +112,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 "#;
+
+/// Escapes a literal for a Redis glob pattern (the prefix's hash tag holds braces; tests' prefixes
+/// may hold other pattern characters).
+fn redis_glob_escape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -297,6 +320,7 @@ impl State {
         phone_number_id: &str,
         recipient: &str,
         template: Option<&TemplateRef>,
+        campaign: Option<Uuid>,
     ) -> Result<Snapshot, StateError> {
         let id = message_id.to_string();
         let mut pipe = redis::pipe();
@@ -312,25 +336,39 @@ impl State {
         if let Some(t) = template {
             pipe.get(self.key(&["tpl", &t.name, &t.language]));
         }
+        if let Some(c) = campaign {
+            pipe.get(self.key(&["camp", &c.to_string()]));
+        }
         let mut conn = self.conn.clone();
-        #[allow(clippy::type_complexity)]
-        let (sender, consent, window, done, claimed, suppressed, rest): (
-            (Option<String>, Option<String>, Option<String>, Option<i64>),
-            (Option<String>, Option<String>),
-            bool,
+        let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let value = |i: usize| raw.get(i).unwrap_or(&redis::Value::Nil);
+        let (status, quality, paused, mk_paused_until): (
             Option<String>,
-            bool,
-            bool,
-            Vec<Option<String>>,
-        ) = if template.is_some() {
-            let (a, b, c, d, e, f, g): (_, _, _, _, _, _, Option<String>) =
-                pipe.query_async(&mut conn).await?;
-            (a, b, c, d, e, f, vec![g])
-        } else {
-            let (a, b, c, d, e, f) = pipe.query_async(&mut conn).await?;
-            (a, b, c, d, e, f, Vec::new())
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+        ) = redis::from_redis_value_ref(value(0))?;
+        let consent: (Option<String>, Option<String>) = redis::from_redis_value_ref(value(1))?;
+        let window: bool = redis::from_redis_value_ref(value(2))?;
+        let done: Option<String> = redis::from_redis_value_ref(value(3))?;
+        let claimed: bool = redis::from_redis_value_ref(value(4))?;
+        let suppressed: bool = redis::from_redis_value_ref(value(5))?;
+        let mut next = 6;
+        let template_status = match template {
+            Some(_) => {
+                next += 1;
+                let s: Option<String> = redis::from_redis_value_ref(value(6))?;
+                Some(match s {
+                    Some(s) => TemplateStatus::parse(&s),
+                    None => TemplateStatus::Unknown,
+                })
+            }
+            None => None,
         };
-        let (status, quality, paused, mk_paused_until) = sender;
+        let campaign_state: Option<String> = match campaign {
+            Some(_) => redis::from_redis_value_ref(value(next))?,
+            None => None,
+        };
         Ok(Snapshot {
             sender: SenderState {
                 connected: status.as_deref() == Some("CONNECTED"),
@@ -338,10 +376,7 @@ impl State {
                 paused: paused.as_deref() == Some("1"),
                 marketing_paused: mk_paused_until.is_some_and(|until| until > now_ms()),
             },
-            template: template.map(|_| match rest.into_iter().next().flatten() {
-                Some(s) => TemplateStatus::parse(&s),
-                None => TemplateStatus::Unknown,
-            }),
+            template: template_status,
             consent: Consent {
                 marketing: consent.0.as_deref().and_then(ConsentAction::parse),
                 utility: consent.1.as_deref().and_then(ConsentAction::parse),
@@ -350,7 +385,145 @@ impl State {
             suppressed,
             sent_wamid: done,
             claimed,
+            campaign: CampaignGate::from_state(campaign_state.as_deref()),
         })
+    }
+
+    // -- campaigns ---------------------------------------------------------------------------
+
+    /// Mirrors a campaign's state for the worker (read with every one of its messages).
+    pub async fn mirror_campaign(&self, campaign: Uuid, state: &str) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .set(self.key(&["camp", &campaign.to_string()]), state)
+            .await?;
+        Ok(())
+    }
+
+    /// Health of senders as the worker sees it: (status, quality, paused, marketing held until ms).
+    pub async fn sender_health(
+        &self,
+        phone_number_ids: &[String],
+    ) -> Result<Vec<SenderHealth>, StateError> {
+        let mut pipe = redis::pipe();
+        for id in phone_number_ids {
+            pipe.hmget(
+                self.key(&["sender", id]),
+                &["status", "quality", "paused", "mk_paused_until"],
+            );
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<(Option<String>, Option<String>, Option<String>, Option<i64>)> =
+            pipe.query_async(&mut conn).await?;
+        Ok(raw
+            .into_iter()
+            .map(|(status, quality, paused, until)| SenderHealth {
+                status: status.unwrap_or_default(),
+                quality: quality.unwrap_or_default(),
+                paused: paused.as_deref() == Some("1"),
+                marketing_held: until.is_some_and(|u| u > now_ms()),
+            })
+            .collect())
+    }
+
+    pub async fn template_status(
+        &self,
+        name: &str,
+        language: &str,
+    ) -> Result<Option<String>, StateError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.get(self.key(&["tpl", name, language])).await?)
+    }
+
+    /// Recipients' consent and suppression in one round trip (campaign planning and estimates).
+    pub async fn audience_states(
+        &self,
+        recipients: &[&str],
+    ) -> Result<Vec<(Consent, bool)>, StateError> {
+        if recipients.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for r in recipients {
+            pipe.hmget(self.key(&["consent", r]), &["marketing", "utility"])
+                .exists(self.key(&["sup", r]));
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let mut out = Vec::with_capacity(recipients.len());
+        for pair in raw.chunks(2) {
+            let (marketing, utility): (Option<String>, Option<String>) =
+                redis::from_redis_value_ref(&pair[0])?;
+            out.push((
+                Consent {
+                    marketing: marketing.as_deref().and_then(ConsentAction::parse),
+                    utility: utility.as_deref().and_then(ConsentAction::parse),
+                },
+                redis::from_redis_value_ref(&pair[1])?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The consent copy of a recipient as it is, for `consent rebuild-cache` to compare.
+    pub async fn consent_raw(
+        &self,
+        recipients: &[String],
+    ) -> Result<Vec<(Option<String>, Option<String>)>, StateError> {
+        let mut pipe = redis::pipe();
+        for r in recipients {
+            pipe.hmget(self.key(&["consent", r]), &["marketing", "utility"]);
+        }
+        let mut conn = self.conn.clone();
+        Ok(pipe.query_async(&mut conn).await?)
+    }
+
+    /// Every recipient with a consent copy (SCAN, so Redis is never blocked).
+    pub async fn consent_recipients(&self) -> Result<Vec<String>, StateError> {
+        let prefix = self.key(&["consent", ""]);
+        let pattern = format!("{}*", redis_glob_escape(&prefix));
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            out.extend(
+                keys.into_iter()
+                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string)),
+            );
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Replaces the consent copy of recipients: (recipient, marketing, utility).
+    pub async fn replace_consent(
+        &self,
+        rows: &[(String, Option<String>, Option<String>)],
+    ) -> Result<(), StateError> {
+        let mut pipe = redis::pipe();
+        for (recipient, marketing, utility) in rows {
+            let key = self.key(&["consent", recipient]);
+            pipe.del(&key).ignore();
+            if let Some(m) = marketing {
+                pipe.hset(&key, "marketing", m).ignore();
+            }
+            if let Some(u) = utility {
+                pipe.hset(&key, "utility", u).ignore();
+            }
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
     }
 
     /// Takes a messaging-limit slot (when the message counts against the tier) and claims the send,

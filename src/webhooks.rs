@@ -293,6 +293,7 @@ async fn resend_after_cap(services: &Services, id: uuid::Uuid) -> Result<(), App
         deferrals: 1,
         enqueued_at_ms: now_ms(),
         not_before_ms,
+        campaign: row.campaign_id,
         body,
     };
     // The "sent" marker would make the worker take the resend for a redelivery.

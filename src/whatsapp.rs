@@ -133,6 +133,69 @@ impl CloudApi {
             Err(_) => Err(SendFailure::Http(status)),
         }
     }
+
+    /// One page of a business account's message templates (`GET /{waba-id}/message_templates`):
+    /// the templates and the cursor of the next page, if any.
+    pub async fn list_templates(
+        &self,
+        waba_id: &str,
+        token: &str,
+        after: Option<&str>,
+    ) -> Result<(Vec<serde_json::Value>, Option<String>), SendFailure> {
+        let mut url = format!(
+            "{}/{waba_id}/message_templates?limit=100&fields=name,language,status,category,components,quality_score",
+            self.base
+        );
+        if let Some(after) = after {
+            url.push_str("&after=");
+            url.push_str(&percent_encode(after));
+        }
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(transport_failure)?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(transport_failure)?;
+        if status != 200 {
+            return Err(match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
+                Ok(envelope) => SendFailure::Api {
+                    http_status: status,
+                    code: envelope.error.code,
+                    message: envelope.error.message,
+                },
+                Err(_) => SendFailure::Http(status),
+            });
+        }
+        let page: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| SendFailure::Http(status))?;
+        let data = page
+            .get("data")
+            .and_then(|d| d.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let next = page
+            .pointer("/paging/next")
+            .and_then(|_| page.pointer("/paging/cursors/after"))
+            .and_then(|a| a.as_str())
+            .map(str::to_string);
+        Ok((data, next))
+    }
+}
+
+/// Percent-encodes a query value (cursors are base64 and may hold `=`, `+` or `/`).
+fn percent_encode(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn transport_failure(e: reqwest::Error) -> SendFailure {

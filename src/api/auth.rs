@@ -13,18 +13,40 @@ use crate::store::{self, ApiKey, StoreError};
 
 use super::error::ApiError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// Reads everything it may see; changes nothing.
     Viewer,
+    /// Other systems: send messages, record consent, subscribe to events.
     Service,
+    /// Marketing teams: contacts, consent, templates sync and campaigns; not senders or keys.
+    Marketing,
     Admin,
 }
 
+/// What a request needs to be allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    Read,
+    Send,
+    Consent,
+    Subscriptions,
+    Contacts,
+    Campaigns,
+    SyncTemplates,
+    /// Senders, template registration by hand, suppressions.
+    Operate,
+    ManageKeys,
+}
+
 impl Role {
+    pub const NAMES: &str = "admin, service, marketing or viewer";
+
     pub fn parse(raw: &str) -> Option<Role> {
         match raw {
             "viewer" => Some(Role::Viewer),
             "service" => Some(Role::Service),
+            "marketing" => Some(Role::Marketing),
             "admin" => Some(Role::Admin),
             _ => None,
         }
@@ -34,7 +56,18 @@ impl Role {
         match self {
             Role::Viewer => "viewer",
             Role::Service => "service",
+            Role::Marketing => "marketing",
             Role::Admin => "admin",
+        }
+    }
+
+    pub fn allows(self, p: Permission) -> bool {
+        use Permission::*;
+        match self {
+            Role::Admin => true,
+            Role::Viewer => p == Read,
+            Role::Service => matches!(p, Read | Send | Consent | Subscriptions),
+            Role::Marketing => matches!(p, Read | Consent | Contacts | Campaigns | SyncTemplates),
         }
     }
 }
@@ -47,13 +80,13 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.role >= role {
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if self.role.allows(permission) {
             Ok(())
         } else {
             Err(ApiError::forbidden(format!(
-                "this needs the {} role",
-                role.as_str()
+                "a {} key may not do this ({permission:?})",
+                self.role.as_str()
             )))
         }
     }
@@ -167,9 +200,30 @@ mod tests {
             role: Role::Service,
             senders: Some(vec!["1".into()]),
         };
-        assert!(caller.require(Role::Viewer).is_ok());
-        assert!(caller.require(Role::Service).is_ok());
-        assert!(caller.require(Role::Admin).is_err());
+        assert!(caller.require(Permission::Read).is_ok());
+        assert!(caller.require(Permission::Send).is_ok());
+        assert!(caller.require(Permission::Operate).is_err());
+        assert!(caller.require(Permission::Campaigns).is_err());
+        let marketing = Caller {
+            role: Role::Marketing,
+            ..caller.clone()
+        };
+        for allowed in [
+            Permission::Contacts,
+            Permission::Consent,
+            Permission::Campaigns,
+            Permission::SyncTemplates,
+        ] {
+            assert!(marketing.require(allowed).is_ok());
+        }
+        for refused in [
+            Permission::Operate,
+            Permission::ManageKeys,
+            Permission::Send,
+        ] {
+            assert!(marketing.require(refused).is_err());
+        }
+        assert!(Role::parse("marketing") == Some(Role::Marketing));
         assert!(caller.may_use_sender("1"));
         assert!(!caller.may_use_sender("2"));
         let secret = generate_secret();

@@ -23,7 +23,7 @@ use crate::domain::tier::Tier;
 use crate::enqueue::{self, Accepted, Request};
 use crate::store::{self, ConsentEvent, Sender, Template};
 
-use auth::{Caller, KeyCache, Role};
+use auth::{Caller, KeyCache, Permission, Role};
 use error::{ApiError, parse_json};
 
 #[derive(Clone)]
@@ -120,7 +120,7 @@ async fn send_message(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers).await?;
-    caller.require(Role::Service)?;
+    caller.require(Permission::Send)?;
     caller.require_sender(&phone_number_id)?;
     let body: Value = parse_json(&body)?;
     let header_key = match headers.get("idempotency-key") {
@@ -171,7 +171,7 @@ async fn send_batch(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers).await?;
-    caller.require(Role::Service)?;
+    caller.require(Permission::Send)?;
     caller.require_sender(&phone_number_id)?;
     let batch: Batch = parse_json(&body)?;
     let max = state.services.config.batch_max_items;
@@ -271,7 +271,7 @@ async fn put_sender(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Role::Admin)?;
+    state.caller(&headers).await?.require(Permission::Operate)?;
     let b: SenderBody = parse_json(&body)?;
     if b.phone_number_id.is_empty() || !b.phone_number_id.chars().all(|c| c.is_ascii_alphanumeric())
     {
@@ -393,7 +393,7 @@ async fn set_paused(
     headers: HeaderMap,
     paused: bool,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Role::Admin)?;
+    state.caller(&headers).await?.require(Permission::Operate)?;
     if state
         .services
         .catalog
@@ -424,6 +424,12 @@ struct TemplateBody {
     category: String,
     #[serde(default)]
     status: Option<String>,
+    /// The template's components as Meta lists them: its parameter slots are derived from them.
+    #[serde(default)]
+    components: Option<Value>,
+    /// Or the parameter slots themselves (`body.1`, `header.1`, `button.0.1`).
+    #[serde(default)]
+    parameters: Option<Vec<String>>,
 }
 
 async fn put_template(
@@ -431,7 +437,7 @@ async fn put_template(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Role::Admin)?;
+    state.caller(&headers).await?.require(Permission::Operate)?;
     let b: TemplateBody = parse_json(&body)?;
     if b.name.is_empty()
         || !b
@@ -463,10 +469,48 @@ async fn put_template(
             "category is marketing, utility or authentication",
         ));
     }
+    let parameters = match (&b.components, b.parameters) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                Some("parameters"),
+                "give components or parameters, not both",
+            ));
+        }
+        (Some(components), None) => {
+            if !components.is_array() {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    Some("components"),
+                    "components is the array the Cloud API lists",
+                ));
+            }
+            crate::domain::campaign::parameter_slots(components)
+        }
+        (None, Some(slots)) => {
+            for slot in &slots {
+                let mut parts = slot.split('.');
+                let ok = matches!(parts.next(), Some("header" | "body" | "button"))
+                    && parts.next().is_some_and(|p| !p.is_empty());
+                if !ok {
+                    return Err(ApiError::bad_request(
+                        "invalid_field",
+                        Some("parameters"),
+                        format!(
+                            "{slot:?} is not a parameter slot like body.1, header.1 or button.0.1"
+                        ),
+                    ));
+                }
+            }
+            slots
+        }
+        (None, None) => Vec::new(),
+    };
     let template = Template {
         name: b.name,
         language: b.language,
         category,
+        parameters,
         status: b
             .status
             .unwrap_or_else(|| "APPROVED".into())
@@ -508,7 +552,7 @@ async fn post_consent(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers).await?;
-    caller.require(Role::Service)?;
+    caller.require(Permission::Consent)?;
     let b: ConsentBody = parse_json(&body)?;
     let recipient = recipient_field(&b.recipient)?;
     if !matches!(b.purpose.as_str(), "marketing" | "utility") {
@@ -598,13 +642,16 @@ async fn post_api_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Role::Admin)?;
+    state
+        .caller(&headers)
+        .await?
+        .require(Permission::ManageKeys)?;
     let b: ApiKeyBody = parse_json(&body)?;
     let role = Role::parse(&b.role).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_field",
             Some("role"),
-            "role is admin, service or viewer",
+            format!("role is {}", Role::NAMES),
         )
     })?;
     if b.name.trim().is_empty() {

@@ -11,7 +11,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::ApiState;
-use super::auth::{Caller, Role, generate_secret};
+use super::auth::{Caller, Permission, Role, generate_secret};
 use super::error::{ApiError, parse_json};
 use crate::events::EVENT_TYPES;
 use crate::store::events as stored;
@@ -44,7 +44,7 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers).await?;
-    caller.require(Role::Service)?;
+    caller.require(Permission::Subscriptions)?;
     let b: SubscriptionBody = parse_json(&body)?;
     let url = reqwest::Url::parse(&b.url)
         .ok()
@@ -146,7 +146,7 @@ async fn remove(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers).await?;
-    caller.require(Role::Service)?;
+    caller.require(Permission::Subscriptions)?;
     let sub = owned(&state, &caller, &id).await?;
     stored::delete_subscription(&state.services.pool, sub.id)
         .await
@@ -210,7 +210,7 @@ async fn lift_suppression(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers).await?;
-    caller.require(Role::Admin)?;
+    caller.require(Permission::Operate)?;
     let recipient = recipient(&raw)?;
     let had = state
         .services

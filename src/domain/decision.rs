@@ -104,6 +104,32 @@ pub struct Snapshot {
     pub sent_wamid: Option<String>,
     /// A previous delivery of this very attempt started its HTTP call and never reported back.
     pub claimed: bool,
+    /// The state of the message's campaign, if it has one.
+    pub campaign: CampaignGate,
+}
+
+/// What a campaign's state means for its messages in the lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CampaignGate {
+    /// No campaign, or one that is running.
+    #[default]
+    Open,
+    /// Paused: hand the message back to the campaign, to be queued again on resume.
+    Paused,
+    /// Cancelled or past its end-by time: the message is cancelled.
+    Stopped,
+}
+
+impl CampaignGate {
+    /// From the campaign state mirrored in Redis; an unknown or missing state lets messages go
+    /// (the campaign runner mirrors the state again within a second).
+    pub fn from_state(state: Option<&str>) -> CampaignGate {
+        match state {
+            Some("paused") => CampaignGate::Paused,
+            Some("cancelled" | "completed") => CampaignGate::Stopped,
+            _ => CampaignGate::Open,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,11 +236,17 @@ pub const TEMPLATE_PAUSE_RECHECK: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     AlreadySent(String),
-    Send { counts_against_tier: bool },
+    Send {
+        counts_against_tier: bool,
+    },
     Skip(SkipReason),
     Fail(FailReason),
     Hold(HoldReason),
     Defer(DeferReason, Duration),
+    /// The campaign is paused: give the message back to it, unsent.
+    ReturnToCampaign,
+    /// The campaign is cancelled: the message will not be sent.
+    Cancel,
 }
 
 /// Consent and window rules, shared by enqueue and send.
@@ -257,6 +289,11 @@ pub fn decide(snapshot: &Snapshot, facts: &Facts) -> Decision {
     }
     if snapshot.claimed && facts.delivery == DeliveryMode::AtMostOnce {
         return Decision::Fail(FailReason::OutcomeUnknown);
+    }
+    match snapshot.campaign {
+        CampaignGate::Open => {}
+        CampaignGate::Paused => return Decision::ReturnToCampaign,
+        CampaignGate::Stopped => return Decision::Cancel,
     }
     if !snapshot.sender.connected || snapshot.sender.paused {
         return Decision::Hold(HoldReason::SenderUnavailable);
@@ -316,7 +353,30 @@ mod tests {
             suppressed: false,
             sent_wamid: None,
             claimed: false,
+            campaign: CampaignGate::Open,
         }
+    }
+
+    #[test]
+    fn a_paused_campaign_takes_its_messages_back_and_a_cancelled_one_drops_them() {
+        let mut s = healthy();
+        let f = facts(Category::Marketing, false);
+        s.campaign = CampaignGate::Paused;
+        assert_eq!(decide(&s, &f), Decision::ReturnToCampaign);
+        s.campaign = CampaignGate::Stopped;
+        assert_eq!(decide(&s, &f), Decision::Cancel);
+        // What was already sent stays sent.
+        s.sent_wamid = Some("wamid.1".into());
+        assert_eq!(decide(&s, &f), Decision::AlreadySent("wamid.1".into()));
+        assert_eq!(
+            CampaignGate::from_state(Some("paused")),
+            CampaignGate::Paused
+        );
+        assert_eq!(
+            CampaignGate::from_state(Some("running")),
+            CampaignGate::Open
+        );
+        assert_eq!(CampaignGate::from_state(None), CampaignGate::Open);
     }
 
     #[test]

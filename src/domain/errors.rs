@@ -104,6 +104,47 @@ pub fn classify(failure: &SendFailure) -> Disposition {
     }
 }
 
+/// Whether a message that ended failed could succeed if sent again (a campaign's retry-failed):
+/// not when the recipient is unreachable, stopped marketing or opted out, not when the send may
+/// have reached Meta (outcome unknown), and not when the message itself is wrong.
+pub fn worth_retrying(code: Option<i64>, reason: Option<&str>) -> bool {
+    if reason.is_some_and(|r| {
+        matches!(
+            r,
+            "recipient_unreachable"
+                | "recipient_stopped_marketing"
+                | "recipient_opted_out"
+                | "recipient_suppressed"
+                | "no_marketing_opt_in"
+                | "send_outcome_unknown"
+                | "template_disabled"
+                | "template_unknown"
+                | "template_not_approved"
+        )
+    }) {
+        return false;
+    }
+    let Some(code) = code else { return true };
+    let disposition = if (400..600).contains(&code) {
+        // Recorded from an HTTP status without a Cloud API error body.
+        classify_http(code as u16)
+    } else {
+        classify(&SendFailure::Api {
+            http_status: 400,
+            code,
+            message: String::new(),
+        })
+    };
+    !matches!(
+        disposition,
+        Disposition::Fail
+            | Disposition::FailUnreachable
+            | Disposition::FailMarketingOptOut
+            | Disposition::FailOutsideWindow
+            | Disposition::FailTemplateDisabled
+    )
+}
+
 /// Unknown codes fall back to the HTTP status: a server error is worth another try, a client
 /// error is not.
 fn classify_http(status: u16) -> Disposition {
@@ -125,6 +166,23 @@ mod tests {
             code,
             message: String::new(),
         }
+    }
+
+    #[test]
+    fn only_failures_that_can_succeed_are_worth_retrying() {
+        assert!(worth_retrying(Some(131000), Some("attempts_exhausted")));
+        assert!(worth_retrying(Some(500), Some("attempts_exhausted")));
+        assert!(worth_retrying(Some(130429), Some("throttled_too_often")));
+        assert!(worth_retrying(None, Some("redelivered_too_often")));
+        assert!(!worth_retrying(Some(131026), Some("recipient_unreachable")));
+        assert!(!worth_retrying(Some(131026), None));
+        assert!(!worth_retrying(
+            Some(131050),
+            Some("recipient_stopped_marketing")
+        ));
+        assert!(!worth_retrying(None, Some("recipient_opted_out")));
+        assert!(!worth_retrying(None, Some("send_outcome_unknown")));
+        assert!(!worth_retrying(Some(132001), Some("rejected_by_cloud_api")));
     }
 
     #[test]

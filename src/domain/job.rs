@@ -43,6 +43,10 @@ pub struct SendJob {
     /// Not to be sent before this instant (ms since the epoch); 0 when free to go.
     #[serde(default)]
     pub not_before_ms: i64,
+    /// The campaign this message belongs to: the worker hands it back when the campaign is paused
+    /// and cancels it when the campaign is cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<Uuid>,
     pub body: Box<RawValue>,
 }
 
@@ -92,6 +96,7 @@ mod tests {
             deferrals: 0,
             enqueued_at_ms: 1_700_000_000_000,
             not_before_ms: 0,
+            campaign: None,
             body: RawValue::from_string(r#"{"messaging_product":"whatsapp","to":"5215512345678","type":"template","template":{"name":"promo","language":{"code":"es_MX"}}}"#.into()).unwrap(),
         }
     }

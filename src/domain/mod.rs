@@ -3,6 +3,8 @@
 //! Nothing in here performs I/O: every function takes plain values and returns plain values, so the
 //! rules that keep a business's numbers safe are unit-tested without any server running.
 
+pub mod campaign;
+pub mod csv;
 pub mod decision;
 pub mod errors;
 pub mod job;

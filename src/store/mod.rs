@@ -11,6 +11,8 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+pub mod campaigns;
+pub mod contacts;
 pub mod events;
 pub mod webhooks;
 
@@ -197,18 +199,22 @@ pub struct Template {
     pub language: String,
     pub category: String,
     pub status: String,
+    /// Parameter slots the template needs (`body.1`, `header.1`, `button.0.1`, ...).
+    #[serde(default)]
+    pub parameters: Vec<String>,
 }
 
 pub async fn upsert_template(pool: &PgPool, t: &Template) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO templates (name, language, category, status) VALUES ($1, $2, $3, $4)
+        "INSERT INTO templates (name, language, category, status, parameters) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (name, language) DO UPDATE SET category = EXCLUDED.category,
-             status = EXCLUDED.status, updated_at = now()",
+             status = EXCLUDED.status, parameters = EXCLUDED.parameters, updated_at = now()",
     )
     .bind(&t.name)
     .bind(&t.language)
     .bind(&t.category)
     .bind(&t.status)
+    .bind(&t.parameters)
     .execute(pool)
     .await?;
     Ok(())
@@ -216,7 +222,7 @@ pub async fn upsert_template(pool: &PgPool, t: &Template) -> Result<(), StoreErr
 
 pub async fn list_templates(pool: &PgPool) -> Result<Vec<Template>, StoreError> {
     Ok(sqlx::query_as::<_, Template>(
-        "SELECT name, language, category, status FROM templates ORDER BY name, language",
+        "SELECT name, language, category, status, parameters FROM templates ORDER BY name, language",
     )
     .fetch_all(pool)
     .await?)
@@ -338,26 +344,35 @@ pub struct NewMessage {
 /// Message states in the order they may follow one another; a write never moves a message back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// A campaign message written at planning, not yet handed to RabbitMQ (or handed back on pause).
+    Planned,
     Queued,
     Deferred,
     Sent,
     Failed,
     Skipped,
+    /// Its campaign was cancelled or reached its end-by time before it was sent.
+    Cancelled,
 }
 
 impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Planned => "planned",
             Status::Queued => "queued",
             Status::Deferred => "deferred",
             Status::Sent => "sent",
             Status::Failed => "failed",
             Status::Skipped => "skipped",
+            Status::Cancelled => "cancelled",
         }
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, Status::Sent | Status::Failed | Status::Skipped)
+        matches!(
+            self,
+            Status::Sent | Status::Failed | Status::Skipped | Status::Cancelled
+        )
     }
 }
 
@@ -559,7 +574,7 @@ async fn update_messages(pool: &PgPool, updates: &[MessageUpdate]) -> Result<(),
          INSERT INTO event_outbox (event_type, routing_key, api_key_id, payload)
          SELECT 'message.' || c.status, 'message.' || c.status || '.' || c.category, c.api_key_id, ",
         message_event_json!("'message.' || c.status"),
-        " FROM c WHERE c.status IS DISTINCT FROM c.old_status"
+        " FROM c WHERE c.status IS DISTINCT FROM c.old_status AND c.status <> 'planned'"
     ))
     .bind(col(updates, |u| u.id))
     .bind(col(updates, |u| u.status.as_str().to_string()))

@@ -377,12 +377,13 @@ pub struct Resendable {
     pub delivery: String,
     pub body: Option<String>,
     pub attempts: i32,
+    pub campaign_id: Option<Uuid>,
 }
 
 pub async fn resendable(pool: &PgPool, id: Uuid) -> Result<Option<Resendable>, StoreError> {
     Ok(sqlx::query_as::<_, Resendable>(
         "SELECT id, sender, recipient, category, message_type, template_name, template_language,
-                delivery, body, attempts
+                delivery, body, attempts, campaign_id
          FROM messages WHERE id = $1",
     )
     .bind(id)

@@ -35,7 +35,8 @@ pub async fn run(services: Services, mut stop: Shutdown) -> Result<(), WorkerErr
     let owner = worker_id();
     let config = services.config.clone();
     let ingest = tokio::spawn(ingest::run(services.clone(), stop.clone()));
-    let background = crate::events::spawn_background(&services, &stop);
+    let mut background = crate::events::spawn_background(&services, &stop);
+    background.push(crate::campaigns::spawn_runner(&services, &stop));
     let mut running: HashMap<String, Running> = HashMap::new();
     let tick = (config.lease_ttl.0 / 3)
         .min(config.sender_refresh.0)

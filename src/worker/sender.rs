@@ -268,6 +268,7 @@ async fn process(
             sender_id,
             &job.recipient,
             job.template.as_ref(),
+            job.campaign,
         )
         .await
     {
@@ -308,6 +309,17 @@ async fn process(
             finish(shared, delivery, &job, update, "failed").await;
         }
         Decision::Hold(reason) => hold(shared, lanes, lane, delivery, job, reason.code()),
+        Decision::ReturnToCampaign => {
+            // Unsent and unclaimed: the campaign queues it again when it resumes.
+            let mut update = MessageUpdate::new(job.id, Status::Planned, job.attempt);
+            update.reason = Some("campaign_paused".into());
+            finish(shared, delivery, &job, update, "returned").await;
+        }
+        Decision::Cancel => {
+            let mut update = MessageUpdate::new(job.id, Status::Cancelled, job.attempt);
+            update.reason = Some("campaign_cancelled".into());
+            finish(shared, delivery, &job, update, "cancelled").await;
+        }
         Decision::Defer(DeferReason::TemplatePaused, _) => {
             let wait = services.config.template_pause_recheck.0;
             defer(shared, delivery, job, DeferReason::TemplatePaused, wait).await
@@ -574,12 +586,29 @@ async fn on_failure(shared: &Shared, delivery: Delivery, mut job: SendJob, failu
             )
             .await;
         }
-        Disposition::Fail
-        | Disposition::FailUnreachable
-        | Disposition::FailOutsideWindow
-        | Disposition::FailTemplateDisabled => {
+        Disposition::FailUnreachable => {
+            if services.config.suppress_unreachable
+                && let Err(e) = services
+                    .suppress(
+                        &job.recipient,
+                        &format!("Cloud API error {} on message {}", failure.code(), job.id),
+                    )
+                    .await
+            {
+                tracing::error!(error = %e, "could not suppress the unreachable recipient");
+            }
+            services.metrics.failures.with_label_values(&[&label]).inc();
+            finish(
+                shared,
+                delivery,
+                &job,
+                failed("recipient_unreachable"),
+                "failed",
+            )
+            .await;
+        }
+        Disposition::Fail | Disposition::FailOutsideWindow | Disposition::FailTemplateDisabled => {
             let reason = match disposition {
-                Disposition::FailUnreachable => "recipient_unreachable",
                 Disposition::FailOutsideWindow => "outside_customer_service_window",
                 Disposition::FailTemplateDisabled => "template_disabled",
                 _ => "rejected_by_cloud_api",

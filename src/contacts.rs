@@ -1,0 +1,631 @@
+//! Contact imports (a CSV streamed in chunks, written in batches, every bad row reported with its
+//! number and reason) and the rebuild of Redis's consent copy from PostgreSQL's log.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::app::{AppError, Services};
+use crate::domain::csv::{CsvError, RecordReader};
+use crate::domain::decision::ConsentAction;
+use crate::domain::phone;
+use crate::store::contacts::{self as cstore, ContactInput, ImportError, ImportTotals};
+use crate::store::{ConsentEvent, StoreError};
+
+/// Rows written per batch.
+const BATCH: usize = 2000;
+/// Row errors returned in the answer; the rest are kept in PostgreSQL.
+const ERRORS_IN_REPORT: usize = 1000;
+
+pub const CONSENT_SOURCES: &[&str] = &[
+    "web_form", "checkout", "whatsapp", "import", "api", "keyword",
+];
+
+/// How the file's columns map to contacts.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    pub phone_column: String,
+    pub name_column: Option<String>,
+    pub language_column: Option<String>,
+    /// Tags for every row.
+    pub tags: Vec<String>,
+    /// A column of `;`-separated tags.
+    pub tags_column: Option<String>,
+    /// Columns kept as attributes; `*` keeps every column not mapped otherwise.
+    pub attribute_columns: Vec<String>,
+    pub consent: Option<ConsentColumns>,
+    /// Name of a list to put the imported contacts in.
+    pub list: Option<String>,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsentColumns {
+    /// yes/no (also si, true/false, 1/0, opt_in/opt_out); empty means no consent given.
+    pub column: String,
+    pub purpose: String,
+    pub source: String,
+    pub evidence_column: Option<String>,
+    /// Evidence for rows whose evidence column is empty.
+    pub evidence: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportFailure {
+    /// The file cannot be imported at all (header, mapping): nothing was written.
+    #[error("{message}")]
+    Refused { field: String, message: String },
+    #[error(transparent)]
+    Csv(#[from] CsvError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+fn refused(field: &str, message: impl Into<String>) -> ImportFailure {
+    ImportFailure::Refused {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Column positions, resolved from the header.
+struct Columns {
+    count: usize,
+    phone: usize,
+    name: Option<usize>,
+    language: Option<usize>,
+    tags: Option<usize>,
+    attributes: Vec<(usize, String)>,
+    consent: Option<usize>,
+    evidence: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportReport {
+    pub import_id: Uuid,
+    pub list_id: Option<Uuid>,
+    #[serde(flatten)]
+    pub totals: ImportTotals,
+    pub errors_by_reason: BTreeMap<String, u64>,
+    /// The first row errors; all of them at GET /v1/contacts/imports/{id}/errors.csv.
+    pub errors: Vec<ImportError>,
+    pub interrupted: bool,
+}
+
+pub struct Importer {
+    options: ImportOptions,
+    reader: RecordReader,
+    columns: Option<Columns>,
+    import_id: Uuid,
+    list_id: Option<Uuid>,
+    /// Data rows seen (row 1 is the first line after the header).
+    row: u64,
+    batch: Vec<(u64, ContactInput, Option<(ConsentAction, String)>)>,
+    errors: Vec<ImportError>,
+    report_errors: Vec<ImportError>,
+    errors_by_reason: BTreeMap<String, u64>,
+    totals: ImportTotals,
+}
+
+impl Importer {
+    pub fn new(options: ImportOptions) -> Result<Importer, ImportFailure> {
+        if options.phone_column.trim().is_empty() {
+            return Err(refused("phone", "the phone column must be named"));
+        }
+        if let Some(c) = &options.consent {
+            if !matches!(c.purpose.as_str(), "marketing" | "utility") {
+                return Err(refused(
+                    "consent_purpose",
+                    "purpose is marketing or utility",
+                ));
+            }
+            if !CONSENT_SOURCES.contains(&c.source.as_str()) {
+                return Err(refused(
+                    "consent_source",
+                    format!("source is one of {}", CONSENT_SOURCES.join(", ")),
+                ));
+            }
+        }
+        Ok(Importer {
+            options,
+            reader: RecordReader::default(),
+            columns: None,
+            import_id: Uuid::now_v7(),
+            list_id: None,
+            row: 0,
+            batch: Vec::with_capacity(BATCH),
+            errors: Vec::new(),
+            report_errors: Vec::new(),
+            errors_by_reason: BTreeMap::new(),
+            totals: ImportTotals::default(),
+        })
+    }
+
+    /// Feeds a chunk of the file; an empty chunk ends it.
+    pub async fn feed(&mut self, services: &Services, chunk: &[u8]) -> Result<(), ImportFailure> {
+        let mut records = Vec::new();
+        self.reader.feed(chunk, &mut records)?;
+        for record in records {
+            if self.columns.is_none() {
+                self.columns = Some(self.header(&record)?);
+                self.list_id = cstore::create_import(
+                    &services.pool,
+                    self.import_id,
+                    self.options.list.as_deref(),
+                    &self.options.actor,
+                )
+                .await?;
+                continue;
+            }
+            self.row += 1;
+            self.take(record);
+            if self.batch.len() >= BATCH {
+                self.flush(services).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and records the import as done (or interrupted, when the upload broke
+    /// off: what was written stays, and the import can be run again safely).
+    pub async fn finish(
+        mut self,
+        services: &Services,
+        interrupted: bool,
+    ) -> Result<ImportReport, ImportFailure> {
+        if !interrupted {
+            self.feed(services, b"").await?;
+        }
+        if self.columns.is_none() {
+            return Err(refused("", "the file is empty: a header row is needed"));
+        }
+        self.flush(services).await?;
+        cstore::finish_import(
+            &services.pool,
+            self.import_id,
+            &self.totals,
+            if interrupted { "interrupted" } else { "done" },
+        )
+        .await?;
+        Ok(ImportReport {
+            import_id: self.import_id,
+            list_id: self.list_id,
+            totals: self.totals,
+            errors_by_reason: self.errors_by_reason,
+            errors: self.report_errors,
+            interrupted,
+        })
+    }
+
+    fn header(&self, record: &[String]) -> Result<Columns, ImportFailure> {
+        let names: Vec<String> = record.iter().map(|h| h.trim().to_string()).collect();
+        let mut seen = HashSet::new();
+        for (i, name) in names.iter().enumerate() {
+            if name.is_empty() {
+                return Err(refused(
+                    "header",
+                    format!("column {} of the header has no name", i + 1),
+                ));
+            }
+            if !seen.insert(name.to_ascii_lowercase()) {
+                return Err(refused(
+                    "header",
+                    format!("the header names column {name} twice"),
+                ));
+            }
+        }
+        let find = |field: &str, name: &str| -> Result<usize, ImportFailure> {
+            names
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(name))
+                .ok_or_else(|| {
+                    refused(
+                        field,
+                        format!(
+                            "the header has no column {name} (columns: {})",
+                            names.join(", ")
+                        ),
+                    )
+                })
+        };
+        let o = &self.options;
+        let phone = find("phone", &o.phone_column)?;
+        let optional =
+            |field: &str, name: &Option<String>| -> Result<Option<usize>, ImportFailure> {
+                name.as_ref().map(|n| find(field, n)).transpose()
+            };
+        let name = optional("name", &o.name_column)?;
+        let language = optional("language", &o.language_column)?;
+        let tags = optional("tags_column", &o.tags_column)?;
+        let consent = optional(
+            "consent_column",
+            &o.consent.as_ref().map(|c| c.column.clone()),
+        )?;
+        let evidence = optional(
+            "evidence_column",
+            &o.consent.as_ref().and_then(|c| c.evidence_column.clone()),
+        )?;
+        let mapped: HashSet<usize> = [Some(phone), name, language, tags, consent, evidence]
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut attributes = Vec::new();
+        for wanted in &o.attribute_columns {
+            if wanted == "*" {
+                for (i, n) in names.iter().enumerate() {
+                    if !mapped.contains(&i) && !attributes.iter().any(|(j, _)| *j == i) {
+                        attributes.push((i, n.clone()));
+                    }
+                }
+            } else {
+                let i = find("attributes", wanted)?;
+                attributes.push((i, names[i].clone()));
+            }
+        }
+        Ok(Columns {
+            count: names.len(),
+            phone,
+            name,
+            language,
+            tags,
+            attributes,
+            consent,
+            evidence,
+        })
+    }
+
+    fn error(&mut self, reason: &str, field: Option<&str>, value: Option<&str>) {
+        let e = ImportError {
+            row: self.row,
+            reason: reason.into(),
+            field: field.map(str::to_string),
+            value: value.map(|v| v.chars().take(200).collect()),
+        };
+        *self.errors_by_reason.entry(reason.into()).or_default() += 1;
+        self.totals.errors += 1;
+        if self.report_errors.len() < ERRORS_IN_REPORT {
+            self.report_errors.push(e.clone());
+        }
+        self.errors.push(e);
+    }
+
+    /// Checks one data row; a good one joins the batch, a bad one becomes an error.
+    fn take(&mut self, record: Vec<String>) {
+        self.totals.rows += 1;
+        let Some(c) = &self.columns else { return };
+        if record.len() != c.count {
+            let message = format!("{} fields, the header has {}", record.len(), c.count);
+            self.error("bad_column", None, Some(&message));
+            return;
+        }
+        let field = |i: Option<usize>| {
+            i.map(|i| record[i].trim())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let raw_phone = record[c.phone].trim().to_string();
+        let number = match phone::normalize(&raw_phone) {
+            Ok(n) => n,
+            Err(e) => {
+                let reason = if raw_phone.is_empty() {
+                    "missing_phone_number"
+                } else {
+                    "invalid_phone_number"
+                };
+                let _ = e;
+                let column = self.options.phone_column.clone();
+                self.error(reason, Some(&column), Some(&raw_phone));
+                return;
+            }
+        };
+        let language = field(c.language);
+        if let Some(lang) = &language
+            && !valid_language(lang)
+        {
+            let column = self.options.language_column.clone().unwrap_or_default();
+            self.error("bad_column", Some(&column), Some(lang));
+            return;
+        }
+        let mut tags = self.options.tags.clone();
+        if let Some(extra) = field(c.tags) {
+            tags.extend(
+                extra
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        let mut attributes = Map::new();
+        for (i, name) in &c.attributes {
+            let v = record[*i].trim();
+            if !v.is_empty() {
+                attributes.insert(name.clone(), Value::String(v.to_string()));
+            }
+        }
+        let mut consent = None;
+        if let (Some(options), Some(i)) = (&self.options.consent, c.consent) {
+            let raw = record[i].trim().to_ascii_lowercase();
+            let action = match raw.as_str() {
+                "" => None,
+                "yes" | "y" | "si" | "sí" | "true" | "1" | "opt_in" | "opt-in" => {
+                    Some(ConsentAction::OptIn)
+                }
+                "no" | "n" | "false" | "0" | "opt_out" | "opt-out" => Some(ConsentAction::OptOut),
+                _ => {
+                    let column = options.column.clone();
+                    self.error("bad_column", Some(&column), Some(&raw));
+                    return;
+                }
+            };
+            if let Some(action) = action {
+                let evidence = field(c.evidence).or_else(|| options.evidence.clone());
+                match (action, evidence) {
+                    (ConsentAction::OptIn, None) => {
+                        let column = options.evidence_column.clone().unwrap_or("evidence".into());
+                        self.error("missing_evidence", Some(&column), None);
+                        return;
+                    }
+                    (action, evidence) => {
+                        consent = Some((action, evidence.unwrap_or_else(|| "import".into())));
+                    }
+                }
+            }
+        }
+        let row = self.row;
+        self.batch.push((
+            row,
+            ContactInput {
+                phone: number.digits().to_string(),
+                name: field(c.name),
+                language,
+                country: number.country().to_string(),
+                attributes: Value::Object(attributes),
+                tags,
+            },
+            consent,
+        ));
+    }
+
+    async fn flush(&mut self, services: &Services) -> Result<(), ImportFailure> {
+        let batch = std::mem::take(&mut self.batch);
+        // Repeats in the file: the first row wins; later ones are reported as duplicates.
+        let phones: Vec<String> = batch.iter().map(|(_, c, _)| c.phone.clone()).collect();
+        let earlier: HashSet<String> =
+            cstore::touched_by_import(&services.pool, self.import_id, &phones)
+                .await?
+                .into_iter()
+                .collect();
+        let mut in_batch = HashSet::new();
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut consents = Vec::new();
+        for (row, contact, consent) in batch {
+            if earlier.contains(&contact.phone) || !in_batch.insert(contact.phone.clone()) {
+                self.row_error(row, "duplicate", &contact.phone);
+                continue;
+            }
+            if let Some(c) = consent {
+                consents.push((contact.phone.clone(), c));
+            }
+            rows.push(contact);
+        }
+        if !rows.is_empty() {
+            let (created, updated, _) =
+                cstore::upsert_contacts(&services.pool, self.import_id, self.list_id, &rows)
+                    .await?;
+            self.totals.created += created;
+            self.totals.updated += updated;
+            services
+                .metrics
+                .contacts_imported
+                .with_label_values(&["created"])
+                .inc_by(created);
+            services
+                .metrics
+                .contacts_imported
+                .with_label_values(&["updated"])
+                .inc_by(updated);
+        }
+        if let (Some(options), false) = (&self.options.consent, consents.is_empty()) {
+            // Only changes are appended: importing the same file again adds nothing to the log.
+            let recipients: Vec<&str> = consents.iter().map(|(p, _)| p.as_str()).collect();
+            let current = services
+                .state
+                .audience_states(&recipients)
+                .await
+                .map_err(AppError::from)?;
+            let events: Vec<ConsentEvent> = consents
+                .iter()
+                .zip(current)
+                .filter(|((_, (action, _)), (state, _))| {
+                    let now = match options.purpose.as_str() {
+                        "marketing" => state.marketing,
+                        _ => state.utility,
+                    };
+                    now != Some(*action)
+                })
+                .map(|((phone, (action, evidence)), _)| ConsentEvent {
+                    recipient: phone.clone(),
+                    purpose: options.purpose.clone(),
+                    action: action.as_str().into(),
+                    source: options.source.clone(),
+                    evidence: Some(evidence.clone()),
+                    actor: Some(self.options.actor.clone()),
+                })
+                .collect();
+            if !events.is_empty() {
+                services.record_consent(&events).await?;
+                self.totals.consent_events += events.len() as u64;
+            }
+        }
+        let errors = std::mem::take(&mut self.errors);
+        cstore::insert_import_errors(&services.pool, self.import_id, &errors).await?;
+        services
+            .metrics
+            .contacts_imported
+            .with_label_values(&["error"])
+            .inc_by(errors.len() as u64);
+        Ok(())
+    }
+
+    fn row_error(&mut self, row: u64, reason: &str, value: &str) {
+        let saved = self.row;
+        self.row = row;
+        let column = self.options.phone_column.clone();
+        self.error(reason, Some(&column), Some(value));
+        self.row = saved;
+    }
+}
+
+/// `es`, `es_MX`, `pt_BR`, `en_US`: what WhatsApp template languages look like.
+fn valid_language(raw: &str) -> bool {
+    let (lang, region) = match raw.split_once('_') {
+        Some((l, r)) => (l, Some(r)),
+        None => (raw, None),
+    };
+    (2..=3).contains(&lang.len())
+        && lang.chars().all(|c| c.is_ascii_lowercase())
+        && region.is_none_or(|r| {
+            (2..=4).contains(&r.len()) && r.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+}
+
+// -- consent cache -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RebuildReport {
+    pub recipients: u64,
+    /// Recipients whose Redis copy differed from PostgreSQL's log (now fixed).
+    pub differences: u64,
+    /// Consent copies in Redis with no event in PostgreSQL (now removed).
+    pub extra_in_redis: u64,
+    /// A few of the differences: recipient, what Redis had, what the log says.
+    pub examples: Vec<Value>,
+}
+
+/// Rewrites Redis's consent copy from the log in PostgreSQL and reports what differed.
+pub async fn rebuild_consent_cache(services: &Services) -> Result<RebuildReport, AppError> {
+    let mut report = RebuildReport::default();
+    let mut after = String::new();
+    let mut known = HashSet::new();
+    loop {
+        let rows = cstore::current_consent_page(&services.pool, &after, 1000).await?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut by_recipient: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+        for (recipient, purpose, action) in rows {
+            let entry = by_recipient.entry(recipient).or_default();
+            match purpose.as_str() {
+                "marketing" => entry.0 = Some(action),
+                _ => entry.1 = Some(action),
+            }
+        }
+        let recipients: Vec<String> = by_recipient.keys().cloned().collect();
+        let cached = services.state.consent_raw(&recipients).await?;
+        let mut fix = Vec::new();
+        for ((recipient, truth), have) in by_recipient.into_iter().zip(cached) {
+            report.recipients += 1;
+            if have != truth {
+                report.differences += 1;
+                if report.examples.len() < 20 {
+                    report.examples.push(serde_json::json!({
+                        "recipient": recipient,
+                        "redis": {"marketing": have.0, "utility": have.1},
+                        "postgresql": {"marketing": truth.0, "utility": truth.1},
+                    }));
+                }
+                fix.push((recipient.clone(), truth.0, truth.1));
+            }
+            after = recipient.clone();
+            known.insert(recipient);
+        }
+        services.state.replace_consent(&fix).await?;
+    }
+    let cached: Vec<String> = services.state.consent_recipients().await?;
+    let extra: Vec<(String, Option<String>, Option<String>)> = cached
+        .into_iter()
+        .filter(|r| !known.contains(r))
+        .map(|r| (r, None, None))
+        .collect();
+    report.extra_in_redis = extra.len() as u64;
+    services.state.replace_consent(&extra).await?;
+    Ok(report)
+}
+
+/// The header and fields of the contacts export.
+pub fn contact_csv_header() -> String {
+    crate::domain::csv::line([
+        "phone",
+        "name",
+        "language",
+        "country",
+        "tags",
+        "attributes",
+        "created_at",
+        "updated_at",
+    ])
+}
+
+pub fn contact_csv_line(c: &cstore::ContactRow) -> String {
+    let tags = c.tags.join(";");
+    let attributes = c.attributes.0.to_string();
+    let created = c.created_at.to_rfc3339();
+    let updated = c.updated_at.to_rfc3339();
+    crate::domain::csv::line([
+        c.phone.as_str(),
+        c.name.as_deref().unwrap_or(""),
+        c.language.as_deref().unwrap_or(""),
+        c.country.as_str(),
+        tags.as_str(),
+        attributes.as_str(),
+        created.as_str(),
+        updated.as_str(),
+    ])
+}
+
+pub fn consent_csv_header() -> String {
+    crate::domain::csv::line([
+        "id",
+        "recipient",
+        "purpose",
+        "action",
+        "source",
+        "evidence",
+        "actor",
+        "created_at",
+    ])
+}
+
+pub fn consent_csv_line(e: &crate::store::ConsentRecord) -> String {
+    let id = e.id.to_string();
+    let at = e.created_at.to_rfc3339();
+    crate::domain::csv::line([
+        id.as_str(),
+        e.recipient.as_str(),
+        e.purpose.as_str(),
+        e.action.as_str(),
+        e.source.as_str(),
+        e.evidence.as_deref().unwrap_or(""),
+        e.actor.as_deref().unwrap_or(""),
+        at.as_str(),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn languages_look_like_whatsapp_codes() {
+        assert!(valid_language("es"));
+        assert!(valid_language("es_MX"));
+        assert!(valid_language("pt_BR"));
+        assert!(!valid_language("Spanish"));
+        assert!(!valid_language("e"));
+    }
+}

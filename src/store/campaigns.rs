@@ -1,0 +1,478 @@
+//! Campaigns: their definition and state, planning (the audience written as `planned` messages),
+//! the fan-out cursor, progress counters, failures and replies.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::StoreError;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct Campaign {
+    pub id: Uuid,
+    pub name: String,
+    pub template_name: String,
+    pub template_language: String,
+    pub category: String,
+    pub senders: Vec<String>,
+    pub audience: Json<Value>,
+    pub variables: Json<Value>,
+    pub start_at: Option<DateTime<Utc>>,
+    pub quiet_hours: Option<Json<Value>>,
+    pub end_by: Option<DateTime<Utc>>,
+    pub rate_cap: Option<i32>,
+    pub state: String,
+    pub paused_by: Option<String>,
+    pub pause_causes: Vec<String>,
+    pub planned: bool,
+    pub plan_cursor: i64,
+    pub recipients: i64,
+    pub fanout_claimed: i64,
+    pub fanout_cursor: i64,
+    pub api_key_id: Option<Uuid>,
+    #[serde(skip)]
+    pub lease_owner: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub launched_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+macro_rules! campaign_columns {
+    () => {
+        "id, name, template_name, template_language, category, senders, audience, variables, start_at,
+    quiet_hours, end_by, rate_cap, state, paused_by, pause_causes, planned, plan_cursor, recipients,
+    fanout_claimed, fanout_cursor, api_key_id, lease_owner, created_at, launched_at, finished_at, updated_at"
+    };
+}
+
+pub async fn insert_campaign(pool: &PgPool, c: &Campaign) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO campaigns (id, name, template_name, template_language, category, senders, audience,
+             variables, start_at, quiet_hours, end_by, rate_cap, api_key_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(c.id)
+    .bind(&c.name)
+    .bind(&c.template_name)
+    .bind(&c.template_language)
+    .bind(&c.category)
+    .bind(&c.senders)
+    .bind(&c.audience)
+    .bind(&c.variables)
+    .bind(c.start_at)
+    .bind(&c.quiet_hours)
+    .bind(c.end_by)
+    .bind(c.rate_cap)
+    .bind(c.api_key_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_campaign(pool: &PgPool, id: Uuid) -> Result<Option<Campaign>, StoreError> {
+    Ok(sqlx::query_as::<_, Campaign>(concat!(
+        "SELECT ",
+        campaign_columns!(),
+        " FROM campaigns WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+pub async fn list_campaigns(pool: &PgPool, limit: i64) -> Result<Vec<Campaign>, StoreError> {
+    Ok(sqlx::query_as::<_, Campaign>(concat!(
+        "SELECT ",
+        campaign_columns!(),
+        " FROM campaigns ORDER BY created_at DESC LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// A state change, made only from one of `from`, recorded in `campaign_events` in the same
+/// transaction. None when the campaign was not in one of those states.
+pub struct StateChange<'a> {
+    pub from: &'a [&'a str],
+    pub to: &'a str,
+    pub paused_by: Option<&'a str>,
+    pub causes: &'a [String],
+    pub event: &'a str,
+    pub actor: &'a str,
+}
+
+pub async fn change_state(
+    pool: &PgPool,
+    id: Uuid,
+    change: &StateChange<'_>,
+) -> Result<Option<Campaign>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query_as::<_, Campaign>(concat!(
+        "UPDATE campaigns SET state = $3, paused_by = $4, pause_causes = $5, updated_at = now(),
+             launched_at = CASE WHEN $6 = 'launched' THEN now() ELSE launched_at END,
+             finished_at = CASE WHEN $3 IN ('completed', 'cancelled') THEN now() ELSE finished_at END
+         WHERE id = $1 AND state = ANY($2)
+         RETURNING ",
+        campaign_columns!()
+    ))
+    .bind(id)
+    .bind(change.from)
+    .bind(change.to)
+    .bind(change.paused_by)
+    .bind(change.causes)
+    .bind(change.event)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if updated.is_some() {
+        sqlx::query(
+            "INSERT INTO campaign_events (campaign_id, event, cause, actor) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(change.event)
+        .bind((!change.causes.is_empty()).then(|| change.causes.join(",")))
+        .bind(change.actor)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(updated)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct CampaignEvent {
+    pub event: String,
+    pub cause: Option<String>,
+    pub actor: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn campaign_events(pool: &PgPool, id: Uuid) -> Result<Vec<CampaignEvent>, StoreError> {
+    Ok(sqlx::query_as::<_, CampaignEvent>(
+        "SELECT event, cause, actor, created_at FROM campaign_events WHERE campaign_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Takes or renews the lease of every campaign that needs a runner (scheduled, running, or
+/// paused automatically and waiting for its cause to clear) and is free or already ours.
+pub async fn claim_runnable(
+    pool: &PgPool,
+    owner: &str,
+    ttl: std::time::Duration,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE campaigns SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
+         WHERE id IN (
+             SELECT id FROM campaigns
+             WHERE (state IN ('scheduled', 'running') OR (state = 'paused' AND paused_by = 'auto'))
+               AND (lease_owner = $1 OR lease_until IS NULL OR lease_until < now())
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+    )
+    .bind(owner)
+    .bind(ttl.as_secs_f64())
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn release_lease(pool: &PgPool, id: Uuid, owner: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE campaigns SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One planned campaign message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedMessage {
+    pub id: Uuid,
+    pub seq: i64,
+    pub sender: String,
+    pub recipient: String,
+    pub body: String,
+}
+
+/// Writes one chunk of planning in one transaction: the messages, the exclusions and their
+/// counts, and the planning cursor. A crash leaves either all of it or none of it.
+pub async fn plan_chunk(
+    pool: &PgPool,
+    campaign: &Campaign,
+    messages: &[PlannedMessage],
+    exclusions: &[(String, &'static str)],
+    cursor: i64,
+    done: bool,
+) -> Result<u64, StoreError> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO messages (id, sender, recipient, category, message_type, template_name,
+             template_language, delivery, body, status, campaign_id, campaign_seq)
+         SELECT u.id, u.sender, u.recipient, $5, 'template', $6, $7, 'at_most_once', u.body, 'planned', $8, u.seq
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $9::bigint[])
+              AS u(id, sender, recipient, body, seq)
+         ON CONFLICT (campaign_id, recipient) WHERE campaign_id IS NOT NULL DO NOTHING",
+    )
+    .bind(messages.iter().map(|m| m.id).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| m.sender.clone()).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| m.recipient.clone()).collect::<Vec<_>>())
+    .bind(messages.iter().map(|m| m.body.clone()).collect::<Vec<_>>())
+    .bind(&campaign.category)
+    .bind(&campaign.template_name)
+    .bind(&campaign.template_language)
+    .bind(campaign.id)
+    .bind(messages.iter().map(|m| m.seq).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if !exclusions.is_empty() {
+        sqlx::query(
+            "WITH x AS (
+                 INSERT INTO campaign_exclusions (campaign_id, recipient, reason)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[])
+                 RETURNING reason
+             )
+             INSERT INTO campaign_counts AS cc (campaign_id, status, detail, n)
+             SELECT $1, 'excluded', reason, count(*) FROM x GROUP BY reason ORDER BY reason
+             ON CONFLICT (campaign_id, status, detail) DO UPDATE SET n = cc.n + excluded.n",
+        )
+        .bind(campaign.id)
+        .bind(exclusions.iter().map(|e| e.0.clone()).collect::<Vec<_>>())
+        .bind(exclusions.iter().map(|e| e.1).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE campaigns SET plan_cursor = $2, planned = $3, recipients = recipients + $4,
+             updated_at = now() WHERE id = $1",
+    )
+    .bind(campaign.id)
+    .bind(cursor)
+    .bind(done)
+    .bind(inserted as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// A campaign message ready to be handed to RabbitMQ.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Handoff {
+    pub id: Uuid,
+    pub campaign_seq: i64,
+    pub sender: String,
+    pub recipient: String,
+    pub body: String,
+    pub attempts: i32,
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+pub async fn planned_after(
+    pool: &PgPool,
+    campaign: Uuid,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<Handoff>, StoreError> {
+    Ok(sqlx::query_as::<_, Handoff>(
+        "SELECT id, campaign_seq, sender, recipient, body, attempts, not_before FROM messages
+         WHERE campaign_id = $1 AND status = 'planned' AND campaign_seq > $2
+         ORDER BY campaign_seq LIMIT $3",
+    )
+    .bind(campaign)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Rows marked as handed over but maybe not published (a crash between the two): still queued or
+/// deferred by quiet hours, with seq in (from, through].
+pub async fn handed_between(
+    pool: &PgPool,
+    campaign: Uuid,
+    from: i64,
+    through: i64,
+) -> Result<Vec<Handoff>, StoreError> {
+    Ok(sqlx::query_as::<_, Handoff>(
+        "SELECT id, campaign_seq, sender, recipient, body, attempts, not_before FROM messages
+         WHERE campaign_id = $1 AND campaign_seq > $2 AND campaign_seq <= $3
+           AND (status = 'queued' OR (status = 'deferred' AND status_reason = 'quiet_hours'))
+         ORDER BY campaign_seq",
+    )
+    .bind(campaign)
+    .bind(from)
+    .bind(through)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Marks rows as handed over (queued, or deferred to the end of the recipient's quiet hours) and
+/// moves the claimed mark, in one transaction, before they are published.
+pub async fn mark_handed(
+    pool: &PgPool,
+    campaign: Uuid,
+    rows: &[(Uuid, Option<DateTime<Utc>>)],
+    claimed_through: i64,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE messages m SET
+             status = CASE WHEN u.not_before IS NULL THEN 'queued' ELSE 'deferred' END,
+             status_reason = CASE WHEN u.not_before IS NULL THEN NULL ELSE 'quiet_hours' END,
+             not_before = u.not_before, updated_at = now()
+         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, not_before)
+         WHERE m.id = u.id AND m.status = 'planned'",
+    )
+    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE campaigns SET fanout_claimed = GREATEST(fanout_claimed, $2), updated_at = now() WHERE id = $1",
+    )
+    .bind(campaign)
+    .bind(claimed_through)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Everything through `seq` is published (confirmed by RabbitMQ).
+pub async fn set_fanout_cursor(pool: &PgPool, campaign: Uuid, seq: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE campaigns SET fanout_cursor = $2, updated_at = now() WHERE id = $1")
+        .bind(campaign)
+        .bind(seq)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Moves the cursor back before the earliest planned row behind it (messages handed back on
+/// pause, or failures queued again); returns the new cursor when it moved.
+pub async fn rewind(pool: &PgPool, campaign: Uuid) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE campaigns c SET fanout_cursor = p.seq - 1, fanout_claimed = p.seq - 1, updated_at = now()
+         FROM (SELECT min(campaign_seq) AS seq FROM messages WHERE campaign_id = $1 AND status = 'planned') p
+         WHERE c.id = $1 AND p.seq IS NOT NULL AND p.seq <= c.fanout_cursor
+         RETURNING c.fanout_cursor",
+    )
+    .bind(campaign)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Progress counters: (status, detail, count), including `excluded` at planning.
+pub async fn counts(
+    pool: &PgPool,
+    campaign: Uuid,
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT status, detail, n FROM campaign_counts WHERE campaign_id = $1 AND n <> 0
+         ORDER BY status, detail",
+    )
+    .bind(campaign)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Marks what was never handed over as cancelled; queued ones are cancelled by the worker.
+pub async fn cancel_planned(
+    pool: &PgPool,
+    campaign: Uuid,
+    reason: &str,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE messages SET status = 'cancelled', status_reason = $2, updated_at = now()
+         WHERE campaign_id = $1 AND status = 'planned'",
+    )
+    .bind(campaign)
+    .bind(reason)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Failure {
+    pub id: Uuid,
+    pub campaign_seq: i64,
+    pub recipient: String,
+    pub last_error_code: Option<i64>,
+    pub status_reason: Option<String>,
+    pub last_error: Option<String>,
+    pub attempts: i32,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn failures_after(
+    pool: &PgPool,
+    campaign: Uuid,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<Failure>, StoreError> {
+    Ok(sqlx::query_as::<_, Failure>(
+        "SELECT id, campaign_seq, recipient, last_error_code, status_reason, last_error, attempts, updated_at
+         FROM messages WHERE campaign_id = $1 AND status = 'failed' AND campaign_seq > $2
+         ORDER BY campaign_seq LIMIT $3",
+    )
+    .bind(campaign)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Hands failed messages back to the fan-out.
+pub async fn requeue_failed(
+    pool: &PgPool,
+    campaign: Uuid,
+    ids: &[Uuid],
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE messages SET status = 'planned', status_reason = 'retry_requested', not_before = NULL,
+             updated_at = now()
+         WHERE campaign_id = $1 AND id = ANY($2) AND status = 'failed'",
+    )
+    .bind(campaign)
+    .bind(ids)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Reply {
+    pub wamid: String,
+    pub recipient: String,
+    pub message_type: String,
+    pub text: Option<String>,
+    pub payload: Option<String>,
+    pub message_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+}
+
+pub async fn replies(pool: &PgPool, campaign: Uuid, limit: i64) -> Result<Vec<Reply>, StoreError> {
+    Ok(sqlx::query_as::<_, Reply>(
+        "SELECT i.wamid, i.recipient, i.message_type, i.text, i.payload, m.id AS message_id, i.occurred_at
+         FROM inbound_messages i JOIN messages m ON m.id = i.reply_to
+         WHERE m.campaign_id = $1 ORDER BY i.occurred_at DESC LIMIT $2",
+    )
+    .bind(campaign)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
