@@ -2,6 +2,7 @@
 //! registration of senders, templates, consent and API keys; plus /metrics and health checks.
 
 pub mod auth;
+pub mod campaigns;
 pub mod error;
 pub mod subscriptions;
 pub mod webhooks;
@@ -30,6 +31,8 @@ use error::{ApiError, parse_json};
 pub struct ApiState {
     pub services: Services,
     pub keys: KeyCache,
+    /// Recent campaign completion rates, fed by progress reads.
+    pub rates: crate::campaigns::RateTracker,
 }
 
 impl ApiState {
@@ -43,6 +46,7 @@ pub fn router(services: Services) -> Router {
     let state = ApiState {
         services,
         keys: KeyCache::default(),
+        rates: campaigns::rate_tracker(),
     };
     Router::new()
         .route("/v1/{phone_number_id}/messages", post(send_message))
@@ -58,6 +62,7 @@ pub fn router(services: Services) -> Router {
         .merge(ops_routes())
         .merge(webhooks::routes())
         .merge(subscriptions::routes())
+        .merge(campaigns::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -74,6 +79,7 @@ pub fn ops_router(services: Services) -> Router {
     ops_routes().with_state(ApiState {
         services,
         keys: KeyCache::default(),
+        rates: campaigns::rate_tracker(),
     })
 }
 

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::domain::tier::TIER_WINDOW;
 
-pub use webhooks::StatusEvent;
+pub use webhooks::{Outgoing, StatusEvent};
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -126,6 +126,8 @@ struct Sim {
     started: Instant,
     numbers: HashMap<String, NumberState>,
     templates: HashMap<(String, String), String>,
+    /// What the template list endpoint answers, in name order.
+    listings: std::collections::BTreeMap<(String, String), Value>,
     windows: HashMap<(String, String), Instant>,
     undeliverable: HashSet<String>,
     faults: Vec<Fault>,
@@ -137,7 +139,7 @@ struct Sim {
 #[derive(Clone)]
 pub struct SimState {
     inner: Arc<Mutex<Sim>>,
-    webhooks: Option<mpsc::UnboundedSender<StatusEvent>>,
+    webhooks: Option<mpsc::UnboundedSender<Outgoing>>,
     config: SimConfig,
 }
 
@@ -158,6 +160,7 @@ pub fn router(config: SimConfig) -> Router {
             started: Instant::now(),
             numbers: HashMap::new(),
             templates: HashMap::new(),
+            listings: std::collections::BTreeMap::new(),
             windows: HashMap::new(),
             undeliverable: HashSet::new(),
             faults: Vec::new(),
@@ -170,6 +173,10 @@ pub fn router(config: SimConfig) -> Router {
     };
     Router::new()
         .route("/{version}/{phone_number_id}/messages", post(send))
+        .route(
+            "/{version}/{waba_id}/message_templates",
+            get(list_templates),
+        )
         .route("/_sim/received", get(received))
         .route("/_sim/attempts", get(attempts))
         .route("/_sim/numbers", post(configure_number))
@@ -278,29 +285,38 @@ async fn send(
                     category,
                     error_code: None,
                 };
-                let _ = hooks.send(event.clone());
+                let _ = hooks.send(event.clone().into());
                 let hooks = hooks.clone();
                 let after = state.config.delivered_after;
                 let read = fastrand::f64() < state.config.read_ratio;
                 tokio::spawn(async move {
                     tokio::time::sleep(after).await;
                     if undeliverable {
-                        let _ = hooks.send(StatusEvent {
-                            status: "failed",
-                            error_code: Some(131026),
-                            ..event
-                        });
+                        let _ = hooks.send(
+                            StatusEvent {
+                                status: "failed",
+                                error_code: Some(131026),
+                                ..event
+                            }
+                            .into(),
+                        );
                     } else {
-                        let _ = hooks.send(StatusEvent {
-                            status: "delivered",
-                            ..event.clone()
-                        });
+                        let _ = hooks.send(
+                            StatusEvent {
+                                status: "delivered",
+                                ..event.clone()
+                            }
+                            .into(),
+                        );
                         if read {
                             tokio::time::sleep(after).await;
-                            let _ = hooks.send(StatusEvent {
-                                status: "read",
-                                ..event
-                            });
+                            let _ = hooks.send(
+                                StatusEvent {
+                                    status: "read",
+                                    ..event
+                                }
+                                .into(),
+                            );
                         }
                     }
                 });
@@ -612,13 +628,16 @@ struct NumberConfig {
     /// A limit of unique recipients per 24 h; null or absent for unlimited.
     #[serde(default)]
     tier: Option<u32>,
+    /// A new quality rating (GREEN, YELLOW, RED): reported to the webhook receiver as Meta does.
+    #[serde(default)]
+    quality: Option<String>,
 }
 
 async fn configure_number(State(state): State<SimState>, body: Bytes) -> Response {
     let Ok(c) = serde_json::from_slice::<NumberConfig>(&body) else {
         return (
             StatusCode::BAD_REQUEST,
-            "expected {phone_number_id, mps?, tier?}",
+            "expected {phone_number_id, mps?, tier?, quality?}",
         )
             .into_response();
     };
@@ -626,7 +645,7 @@ async fn configure_number(State(state): State<SimState>, body: Bytes) -> Respons
     let default_mps = sim.config.default_mps;
     let number = sim
         .numbers
-        .entry(c.phone_number_id)
+        .entry(c.phone_number_id.clone())
         .or_insert_with(|| NumberState {
             mps: default_mps,
             tier: None,
@@ -639,6 +658,18 @@ async fn configure_number(State(state): State<SimState>, body: Bytes) -> Respons
         number.mps = mps.max(1);
     }
     number.tier = c.tier;
+    drop(sim);
+    if let (Some(quality), Some(hooks)) = (&c.quality, &state.webhooks) {
+        let event = match quality.to_ascii_uppercase().as_str() {
+            "RED" => "FLAGGED",
+            "GREEN" => "UNFLAGGED",
+            _ => "DOWNGRADE",
+        };
+        let _ = hooks.send(Outgoing::Change {
+            field: "phone_number_quality_update".into(),
+            value: json!({"display_phone_number": c.phone_number_id, "event": event}),
+        });
+    }
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -647,17 +678,100 @@ struct TemplateConfig {
     name: String,
     language: String,
     status: String,
+    /// MARKETING, UTILITY or AUTHENTICATION, for the list endpoint.
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    components: Option<Value>,
 }
 
+/// Sets a template's status (and listing); a change of status is reported to the webhook
+/// receiver as a `message_template_status_update`.
 async fn configure_template(State(state): State<SimState>, body: Bytes) -> Response {
     let Ok(t) = serde_json::from_slice::<TemplateConfig>(&body) else {
-        return (StatusCode::BAD_REQUEST, "expected {name, language, status}").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected {name, language, status, category?, components?}",
+        )
+            .into_response();
     };
-    state
-        .lock()
-        .templates
-        .insert((t.name, t.language), t.status.to_ascii_uppercase());
+    let status = t.status.to_ascii_uppercase();
+    let key = (t.name.clone(), t.language.clone());
+    let previous = {
+        let mut sim = state.lock();
+        let id = sim.listings.len() + 1000;
+        let listing = sim.listings.entry(key.clone()).or_insert_with(|| {
+            json!({"name": t.name, "language": t.language, "id": id.to_string(),
+                "category": "MARKETING", "components": []})
+        });
+        listing["status"] = json!(status);
+        if let Some(category) = &t.category {
+            listing["category"] = json!(category.to_ascii_uppercase());
+        }
+        if let Some(components) = &t.components {
+            listing["components"] = components.clone();
+        }
+        sim.templates.insert(key, status.clone())
+    };
+    if let (Some(previous), Some(hooks)) = (previous, &state.webhooks)
+        && previous != status
+    {
+        let (event, title) = match status.as_str() {
+            "PAUSED" => ("PAUSED", Some("FIRST_PAUSE")),
+            "APPROVED" if previous == "PAUSED" => ("APPROVED", Some("UNPAUSE")),
+            other => (other, None),
+        };
+        let mut value = json!({"event": event, "message_template_name": t.name,
+            "message_template_language": t.language, "reason": null});
+        if let Some(title) = title {
+            value["other_info"] = json!({"title": title});
+        }
+        let _ = hooks.send(Outgoing::Change {
+            field: "message_template_status_update".into(),
+            value,
+        });
+    }
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// The Cloud API's template list: `{data, paging: {cursors: {before, after}, next}}`, paged.
+async fn list_templates(
+    State(state): State<SimState>,
+    Path((_version, _waba)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(25).clamp(1, 1000);
+    let start: usize = q
+        .after
+        .as_deref()
+        .and_then(|a| a.strip_prefix("idx"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let sim = state.lock();
+    let all: Vec<&Value> = sim.listings.values().collect();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|v| (*v).clone())
+        .collect();
+    let end = start + page.len();
+    let mut paging =
+        json!({"cursors": {"before": format!("idx{start}"), "after": format!("idx{end}")}});
+    if end < all.len() {
+        paging["next"] = json!(format!(
+            "https://graph.facebook.com/message_templates?after=idx{end}"
+        ));
+    }
+    Json(json!({"data": page, "paging": paging})).into_response()
 }
 
 #[derive(Deserialize)]
@@ -713,6 +827,7 @@ async fn reset(State(state): State<SimState>) -> Response {
     let mut sim = state.lock();
     sim.numbers.clear();
     sim.templates.clear();
+    sim.listings.clear();
     sim.windows.clear();
     sim.undeliverable.clear();
     sim.faults.clear();

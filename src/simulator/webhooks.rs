@@ -18,13 +18,27 @@ pub struct StatusEvent {
     pub error_code: Option<i64>,
 }
 
-pub fn spawn(url: String, secret: String) -> mpsc::UnboundedSender<StatusEvent> {
+/// What the simulator reports to the receiver: message statuses, or any other change (a number's
+/// quality, a template's status) as Meta's `field` and `value`.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Status(StatusEvent),
+    Change { field: String, value: Value },
+}
+
+impl From<StatusEvent> for Outgoing {
+    fn from(e: StatusEvent) -> Outgoing {
+        Outgoing::Status(e)
+    }
+}
+
+pub fn spawn(url: String, secret: String) -> mpsc::UnboundedSender<Outgoing> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(run(url, secret, rx));
     tx
 }
 
-async fn run(url: String, secret: String, mut rx: mpsc::UnboundedReceiver<StatusEvent>) {
+async fn run(url: String, secret: String, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     let http = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -64,10 +78,18 @@ async fn run(url: String, secret: String, mut rx: mpsc::UnboundedReceiver<Status
     }
 }
 
-fn envelope(events: &[StatusEvent]) -> Value {
+fn envelope(events: &[Outgoing]) -> Value {
     let mut by_number: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     let timestamp = chrono::Utc::now().timestamp().to_string();
+    let mut other = Vec::new();
     for e in events {
+        let e = match e {
+            Outgoing::Status(s) => s,
+            Outgoing::Change { field, value } => {
+                other.push(json!({"field": field, "value": value}));
+                continue;
+            }
+        };
         let mut status = json!({
             "id": e.wamid,
             "status": e.status,
@@ -87,7 +109,7 @@ fn envelope(events: &[StatusEvent]) -> Value {
             .or_default()
             .push(status);
     }
-    let changes: Vec<Value> = by_number
+    let mut changes: Vec<Value> = by_number
         .into_iter()
         .map(|(number, statuses)| {
             json!({"field": "messages", "value": {"messaging_product": "whatsapp",
@@ -95,5 +117,6 @@ fn envelope(events: &[StatusEvent]) -> Value {
                 "statuses": statuses}})
         })
         .collect();
+    changes.extend(other);
     json!({"object": "whatsapp_business_account", "entry": [{"id": "simulated-waba", "changes": changes}]})
 }

@@ -1,0 +1,513 @@
+//! Marketing endpoints: contacts (import, export), consent export, template sync, and campaigns
+//! (create, estimate, launch, pause, resume, cancel, progress, failures, retry, replies).
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::campaigns::{self, CampaignError, Definition, RateTracker};
+use crate::contacts::{self, ConsentColumns, ImportFailure, ImportOptions, Importer};
+use crate::domain::campaign::Action;
+use crate::store::campaigns as cstore;
+use crate::store::contacts as contact_store;
+
+use super::ApiState;
+use super::auth::Permission;
+use super::error::{ApiError, parse_json};
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route(
+            "/v1/contacts/import",
+            post(import_contacts).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/contacts/imports/{id}/errors.csv", get(import_errors))
+        .route("/v1/contacts.csv", get(export_contacts))
+        .route("/v1/consent.csv", get(export_consent))
+        .route("/v1/templates/sync", post(sync_templates))
+        .route("/v1/campaigns", post(create_campaign).get(list_campaigns))
+        .route("/v1/campaigns/{id}", get(get_campaign))
+        .route("/v1/campaigns/{id}/estimate", post(estimate))
+        .route("/v1/campaigns/{id}/launch", post(launch))
+        .route("/v1/campaigns/{id}/pause", post(pause))
+        .route("/v1/campaigns/{id}/resume", post(resume))
+        .route("/v1/campaigns/{id}/cancel", post(cancel))
+        .route("/v1/campaigns/{id}/failures.csv", get(failures_csv))
+        .route("/v1/campaigns/{id}/retry-failed", post(retry_failed))
+        .route("/v1/campaigns/{id}/replies", get(replies))
+}
+
+impl From<CampaignError> for ApiError {
+    fn from(e: CampaignError) -> ApiError {
+        match e {
+            CampaignError::Invalid {
+                status,
+                code,
+                field,
+                message,
+            } => ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                code,
+                (!field.is_empty()).then_some(field.as_str()),
+                message,
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+fn campaign_id(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::bad_request("invalid_id", Some("id"), "campaign ids are UUIDs"))
+}
+
+fn actor(caller: &super::auth::Caller) -> String {
+    format!("api_key:{}", caller.key_id)
+}
+
+// -- contacts ------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    phone: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    language: Option<String>,
+    /// Comma-separated tags for every row.
+    #[serde(default)]
+    tags: Option<String>,
+    #[serde(default)]
+    tags_column: Option<String>,
+    /// Comma-separated columns to keep as attributes, or `*` for every other column.
+    #[serde(default)]
+    attributes: Option<String>,
+    #[serde(default)]
+    consent_column: Option<String>,
+    #[serde(default)]
+    consent_purpose: Option<String>,
+    #[serde(default)]
+    consent_source: Option<String>,
+    #[serde(default)]
+    evidence_column: Option<String>,
+    #[serde(default)]
+    evidence: Option<String>,
+    #[serde(default)]
+    list: Option<String>,
+}
+
+fn split_list(raw: &Option<String>) -> Vec<String> {
+    raw.as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+impl From<ImportFailure> for ApiError {
+    fn from(e: ImportFailure) -> ApiError {
+        match e {
+            ImportFailure::Refused { field, message } => ApiError::bad_request(
+                "invalid_csv",
+                (!field.is_empty()).then_some(field.as_str()),
+                message,
+            ),
+            ImportFailure::Csv(e) => ApiError::bad_request("invalid_csv", None, e.to_string()),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Streams a CSV into contacts (and consent), a chunk at a time: the answer carries the counts
+/// and the first row errors.
+async fn import_contacts(
+    State(state): State<ApiState>,
+    Query(q): Query<ImportQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    caller.require(Permission::Contacts)?;
+    let consent = match q.consent_column {
+        None => None,
+        Some(column) => Some(ConsentColumns {
+            column,
+            purpose: q.consent_purpose.unwrap_or_else(|| "marketing".into()),
+            source: q.consent_source.unwrap_or_else(|| "import".into()),
+            evidence_column: q.evidence_column,
+            evidence: q.evidence,
+        }),
+    };
+    let options = ImportOptions {
+        phone_column: q.phone,
+        name_column: q.name,
+        language_column: q.language,
+        tags: split_list(&q.tags),
+        tags_column: q.tags_column,
+        attribute_columns: split_list(&q.attributes),
+        consent,
+        list: q.list,
+        actor: actor(&caller),
+    };
+    let services = &state.services;
+    let mut importer = Importer::new(options)?;
+    let mut stream = body.into_data_stream();
+    let mut interrupted = false;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => importer.feed(services, &bytes).await?,
+            Err(e) => {
+                tracing::warn!(error = %e, "contact upload broke off");
+                interrupted = true;
+                break;
+            }
+        }
+    }
+    let report = importer.finish(services, interrupted).await?;
+    Ok((StatusCode::OK, Json(report)).into_response())
+}
+
+async fn import_errors(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state
+        .caller(&headers)
+        .await?
+        .require(Permission::Contacts)?;
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_id", Some("id"), "import ids are UUIDs"))?;
+    let pool = state.services.pool.clone();
+    if !contact_store::import_exists(&pool, id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::not_found(
+            "unknown_import",
+            format!("no import {id}"),
+        ));
+    }
+    let header_line = crate::domain::csv::line(["row", "reason", "field", "value"]);
+    Ok(csv_stream(
+        "import-errors.csv",
+        header_line,
+        0i64,
+        move |after| {
+            let pool = pool.clone();
+            async move {
+                let page = contact_store::import_errors(&pool, id, after, 5000).await?;
+                let next = page.last().map(|e| e.row as i64);
+                let text: String = page
+                    .iter()
+                    .map(|e| {
+                        let row = e.row.to_string();
+                        crate::domain::csv::line([
+                            row.as_str(),
+                            e.reason.as_str(),
+                            e.field.as_deref().unwrap_or(""),
+                            e.value.as_deref().unwrap_or(""),
+                        ])
+                    })
+                    .collect();
+                Ok(next.map(|n| (text, n)))
+            }
+        },
+    ))
+}
+
+/// A CSV answer streamed page by page: `page(cursor)` gives the next text and cursor, or None
+/// at the end. An error mid-stream cuts the body short (the client sees a broken download).
+fn csv_stream<C, F, Fut>(filename: &str, header_line: String, start: C, page: F) -> Response
+where
+    C: Send + 'static,
+    F: Fn(C) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Option<(String, C)>, crate::store::StoreError>>
+        + Send
+        + 'static,
+{
+    let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(header_line) });
+    let rest = futures_util::stream::unfold(Some(start), move |cursor| {
+        let next = cursor.map(&page);
+        async move {
+            match next?.await {
+                Ok(Some((text, cursor))) => Some((Ok(text), Some(cursor))),
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+            }
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        Body::from_stream(head.chain(rest)),
+    )
+        .into_response()
+}
+
+async fn export_contacts(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state
+        .caller(&headers)
+        .await?
+        .require(Permission::Contacts)?;
+    let pool = state.services.pool.clone();
+    Ok(csv_stream(
+        "contacts.csv",
+        contacts::contact_csv_header(),
+        0i64,
+        move |after| {
+            let pool = pool.clone();
+            async move {
+                let page = contact_store::contacts_page(&pool, after, 5000).await?;
+                let next = page.last().map(|c| c.id);
+                let text: String = page.iter().map(contacts::contact_csv_line).collect();
+                Ok(next.map(|n| (text, n)))
+            }
+        },
+    ))
+}
+
+async fn export_consent(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.caller(&headers).await?.require(Permission::Consent)?;
+    let pool = state.services.pool.clone();
+    Ok(csv_stream(
+        "consent.csv",
+        contacts::consent_csv_header(),
+        0i64,
+        move |after| {
+            let pool = pool.clone();
+            async move {
+                let page = contact_store::consent_page(&pool, after, 5000).await?;
+                let next = page.last().map(|e| e.id);
+                let text: String = page.iter().map(contacts::consent_csv_line).collect();
+                Ok(next.map(|n| (text, n)))
+            }
+        },
+    ))
+}
+
+async fn sync_templates(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state
+        .caller(&headers)
+        .await?
+        .require(Permission::SyncTemplates)?;
+    let report = crate::templates::sync(&state.services)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(report).into_response())
+}
+
+// -- campaigns -----------------------------------------------------------------------------------
+
+async fn create_campaign(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    caller.require(Permission::Campaigns)?;
+    let definition: Definition = parse_json(&body)?;
+    let c = campaigns::create(
+        &state.services,
+        definition,
+        |s| caller.may_use_sender(s),
+        Some(caller.key_id),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(c)).into_response())
+}
+
+async fn list_campaigns(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.caller(&headers).await?.require(Permission::Read)?;
+    let list = cstore::list_campaigns(&state.services.pool, 200)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"data": list})).into_response())
+}
+
+async fn load(state: &ApiState, raw: &str) -> Result<cstore::Campaign, ApiError> {
+    let id = campaign_id(raw)?;
+    cstore::get_campaign(&state.services.pool, id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("unknown_campaign", format!("no campaign {id}")))
+}
+
+/// Progress: counts by state and reason, rate and ETA. Reads a handful of counter rows, so it is
+/// cheap to poll every second whatever the campaign's size.
+async fn get_campaign(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.caller(&headers).await?.require(Permission::Read)?;
+    let id = campaign_id(&id)?;
+    let progress = campaigns::progress(&state.services, id, &state.rates)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_campaign", format!("no campaign {id}")))?;
+    Ok(Json(progress).into_response())
+}
+
+async fn estimate(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state
+        .caller(&headers)
+        .await?
+        .require(Permission::Campaigns)?;
+    let c = load(&state, &id).await?;
+    let estimate = campaigns::estimate(&state.services, &c).await?;
+    Ok(Json(estimate).into_response())
+}
+
+async fn act(
+    state: ApiState,
+    id: String,
+    headers: HeaderMap,
+    action: Action,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    caller.require(Permission::Campaigns)?;
+    let id = campaign_id(&id)?;
+    let c = campaigns::act(&state.services, id, action, &actor(&caller)).await?;
+    Ok(Json(c).into_response())
+}
+
+async fn launch(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    act(state, id, headers, Action::Launch).await
+}
+
+async fn pause(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    act(state, id, headers, Action::Pause).await
+}
+
+async fn resume(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    act(state, id, headers, Action::Resume).await
+}
+
+async fn cancel(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    act(state, id, headers, Action::Cancel).await
+}
+
+async fn failures_csv(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.caller(&headers).await?.require(Permission::Read)?;
+    let c = load(&state, &id).await?;
+    let pool = state.services.pool.clone();
+    let header_line = crate::domain::csv::line([
+        "recipient",
+        "error_code",
+        "reason",
+        "error",
+        "attempts",
+        "last_attempt",
+    ]);
+    Ok(csv_stream(
+        "failures.csv",
+        header_line,
+        0i64,
+        move |after| {
+            let pool = pool.clone();
+            async move {
+                let page = cstore::failures_after(&pool, c.id, after, 5000).await?;
+                let next = page.last().map(|f| f.campaign_seq);
+                let text: String = page
+                    .iter()
+                    .map(|f| {
+                        let code = f.last_error_code.map(|c| c.to_string()).unwrap_or_default();
+                        let attempts = f.attempts.to_string();
+                        let at = f.updated_at.to_rfc3339();
+                        crate::domain::csv::line([
+                            f.recipient.as_str(),
+                            code.as_str(),
+                            f.status_reason.as_deref().unwrap_or(""),
+                            f.last_error.as_deref().unwrap_or(""),
+                            attempts.as_str(),
+                            at.as_str(),
+                        ])
+                    })
+                    .collect();
+                Ok(next.map(|n| (text, n)))
+            }
+        },
+    ))
+}
+
+async fn retry_failed(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    caller.require(Permission::Campaigns)?;
+    let id = campaign_id(&id)?;
+    let outcome = campaigns::retry_failed(&state.services, id, &actor(&caller)).await?;
+    Ok(Json(outcome).into_response())
+}
+
+async fn replies(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.caller(&headers).await?.require(Permission::Read)?;
+    let c = load(&state, &id).await?;
+    let list = cstore::replies(&state.services.pool, c.id, 1000)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({"count": list.len(), "data": list})).into_response())
+}
+
+/// The rate tracker lives in the API state so every progress read feeds it.
+pub fn rate_tracker() -> RateTracker {
+    RateTracker::default()
+}
