@@ -32,6 +32,7 @@ fn job() -> SendJob {
         deferrals: 0,
         enqueued_at_ms: 1_700_000_000_000,
         not_before_ms: 0,
+        campaign: None,
         body: serde_json::value::RawValue::from_string(body.to_string()).unwrap(),
     }
 }
@@ -53,6 +54,7 @@ fn pure(c: &mut Criterion) {
         suppressed: false,
         sent_wamid: None,
         claimed: false,
+        campaign: pregon::domain::decision::CampaignGate::Open,
     };
     let facts = Facts {
         category: Category::Marketing,

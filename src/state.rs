@@ -400,6 +400,12 @@ impl State {
         Ok(())
     }
 
+    /// A campaign's mirrored state.
+    pub async fn campaign_state(&self, campaign: Uuid) -> Result<Option<String>, StateError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.get(self.key(&["camp", &campaign.to_string()])).await?)
+    }
+
     /// Health of senders as the worker sees it: (status, quality, paused, marketing held until ms).
     pub async fn sender_health(
         &self,
@@ -470,6 +476,9 @@ impl State {
         &self,
         recipients: &[String],
     ) -> Result<Vec<(Option<String>, Option<String>)>, StateError> {
+        if recipients.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for r in recipients {
             pipe.hmget(self.key(&["consent", r]), &["marketing", "utility"]);
@@ -510,6 +519,9 @@ impl State {
         &self,
         rows: &[(String, Option<String>, Option<String>)],
     ) -> Result<(), StateError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for (recipient, marketing, utility) in rows {
             let key = self.key(&["consent", recipient]);

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::app::{Services, Shutdown};
 use crate::domain::Lane;
-use crate::domain::decision::{self, Decision, DeferReason, Facts};
+use crate::domain::decision::{self, CampaignGate, Decision, DeferReason, Facts};
 use crate::domain::errors::{Disposition, SendFailure, classify};
 use crate::domain::job::SendJob;
 use crate::domain::retry::{delay_step, pair_rate_backoff};
@@ -61,9 +61,40 @@ struct Shared {
     sender: std::sync::RwLock<Arc<Sender>>,
     pacer: Pacer,
     owner: String,
+    /// Campaign states read recently, so a paused campaign's messages leave the lane without
+    /// waiting for a pacing slot (and without a Redis read per message).
+    campaign_gates:
+        std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (CampaignGate, Instant)>>,
 }
 
 impl Shared {
+    async fn campaign_gate(&self, campaign: uuid::Uuid) -> CampaignGate {
+        const FRESH: Duration = Duration::from_millis(200);
+        if let Some((gate, at)) = self
+            .campaign_gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&campaign)
+            && at.elapsed() < FRESH
+        {
+            return *gate;
+        }
+        let gate = match self.services.state.campaign_state(campaign).await {
+            Ok(state) => CampaignGate::from_state(state.as_deref()),
+            // The snapshot reads it again before any send.
+            Err(_) => CampaignGate::Open,
+        };
+        let mut gates = self
+            .campaign_gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if gates.len() > 10_000 {
+            gates.clear();
+        }
+        gates.insert(campaign, (gate, Instant::now()));
+        gate
+    }
+
     fn sender(&self) -> Arc<Sender> {
         self.sender
             .read()
@@ -101,6 +132,7 @@ pub async fn run(
         id: id.clone(),
         sender: std::sync::RwLock::new(sender),
         owner,
+        campaign_gates: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     let mut lanes = Vec::with_capacity(2);
     for lane in Lane::ALL {
@@ -233,6 +265,13 @@ async fn process(
         redelay(shared, delivery, job, wait, None).await;
         return;
     }
+    if let Some(campaign) = job.campaign {
+        let gate = shared.campaign_gate(campaign).await;
+        if gate != CampaignGate::Open {
+            settle_for_campaign(shared, delivery, &job, gate).await;
+            return;
+        }
+    }
     if let Some(wait) = shared.pacer.pair_wait(&job.recipient) {
         services
             .metrics
@@ -310,15 +349,10 @@ async fn process(
         }
         Decision::Hold(reason) => hold(shared, lanes, lane, delivery, job, reason.code()),
         Decision::ReturnToCampaign => {
-            // Unsent and unclaimed: the campaign queues it again when it resumes.
-            let mut update = MessageUpdate::new(job.id, Status::Planned, job.attempt);
-            update.reason = Some("campaign_paused".into());
-            finish(shared, delivery, &job, update, "returned").await;
+            settle_for_campaign(shared, delivery, &job, CampaignGate::Paused).await
         }
         Decision::Cancel => {
-            let mut update = MessageUpdate::new(job.id, Status::Cancelled, job.attempt);
-            update.reason = Some("campaign_cancelled".into());
-            finish(shared, delivery, &job, update, "cancelled").await;
+            settle_for_campaign(shared, delivery, &job, CampaignGate::Stopped).await
         }
         Decision::Defer(DeferReason::TemplatePaused, _) => {
             let wait = services.config.template_pause_recheck.0;
@@ -387,6 +421,23 @@ async fn process(
             }
         }
     }
+}
+
+/// A paused campaign's message goes back to it unsent (queued again on resume); a cancelled
+/// campaign's message is cancelled.
+async fn settle_for_campaign(
+    shared: &Shared,
+    delivery: Delivery,
+    job: &SendJob,
+    gate: CampaignGate,
+) {
+    let (status, reason, outcome) = match gate {
+        CampaignGate::Stopped => (Status::Cancelled, "campaign_cancelled", "cancelled"),
+        _ => (Status::Planned, "campaign_paused", "returned"),
+    };
+    let mut update = MessageUpdate::new(job.id, status, job.attempt);
+    update.reason = Some(reason.into());
+    finish(shared, delivery, job, update, outcome).await;
 }
 
 fn tier_budget(limit: i64) -> Option<u64> {
