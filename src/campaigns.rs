@@ -1462,10 +1462,12 @@ pub async fn progress(
 
 /// Recent completion rate per campaign, from the progress reads themselves (each API process keeps
 /// its own samples: a read costs no extra query).
+/// Progress samples per campaign: when, and how many were done.
+type Samples = HashMap<Uuid, std::collections::VecDeque<(std::time::Instant, i64)>>;
+
 #[derive(Clone, Default)]
 pub struct RateTracker {
-    samples:
-        Arc<std::sync::Mutex<HashMap<Uuid, std::collections::VecDeque<(std::time::Instant, i64)>>>>,
+    samples: Arc<std::sync::Mutex<Samples>>,
 }
 
 impl RateTracker {

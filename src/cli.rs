@@ -177,11 +177,7 @@ pub fn progress_line(p: &Value) -> String {
     let total = p["total"].as_u64().unwrap_or(0);
     let done = p["done"].as_u64().unwrap_or(0);
     let width = 30;
-    let filled = if total == 0 {
-        0
-    } else {
-        (done * width / total) as usize
-    };
+    let filled = (done * width).checked_div(total).unwrap_or(0) as usize;
     let bar: String = "#".repeat(filled) + &".".repeat(width as usize - filled);
     let percent = if total == 0 {
         0.0

@@ -96,6 +96,9 @@ pub struct ImportReport {
     pub interrupted: bool,
 }
 
+/// A checked row waiting for its batch: row number, contact, consent with evidence.
+type Row = (u64, ContactInput, Option<(ConsentAction, String)>);
+
 pub struct Importer {
     options: ImportOptions,
     reader: RecordReader,
@@ -104,7 +107,7 @@ pub struct Importer {
     list_id: Option<Uuid>,
     /// Data rows seen (row 1 is the first line after the header).
     row: u64,
-    batch: Vec<(u64, ContactInput, Option<(ConsentAction, String)>)>,
+    batch: Vec<Row>,
     errors: Vec<ImportError>,
     report_errors: Vec<ImportError>,
     errors_by_reason: BTreeMap<String, u64>,

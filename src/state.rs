@@ -45,6 +45,9 @@ pub struct SenderMirror {
     pub paused: bool,
 }
 
+/// The mirrored sender hash: status, quality, paused, marketing held until (ms).
+type SenderHash = (Option<String>, Option<String>, Option<String>, Option<i64>);
+
 /// A sender's health as mirrored for the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SenderHealth {
@@ -419,8 +422,7 @@ impl State {
             );
         }
         let mut conn = self.conn.clone();
-        let raw: Vec<(Option<String>, Option<String>, Option<String>, Option<i64>)> =
-            pipe.query_async(&mut conn).await?;
+        let raw: Vec<SenderHash> = pipe.query_async(&mut conn).await?;
         Ok(raw
             .into_iter()
             .map(|(status, quality, paused, until)| SenderHealth {

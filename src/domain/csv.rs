@@ -44,6 +44,10 @@ impl RecordReader {
     pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<Vec<String>>) -> Result<(), CsvError> {
         let end = input.is_empty();
         loop {
+            // csv_core takes an empty input as the end of the file: only pass one at the end.
+            if input.is_empty() && !end {
+                return Ok(());
+            }
             let (result, read, written) =
                 self.reader.read_field(input, &mut self.field[self.len..]);
             input = &input[read..];
