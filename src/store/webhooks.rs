@@ -661,12 +661,12 @@ pub async fn update_template_field(
                  status_reason = CASE WHEN $6 = 'status' THEN $4 ELSE status_reason END,
                  template_id = COALESCE($5, template_id), updated_at = now()
              WHERE name = $1 AND language = $2
-             RETURNING name, language, category, status
+             RETURNING name, language, category, status, parameters
          ), hist AS (
              INSERT INTO template_changes (name, language, change, old_value, new_value, reason)
              SELECT $1, $2, $6, old.v, $3, $4 FROM old WHERE old.v IS DISTINCT FROM $3
          )
-         SELECT name, language, category, status FROM upd"
+         SELECT name, language, category, status, parameters FROM upd"
     );
     Ok(
         sqlx::query_as::<_, super::Template>(sqlx::AssertSqlSafe(sql))
