@@ -317,6 +317,14 @@ mod tests {
             .inc();
         metrics.event_outbox_depth.set(0);
         metrics
+            .campaign_transitions
+            .with_label_values(&["auto_paused", "sender_quality_red"])
+            .inc();
+        metrics
+            .contacts_imported
+            .with_label_values(&["created"])
+            .inc();
+        metrics
             .callback_deliveries
             .with_label_values(&["delivered"])
             .inc();
