@@ -304,9 +304,12 @@ async fn audience_is_empty(services: &Services, audience: &Audience) -> Result<b
 
 /// What planning needs to know about a campaign, read once.
 struct Plan {
+    audience: Audience,
     category: Category,
     template: Template,
     mapping: VariableMap,
+    /// What each sender can still do today, read once.
+    capacities: Vec<(String, SenderCapacity)>,
     /// Sender pool with weights (remaining tier capacity).
     pool: Vec<(String, f64)>,
 }
@@ -451,6 +454,7 @@ async fn plan_of(services: &Services, c: &Campaign) -> Result<Plan, CampaignErro
                 ),
             )
         })?;
+    let audience = Audience::parse(&c.audience.0)?;
     let mapping: VariableMap = serde_json::from_value(c.variables.0.clone())
         .map_err(|e| invalid(400, "invalid_field", "variables", e.to_string()))?;
     let capacities = capacities(services, &c.senders).await?;
@@ -461,9 +465,11 @@ async fn plan_of(services: &Services, c: &Campaign) -> Result<Plan, CampaignErro
         .map(|(id, cap)| (id.clone(), campaign::capacity_weight(cap).max(1.0)))
         .collect();
     Ok(Plan {
+        audience,
         category: Category::parse(&c.category).unwrap_or(Category::Marketing),
         template,
         mapping,
+        capacities,
         pool,
     })
 }
@@ -508,7 +514,6 @@ pub struct SenderEstimate {
 
 /// Walks the whole audience with the same checks planning uses, writing nothing.
 pub async fn estimate(services: &Services, c: &Campaign) -> Result<Estimate, CampaignError> {
-    let audience = Audience::parse(&c.audience.0)?;
     let plan = plan_of(services, c).await?;
     let chunk = i64::from(services.config.campaign_chunk);
     let mut cursor = 0;
@@ -518,7 +523,7 @@ pub async fn estimate(services: &Services, c: &Campaign) -> Result<Estimate, Cam
     let mut by_country: BTreeMap<String, u64> = BTreeMap::new();
     let (mut total, mut eligible) = (0u64, 0u64);
     loop {
-        let page = audience_page(services, &audience, cursor, chunk).await?;
+        let page = audience_page(services, &plan.audience, cursor, chunk).await?;
         let Some(last) = page.last().map(|c| c.seq) else {
             break;
         };
@@ -565,8 +570,7 @@ pub async fn estimate(services: &Services, c: &Campaign) -> Result<Estimate, Cam
         );
     }
     cost.total = (cost.total * 10_000.0).round() / 10_000.0;
-    let capacities = capacities(services, &c.senders).await?;
-    let caps: Vec<SenderCapacity> = capacities.iter().map(|(_, c)| *c).collect();
+    let caps: Vec<SenderCapacity> = plan.capacities.iter().map(|(_, c)| *c).collect();
     let eta = campaign::eta(
         eligible,
         &caps,
@@ -578,7 +582,8 @@ pub async fn estimate(services: &Services, c: &Campaign) -> Result<Estimate, Cam
         excluded,
         cost,
         eta_seconds: eta.as_secs(),
-        senders: capacities
+        senders: plan
+            .capacities
             .into_iter()
             .map(|(id, c)| SenderEstimate {
                 phone_number_id: id,
@@ -1127,8 +1132,8 @@ impl Runner {
     async fn plan_step(&mut self, c: &Campaign) -> Result<Next, CampaignError> {
         let services = &self.services;
         if self.plan.is_none() {
-            self.plan = Some(plan_of(services, c).await?);
-            if let Ok(Audience::Numbers(numbers)) = Audience::parse(&c.audience.0) {
+            let plan = plan_of(services, c).await?;
+            if let Audience::Numbers(numbers) = &plan.audience {
                 // Duplicates of an explicit list are found against everything planned before a
                 // restart, too.
                 let through = usize::try_from(c.plan_cursor)
@@ -1140,13 +1145,13 @@ impl Runner {
                     .map(|p| p.digits().to_string())
                     .collect();
             }
+            self.plan = Some(plan);
         }
         let Some(plan) = &self.plan else {
             return Ok(Next::Wait);
         };
-        let audience = Audience::parse(&c.audience.0)?;
         let chunk = i64::from(services.config.campaign_chunk);
-        let page = audience_page(services, &audience, c.plan_cursor, chunk).await?;
+        let page = audience_page(services, &plan.audience, c.plan_cursor, chunk).await?;
         let done = (page.len() as i64) < chunk;
         let cursor = page.last().map_or(c.plan_cursor, |p| p.seq);
         let verdicts = check_page(services, plan, page, &mut self.seen).await?;
@@ -1398,10 +1403,9 @@ pub async fn progress(
         return Ok(None);
     };
     let rows = cstore::counts(&services.pool, id).await?;
+    let totals = count_map(&rows);
     let mut counts: BTreeMap<String, Value> = BTreeMap::new();
-    let mut totals: HashMap<String, i64> = HashMap::new();
     for (status, detail, n) in &rows {
-        *totals.entry(status.clone()).or_default() += n;
         if matches!(
             status.as_str(),
             "deferred" | "failed" | "skipped" | "cancelled" | "excluded"

@@ -109,19 +109,6 @@ impl Client {
     }
 }
 
-/// Percent-encodes a query-string value.
-pub fn query_value(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 pub fn print(value: &Value) {
     println!(
         "{}",

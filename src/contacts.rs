@@ -281,9 +281,9 @@ impl Importer {
         })
     }
 
-    fn error(&mut self, reason: &str, field: Option<&str>, value: Option<&str>) {
+    fn error(&mut self, row: u64, reason: &str, field: Option<&str>, value: Option<&str>) {
         let e = ImportError {
-            row: self.row,
+            row,
             reason: reason.into(),
             field: field.map(str::to_string),
             value: value.map(|v| v.chars().take(200).collect()),
@@ -302,7 +302,7 @@ impl Importer {
         let Some(c) = &self.columns else { return };
         if record.len() != c.count {
             let message = format!("{} fields, the header has {}", record.len(), c.count);
-            self.error("bad_column", None, Some(&message));
+            self.error(self.row, "bad_column", None, Some(&message));
             return;
         }
         let field = |i: Option<usize>| {
@@ -313,15 +313,14 @@ impl Importer {
         let raw_phone = record[c.phone].trim().to_string();
         let number = match phone::normalize(&raw_phone) {
             Ok(n) => n,
-            Err(e) => {
+            Err(_) => {
                 let reason = if raw_phone.is_empty() {
                     "missing_phone_number"
                 } else {
                     "invalid_phone_number"
                 };
-                let _ = e;
                 let column = self.options.phone_column.clone();
-                self.error(reason, Some(&column), Some(&raw_phone));
+                self.error(self.row, reason, Some(&column), Some(&raw_phone));
                 return;
             }
         };
@@ -330,7 +329,7 @@ impl Importer {
             && !valid_language(lang)
         {
             let column = self.options.language_column.clone().unwrap_or_default();
-            self.error("bad_column", Some(&column), Some(lang));
+            self.error(self.row, "bad_column", Some(&column), Some(lang));
             return;
         }
         let mut tags = self.options.tags.clone();
@@ -361,7 +360,7 @@ impl Importer {
                 "no" | "n" | "false" | "0" | "opt_out" | "opt-out" => Some(ConsentAction::OptOut),
                 _ => {
                     let column = options.column.clone();
-                    self.error("bad_column", Some(&column), Some(&raw));
+                    self.error(self.row, "bad_column", Some(&column), Some(&raw));
                     return;
                 }
             };
@@ -370,7 +369,7 @@ impl Importer {
                 match (action, evidence) {
                     (ConsentAction::OptIn, None) => {
                         let column = options.evidence_column.clone().unwrap_or("evidence".into());
-                        self.error("missing_evidence", Some(&column), None);
+                        self.error(self.row, "missing_evidence", Some(&column), None);
                         return;
                     }
                     (action, evidence) => {
@@ -408,7 +407,8 @@ impl Importer {
         let mut consents = Vec::new();
         for (row, contact, consent) in batch {
             if earlier.contains(&contact.phone) || !in_batch.insert(contact.phone.clone()) {
-                self.row_error(row, "duplicate", &contact.phone);
+                let column = self.options.phone_column.clone();
+                self.error(row, "duplicate", Some(&column), Some(&contact.phone));
                 continue;
             }
             if let Some(c) = consent {
@@ -473,14 +473,6 @@ impl Importer {
             .with_label_values(&["error"])
             .inc_by(errors.len() as u64);
         Ok(())
-    }
-
-    fn row_error(&mut self, row: u64, reason: &str, value: &str) {
-        let saved = self.row;
-        self.row = row;
-        let column = self.options.phone_column.clone();
-        self.error(reason, Some(&column), Some(value));
-        self.row = saved;
     }
 }
 

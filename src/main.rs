@@ -509,7 +509,7 @@ async fn contacts(api: &cli::ApiArgs, command: ContactsCommand) -> Result<(), Ap
             }
             let query: Vec<String> = query
                 .into_iter()
-                .map(|(k, v)| format!("{k}={}", cli::query_value(&v)))
+                .map(|(k, v)| format!("{k}={}", pregon::whatsapp::percent_encode(&v)))
                 .collect();
             let body = std::fs::read(&file)?;
             let report = client

@@ -185,8 +185,9 @@ impl CloudApi {
     }
 }
 
-/// Percent-encodes a query value (cursors are base64 and may hold `=`, `+` or `/`).
-fn percent_encode(raw: &str) -> String {
+/// Percent-encodes a query value (cursors are base64 and may hold `=`, `+` or `/`; the CLI's
+/// column names and evidence texts anything at all).
+pub fn percent_encode(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     for b in raw.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -276,17 +276,23 @@ pub struct Handoff {
     pub not_before: Option<DateTime<Utc>>,
 }
 
+macro_rules! handoff_columns {
+    () => {
+        "SELECT id, campaign_seq, sender, recipient, body, attempts, not_before FROM messages"
+    };
+}
+
 pub async fn planned_after(
     pool: &PgPool,
     campaign: Uuid,
     after_seq: i64,
     limit: i64,
 ) -> Result<Vec<Handoff>, StoreError> {
-    Ok(sqlx::query_as::<_, Handoff>(
-        "SELECT id, campaign_seq, sender, recipient, body, attempts, not_before FROM messages
-         WHERE campaign_id = $1 AND status = 'planned' AND campaign_seq > $2
-         ORDER BY campaign_seq LIMIT $3",
-    )
+    Ok(sqlx::query_as::<_, Handoff>(concat!(
+        handoff_columns!(),
+        " WHERE campaign_id = $1 AND status = 'planned' AND campaign_seq > $2
+         ORDER BY campaign_seq LIMIT $3"
+    ))
     .bind(campaign)
     .bind(after_seq)
     .bind(limit)
@@ -302,12 +308,12 @@ pub async fn handed_between(
     from: i64,
     through: i64,
 ) -> Result<Vec<Handoff>, StoreError> {
-    Ok(sqlx::query_as::<_, Handoff>(
-        "SELECT id, campaign_seq, sender, recipient, body, attempts, not_before FROM messages
-         WHERE campaign_id = $1 AND campaign_seq > $2 AND campaign_seq <= $3
+    Ok(sqlx::query_as::<_, Handoff>(concat!(
+        handoff_columns!(),
+        " WHERE campaign_id = $1 AND campaign_seq > $2 AND campaign_seq <= $3
            AND (status = 'queued' OR (status = 'deferred' AND status_reason = 'quiet_hours'))
-         ORDER BY campaign_seq",
-    )
+         ORDER BY campaign_seq"
+    ))
     .bind(campaign)
     .bind(from)
     .bind(through)
