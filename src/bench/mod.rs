@@ -17,8 +17,22 @@ use crate::enqueue::{self, Request};
 use crate::process::{LocalStack, local_sender_id};
 use crate::store::{self, Sender, Template};
 
+mod campaign;
+
+pub use campaign::CampaignBenchArgs;
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum BenchMode {
+    /// A campaign instead of notifications: import a contact CSV, estimate, launch over a pool of
+    /// senders, with the API, a worker and the simulator as separate processes.
+    Campaign(CampaignBenchArgs),
+}
+
 #[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
     /// Messages to send end to end.
     #[arg(long, default_value_t = 200_000)]
     pub messages: usize,
@@ -50,7 +64,12 @@ fn cpu_time() -> Duration {
 }
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    process_peak_rss_mib("self")
+}
+
+/// VmHWM of a process (`self` or a pid), in MiB; 0 where /proc cannot tell.
+fn process_peak_rss_mib(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
@@ -76,6 +95,9 @@ impl CpuClock {
 }
 
 pub async fn run(mut config: Config, args: BenchArgs) -> Result<(), AppError> {
+    if let Some(BenchMode::Campaign(campaign)) = args.mode {
+        return campaign::run(config, campaign).await;
+    }
     if args.senders == 0 || args.messages == 0 {
         return Err(AppError::Invalid(
             "--messages and --senders must be positive".into(),
