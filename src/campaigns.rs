@@ -324,9 +324,18 @@ enum Verdict {
         sender: String,
     },
     Excluded {
+        seq: i64,
         input: String,
         reason: Exclusion,
     },
+}
+
+impl Verdict {
+    fn seq(&self) -> i64 {
+        match self {
+            Verdict::Send { seq, .. } | Verdict::Excluded { seq, .. } => *seq,
+        }
+    }
 }
 
 /// Checks a page of candidates: number, duplicates (explicit lists), consent and suppression (the
@@ -339,15 +348,20 @@ async fn check_page(
 ) -> Result<Vec<Verdict>, StateError> {
     let mut verdicts = Vec::with_capacity(page.len());
     let mut valid: Vec<(Candidate, phone::PhoneNumber)> = Vec::with_capacity(page.len());
+    // Contacts are unique by number (a unique index), so only an explicit list can repeat one;
+    // tracking a contact audience would hold every recipient in memory (80 MB a million).
+    let explicit = matches!(plan.audience, Audience::Numbers(_));
     for candidate in page {
         match phone::normalize(&candidate.input) {
             Err(_) => verdicts.push(Verdict::Excluded {
+                seq: candidate.seq,
                 input: candidate.input,
                 reason: Exclusion::InvalidNumber,
             }),
             Ok(number) => {
-                if !seen.insert(number.digits().to_string()) {
+                if explicit && !seen.insert(number.digits().to_string()) {
                     verdicts.push(Verdict::Excluded {
+                        seq: candidate.seq,
                         input: candidate.input,
                         reason: Exclusion::Duplicate,
                     });
@@ -364,6 +378,8 @@ async fn check_page(
         let verdict = check_one(plan, &candidate, &number, &consent, suppressed, &empty);
         verdicts.push(verdict);
     }
+    // In audience order, so the exclusion report reads like the list it came from.
+    verdicts.sort_by_key(Verdict::seq);
     Ok(verdicts)
 }
 
@@ -376,6 +392,7 @@ fn check_one(
     empty: &Value,
 ) -> Verdict {
     let excluded = |reason| Verdict::Excluded {
+        seq: candidate.seq,
         input: number.digits().to_string(),
         reason,
     };
@@ -955,6 +972,9 @@ pub async fn retry_failed(
 
 // -- the runner ------------------------------------------------------------------------------
 
+/// How often a runner refreshes the longest-pause gauge (the "paused too long" alert reads it).
+const PAUSE_GAUGE_EVERY: Duration = Duration::from_secs(10);
+
 /// Runs campaigns in a worker process until shutdown.
 pub fn spawn_runner(services: &Services, stop: &Shutdown) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(services.clone(), stop.clone()))
@@ -965,7 +985,15 @@ async fn run(services: Services, mut stop: Shutdown) {
     let mut tasks: HashMap<Uuid, tokio::task::JoinHandle<()>> = HashMap::new();
     let poll = services.config.campaign_poll.0;
     let ttl = services.config.lease_ttl.0;
+    let mut pause_checked: Option<std::time::Instant> = None;
     loop {
+        if pause_checked.is_none_or(|t| t.elapsed() >= PAUSE_GAUGE_EVERY) {
+            pause_checked = Some(std::time::Instant::now());
+            match cstore::longest_pause_seconds(&services.pool).await {
+                Ok(s) => services.metrics.campaign_longest_pause_seconds.set(s),
+                Err(e) => tracing::warn!(error = %e, "could not read campaign pauses"),
+            }
+        }
         match cstore::claim_runnable(&services.pool, &owner, ttl).await {
             Ok(ids) => {
                 tasks.retain(|_, t| !t.is_finished());
@@ -1082,7 +1110,11 @@ impl Runner {
                     return Ok(Next::Wait);
                 }
                 if !c.planned {
-                    return self.plan_step(c).await;
+                    // Sending starts with the first planned chunk rather than after the whole
+                    // audience: each planning step also hands over what is ready.
+                    let planning = self.plan_step(c).await?;
+                    self.hand_over(c).await?;
+                    return Ok(planning);
                 }
                 self.hand_over(c).await
             }
@@ -1172,7 +1204,7 @@ impl Runner {
                     recipient,
                     body: body.to_string(),
                 }),
-                Verdict::Excluded { input, reason } => exclusions.push((input, reason.code())),
+                Verdict::Excluded { input, reason, .. } => exclusions.push((input, reason.code())),
             }
         }
         let written =
@@ -1220,7 +1252,7 @@ impl Runner {
                 .iter()
                 .map(|s| counts.get(*s).copied().unwrap_or(0))
                 .sum::<i64>();
-            if open == 0 {
+            if open == 0 && c.planned {
                 self.change(c, "running", "completed", None, &[], "completed")
                     .await?;
                 tracing::info!(campaign = %c.id, "campaign completed");
@@ -1239,10 +1271,11 @@ impl Runner {
             })
             .and_then(|(s, e)| QuietHours::parse(&s, &e).ok());
         let now = Utc::now();
-        let marks: Vec<(Uuid, Option<DateTime<Utc>>)> = rows
-            .iter()
-            .map(|r| {
-                let not_before = quiet.and_then(|q| {
+        // The same `now` for every row: recipients with one UTC offset share one `not_before`.
+        let rows: Vec<Handoff> = rows
+            .into_iter()
+            .map(|mut r| {
+                r.not_before = quiet.and_then(|q| {
                     let country = phone::normalize(&r.recipient)
                         .map(|p| p.country())
                         .unwrap_or("");
@@ -1250,18 +1283,15 @@ impl Runner {
                     (!wait.is_zero())
                         .then(|| now + chrono::Duration::from_std(wait).unwrap_or_default())
                 });
-                (r.id, not_before)
-            })
-            .collect();
-        cstore::mark_handed(&services.pool, c.id, &marks, last).await?;
-        let rows: Vec<Handoff> = rows
-            .into_iter()
-            .zip(&marks)
-            .map(|(mut r, (_, nb))| {
-                r.not_before = *nb;
                 r
             })
             .collect();
+        let mut groups: BTreeMap<Option<DateTime<Utc>>, Vec<Uuid>> = BTreeMap::new();
+        for r in &rows {
+            groups.entry(r.not_before).or_default().push(r.id);
+        }
+        let groups: Vec<(Option<DateTime<Utc>>, Vec<Uuid>)> = groups.into_iter().collect();
+        cstore::mark_handed(&services.pool, c.id, &groups, c.fanout_cursor, last).await?;
         self.publish(c, &rows).await?;
         cstore::set_fanout_cursor(&services.pool, c.id, last).await?;
         Ok(Next::Continue)

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub campaign_planned: prometheus::IntCounter,
     /// Campaign messages handed to RabbitMQ.
     pub campaign_handed: prometheus::IntCounter,
+    /// How long the longest-paused campaign has been paused, in seconds (0: none is paused).
+    pub campaign_longest_pause_seconds: IntGauge,
     /// Contact rows imported, by outcome (created, updated, error).
     pub contacts_imported: IntCounterVec,
 }
@@ -147,6 +149,10 @@ impl Metrics {
             "pregon_event_outbox_depth",
             "Lifecycle events waiting in the outbox",
         );
+        let campaign_longest_pause_seconds = plain_gauge(
+            "pregon_campaign_longest_pause_seconds",
+            "Seconds the longest-paused campaign has been paused (0 when none is)",
+        );
         let callback_deliveries = counter(
             "pregon_callback_deliveries_total",
             "HTTP callback attempts by outcome (delivered, failed, gave_up)",
@@ -246,6 +252,7 @@ impl Metrics {
             callback_deliveries,
             campaign_transitions,
             campaign_planned,
+            campaign_longest_pause_seconds,
             campaign_handed,
             contacts_imported,
         }

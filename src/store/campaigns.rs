@@ -326,22 +326,32 @@ pub async fn handed_between(
 pub async fn mark_handed(
     pool: &PgPool,
     campaign: Uuid,
-    rows: &[(Uuid, Option<DateTime<Utc>>)],
+    groups: &[(Option<DateTime<Utc>>, Vec<Uuid>)],
+    claimed_after: i64,
     claimed_through: i64,
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "UPDATE messages m SET
-             status = CASE WHEN u.not_before IS NULL THEN 'queued' ELSE 'deferred' END,
-             status_reason = CASE WHEN u.not_before IS NULL THEN NULL ELSE 'quiet_hours' END,
-             not_before = u.not_before, updated_at = now()
-         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, not_before)
-         WHERE m.id = u.id AND m.status = 'planned'",
-    )
-    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
+    // One statement per distinct `not_before` (queued now, or deferred by quiet hours until one
+    // moment per UTC offset), ids as an array: no join for the planner to get wrong. The seq
+    // range keeps it on the planned-rows index even with statistics from before a large
+    // planning run; joined to UNNEST with such statistics it went quadratic (1.3 s a chunk).
+    for (not_before, ids) in groups {
+        sqlx::query(
+            "UPDATE messages SET
+                 status = CASE WHEN $2::timestamptz IS NULL THEN 'queued' ELSE 'deferred' END,
+                 status_reason = CASE WHEN $2::timestamptz IS NULL THEN NULL ELSE 'quiet_hours' END,
+                 not_before = $2, updated_at = now()
+             WHERE campaign_id = $1 AND status = 'planned'
+               AND campaign_seq > $3 AND campaign_seq <= $4 AND id = ANY($5)",
+        )
+        .bind(campaign)
+        .bind(not_before)
+        .bind(claimed_after)
+        .bind(claimed_through)
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query(
         "UPDATE campaigns SET fanout_claimed = GREATEST(fanout_claimed, $2), updated_at = now() WHERE id = $1",
     )
@@ -458,6 +468,38 @@ pub async fn requeue_failed(
     .execute(pool)
     .await?
     .rows_affected())
+}
+
+/// Seconds since the longest-paused campaign was paused (0 when none is).
+pub async fn longest_pause_seconds(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT COALESCE(max(extract(epoch FROM now() - e.created_at)), 0)::bigint
+         FROM campaigns c
+         CROSS JOIN LATERAL (SELECT created_at FROM campaign_events
+                             WHERE campaign_id = c.id ORDER BY id DESC LIMIT 1) e
+         WHERE c.state = 'paused'",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Who planning left out of a campaign, and why, after `after` in the order it was recorded:
+/// (position, recipient as given, reason).
+pub async fn exclusions_after(
+    pool: &PgPool,
+    campaign: Uuid,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT seq, recipient, reason FROM campaign_exclusions
+         WHERE campaign_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(campaign)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
