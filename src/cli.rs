@@ -90,6 +90,11 @@ impl Client {
             .map_err(failed)
     }
 
+    /// A call whose answer has no body (204).
+    pub async fn send(&self, method: reqwest::Method, path: &str) -> Result<(), AppError> {
+        self.call(method, path, None).await.map(|_| ())
+    }
+
     /// Streams a CSV answer to a file or stdout.
     pub async fn download(
         &self,

@@ -18,6 +18,8 @@ use crate::store::{ConsentEvent, StoreError};
 const BATCH: usize = 2000;
 /// Row errors returned in the answer; the rest are kept in PostgreSQL.
 const ERRORS_IN_REPORT: usize = 1000;
+/// Rows an import must write before it refreshes the planner's statistics itself.
+const FRESH_STATISTICS_AFTER: u64 = 10_000;
 
 pub const CONSENT_SOURCES: &[&str] = &[
     "web_form", "checkout", "whatsapp", "import", "api", "keyword",
@@ -187,6 +189,12 @@ impl Importer {
             return Err(refused("", "the file is empty: a header row is needed"));
         }
         self.flush(services).await?;
+        if self.totals.created + self.totals.updated >= FRESH_STATISTICS_AFTER {
+            // Audiences page through contacts by tag, attribute or list; with statistics from
+            // before a bulk load the planner walks the tag index for every page (quadratic in
+            // the audience) instead of the primary key once. Autovacuum would get there later.
+            cstore::refresh_statistics(&services.pool).await?;
+        }
         cstore::finish_import(
             &services.pool,
             self.import_id,
@@ -553,6 +561,121 @@ pub async fn rebuild_consent_cache(services: &Services) -> Result<RebuildReport,
 }
 
 /// The header and fields of the contacts export.
+/// A contact's profile as the JSON API takes it (`PUT /v1/contacts/{phone}`): the whole profile,
+/// so an absent field is cleared.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactProfile {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub language: Option<String>,
+    #[serde(default)]
+    pub attributes: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+}
+
+/// A profile field that cannot be stored: the machine-readable code, the field, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileError {
+    pub code: &'static str,
+    pub field: String,
+    pub message: String,
+}
+
+const MAX_NAME: usize = 200;
+const MAX_TAG: usize = 64;
+const MAX_TAGS: usize = 100;
+const MAX_ATTRIBUTES: usize = 100;
+
+/// Checks and normalises one contact from the JSON API: the same rules as an import row, plus
+/// attribute values limited to what a template variable can use (text, numbers, true/false).
+pub fn contact_input(raw_phone: &str, p: ContactProfile) -> Result<ContactInput, ProfileError> {
+    let fail = |code: &'static str, field: &str, message: String| ProfileError {
+        code,
+        field: field.to_string(),
+        message,
+    };
+    let number = phone::normalize(raw_phone)
+        .map_err(|e| fail("invalid_phone_number", "phone", e.to_string()))?;
+    let name = p
+        .name
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty());
+    if name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME) {
+        return Err(fail(
+            "invalid_field",
+            "name",
+            format!("name has at most {MAX_NAME} characters"),
+        ));
+    }
+    let language = p.language.map(|l| l.trim().to_string());
+    if let Some(l) = &language
+        && !valid_language(l)
+    {
+        return Err(fail(
+            "invalid_field",
+            "language",
+            format!("{l:?} is not a language code like es or es_MX"),
+        ));
+    }
+    let attributes = p.attributes.unwrap_or_default();
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(fail(
+            "invalid_field",
+            "attributes",
+            format!("at most {MAX_ATTRIBUTES} attributes"),
+        ));
+    }
+    for (key, value) in &attributes {
+        if key.trim().is_empty() {
+            return Err(fail(
+                "invalid_field",
+                "attributes",
+                "attribute names are not empty".into(),
+            ));
+        }
+        if !matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
+            return Err(fail(
+                "invalid_field",
+                &format!("attributes.{key}"),
+                "attribute values are text, numbers or true/false".into(),
+            ));
+        }
+    }
+    let mut tags: Vec<String> = Vec::new();
+    for (i, tag) in p.tags.unwrap_or_default().iter().enumerate() {
+        let tag = tag.trim();
+        if tag.is_empty() || tag.chars().count() > MAX_TAG || tag.contains(';') {
+            return Err(fail(
+                "invalid_field",
+                &format!("tags[{i}]"),
+                format!("a tag has 1 to {MAX_TAG} characters and no ';'"),
+            ));
+        }
+        if !tags.iter().any(|t| t == tag) {
+            tags.push(tag.to_string());
+        }
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(fail(
+            "invalid_field",
+            "tags",
+            format!("at most {MAX_TAGS} tags"),
+        ));
+    }
+    tags.sort();
+    Ok(ContactInput {
+        phone: number.digits().to_string(),
+        name,
+        language,
+        country: number.country().to_string(),
+        attributes: Value::Object(attributes),
+        tags,
+    })
+}
+
 pub fn contact_csv_header() -> String {
     crate::domain::csv::line([
         "phone",
@@ -618,9 +741,59 @@ mod tests {
     #[test]
     fn languages_look_like_whatsapp_codes() {
         assert!(valid_language("es"));
+        assert!(valid_language("es_419"));
         assert!(valid_language("es_MX"));
         assert!(valid_language("pt_BR"));
         assert!(!valid_language("Spanish"));
         assert!(!valid_language("e"));
+    }
+
+    #[test]
+    fn a_json_profile_is_normalised_like_an_import_row() {
+        let profile: ContactProfile = serde_json::from_value(serde_json::json!({
+            "name": "  Ana  ", "language": "es_MX",
+            "attributes": {"coupon": "A1", "points": 3, "vip": true},
+            "tags": ["nov", " vip ", "nov"]
+        }))
+        .unwrap();
+        let c = contact_input("+52 1 55 1000 0001", profile).unwrap();
+        assert_eq!(c.phone, "5215510000001");
+        assert_eq!(c.country, "MX");
+        assert_eq!(c.name.as_deref(), Some("Ana"));
+        assert_eq!(c.tags, vec!["nov".to_string(), "vip".to_string()]);
+        assert_eq!(c.attributes["points"], 3);
+        let empty = contact_input("5215510000001", ContactProfile::default()).unwrap();
+        assert_eq!(empty.name, None);
+        assert!(empty.tags.is_empty());
+    }
+
+    #[test]
+    fn a_bad_profile_names_the_field() {
+        let field = |phone: &str, json: serde_json::Value| {
+            let profile: ContactProfile = serde_json::from_value(json).unwrap();
+            contact_input(phone, profile).unwrap_err()
+        };
+        let e = field("12", serde_json::json!({}));
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            ("invalid_phone_number", "phone")
+        );
+        let e = field("5215510000001", serde_json::json!({"language": "Spanish"}));
+        assert_eq!(e.field, "language");
+        let e = field(
+            "5215510000001",
+            serde_json::json!({"attributes": {"address": {"city": "CDMX"}}}),
+        );
+        assert_eq!(e.field, "attributes.address");
+        let e = field("5215510000001", serde_json::json!({"tags": ["ok", ""]}));
+        assert_eq!(e.field, "tags[1]");
+        let e = field(
+            "5215510000001",
+            serde_json::json!({"name": "x".repeat(MAX_NAME + 1)}),
+        );
+        assert_eq!(e.field, "name");
+        assert!(
+            serde_json::from_value::<ContactProfile>(serde_json::json!({"nmae": "Ana"})).is_err()
+        );
     }
 }

@@ -118,6 +118,12 @@ enum CampaignCommand {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Who planning left out, and why, as CSV.
+    Exclusions {
+        id: String,
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Queue again the failures that can succeed.
     RetryFailed {
         id: String,
@@ -172,6 +178,17 @@ enum ContactsCommand {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// One contact and its current consent.
+    Show { phone: String },
+    /// Create a contact or replace its profile from a JSON file (name, language, attributes,
+    /// tags).
+    Put {
+        phone: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Remove a contact (its consent log is kept).
+    Delete { phone: String },
 }
 
 #[derive(Subcommand)]
@@ -456,6 +473,11 @@ async fn campaign(api: &cli::ApiArgs, command: CampaignCommand) -> Result<(), Ap
                 .download(&path(&id, "/failures.csv"), output.as_deref())
                 .await;
         }
+        CampaignCommand::Exclusions { id, output } => {
+            return client
+                .download(&path(&id, "/exclusions.csv"), output.as_deref())
+                .await;
+        }
         CampaignCommand::RetryFailed { id } => {
             client
                 .json(Method::POST, &path(&id, "/retry-failed"), None)
@@ -524,6 +546,23 @@ async fn contacts(api: &cli::ApiArgs, command: ContactsCommand) -> Result<(), Ap
         }
         ContactsCommand::Export { output } => {
             client.download("/v1/contacts.csv", output.as_deref()).await
+        }
+        ContactsCommand::Show { phone } => {
+            let path = format!("/v1/contacts/{}", pregon::whatsapp::percent_encode(&phone));
+            cli::print(&client.json(Method::GET, &path, None).await?);
+            Ok(())
+        }
+        ContactsCommand::Put { phone, file } => {
+            let path = format!("/v1/contacts/{}", pregon::whatsapp::percent_encode(&phone));
+            let body = std::fs::read(&file)?;
+            cli::print(&client.json(Method::PUT, &path, Some(body)).await?);
+            Ok(())
+        }
+        ContactsCommand::Delete { phone } => {
+            let path = format!("/v1/contacts/{}", pregon::whatsapp::percent_encode(&phone));
+            client.send(Method::DELETE, &path).await?;
+            eprintln!("deleted {phone}; its consent log is kept");
+            Ok(())
         }
     }
 }

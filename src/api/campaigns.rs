@@ -29,6 +29,11 @@ pub fn routes() -> Router<ApiState> {
             post(import_contacts).layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/contacts/imports/{id}/errors.csv", get(import_errors))
+        .route("/v1/contacts", get(list_contacts))
+        .route(
+            "/v1/contacts/{phone}",
+            get(get_contact).put(put_contact).delete(delete_contact),
+        )
         .route("/v1/contacts.csv", get(export_contacts))
         .route("/v1/consent.csv", get(export_consent))
         .route("/v1/templates/sync", post(sync_templates))
@@ -40,6 +45,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/campaigns/{id}/resume", post(resume))
         .route("/v1/campaigns/{id}/cancel", post(cancel))
         .route("/v1/campaigns/{id}/failures.csv", get(failures_csv))
+        .route("/v1/campaigns/{id}/exclusions.csv", get(exclusions_csv))
         .route("/v1/campaigns/{id}/retry-failed", post(retry_failed))
         .route("/v1/campaigns/{id}/replies", get(replies))
 }
@@ -261,6 +267,137 @@ where
         .into_response()
 }
 
+fn phone_path(raw: &str) -> Result<String, ApiError> {
+    crate::domain::phone::normalize(raw)
+        .map(|p| p.digits().to_string())
+        .map_err(|e| ApiError::bad_request("invalid_phone_number", Some("phone"), e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactsQuery {
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// A page of contacts (optionally with one tag); `next_after` continues it.
+async fn list_contacts(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<ContactsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    state
+        .caller(&headers)
+        .await?
+        .require(Permission::Contacts)?;
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request("invalid_query", None, e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("limit"),
+            "limit is 1 to 1000",
+        ));
+    }
+    let page = contact_store::contacts_with_tag(
+        &state.services.pool,
+        q.after.unwrap_or(0),
+        q.tag.as_deref(),
+        limit,
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    let next = (page.len() as i64 == limit)
+        .then(|| page.last().map(|c| c.id))
+        .flatten();
+    Ok(Json(json!({"data": page, "next_after": next})).into_response())
+}
+
+/// One contact with its current consent (the full history is at /v1/consent/{recipient}).
+async fn get_contact(
+    State(state): State<ApiState>,
+    Path(phone): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state
+        .caller(&headers)
+        .await?
+        .require(Permission::Contacts)?;
+    let phone = phone_path(&phone)?;
+    let contact = contact_store::contact(&state.services.pool, &phone)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("unknown_contact", format!("no contact {phone}")))?;
+    let consent = state
+        .services
+        .state
+        .consent(&phone)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "contact": contact,
+        "consent": {"marketing": consent.marketing.map(|a| a.as_str()),
+                    "utility": consent.utility.map(|a| a.as_str())},
+    }))
+    .into_response())
+}
+
+/// Creates a contact or replaces its profile (201 or 200). Consent is recorded separately,
+/// through /v1/consent, because it needs a source and evidence.
+async fn put_contact(
+    State(state): State<ApiState>,
+    Path(phone): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    state
+        .caller(&headers)
+        .await?
+        .require(Permission::Contacts)?;
+    let profile: contacts::ContactProfile = parse_json(&body)?;
+    let input = contacts::contact_input(&phone, profile)
+        .map_err(|e| ApiError::bad_request(e.code, Some(&e.field), e.message))?;
+    let (contact, created) = contact_store::put_contact(&state.services.pool, &input)
+        .await
+        .map_err(ApiError::internal)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(contact)).into_response())
+}
+
+/// Removes a contact and its list memberships. The consent log is kept: it is the record of
+/// what the person agreed to and when.
+async fn delete_contact(
+    State(state): State<ApiState>,
+    Path(phone): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state
+        .caller(&headers)
+        .await?
+        .require(Permission::Contacts)?;
+    let phone = phone_path(&phone)?;
+    if contact_store::delete_contact(&state.services.pool, &phone)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(
+            "unknown_contact",
+            format!("no contact {phone}"),
+        ))
+    }
+}
+
 async fn export_contacts(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -277,7 +414,7 @@ async fn export_contacts(
         move |after| {
             let pool = pool.clone();
             async move {
-                let page = contact_store::contacts_page(&pool, after, 5000).await?;
+                let page = contact_store::contacts_with_tag(&pool, after, None, 5000).await?;
                 let next = page.last().map(|c| c.id);
                 let text: String = page.iter().map(contacts::contact_csv_line).collect();
                 Ok(next.map(|n| (text, n)))
@@ -474,6 +611,37 @@ async fn failures_csv(
                             attempts.as_str(),
                             at.as_str(),
                         ])
+                    })
+                    .collect();
+                Ok(next.map(|n| (text, n)))
+            }
+        },
+    ))
+}
+
+/// Who planning left out and why (no opt-in, opted out, invalid, duplicate, missing variable,
+/// US number for marketing, suppressed), in planning order.
+async fn exclusions_csv(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.caller(&headers).await?.require(Permission::Read)?;
+    let c = load(&state, &id).await?;
+    let pool = state.services.pool.clone();
+    Ok(csv_stream(
+        "exclusions.csv",
+        crate::domain::csv::line(["recipient", "reason"]),
+        0i64,
+        move |after| {
+            let pool = pool.clone();
+            async move {
+                let page = cstore::exclusions_after(&pool, c.id, after, 5000).await?;
+                let next = page.last().map(|(seq, _, _)| *seq);
+                let text: String = page
+                    .iter()
+                    .map(|(_, recipient, reason)| {
+                        crate::domain::csv::line([recipient.as_str(), reason.as_str()])
                     })
                     .collect();
                 Ok(next.map(|n| (text, n)))

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::{FromRow, PgPool, Row};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -222,17 +222,86 @@ pub async fn list_exists(pool: &PgPool, list: Uuid) -> Result<bool, StoreError> 
     )
 }
 
-/// Contacts after `after_id`, in id order (keyset paging for exports and audiences).
-pub async fn contacts_page(
+macro_rules! contact_columns {
+    () => {
+        "id, phone, name, language, country, attributes, tags, created_at, updated_at"
+    };
+}
+
+/// Creates a contact or replaces its profile (consent is a separate log and is not touched);
+/// returns the row and whether it was created.
+pub async fn put_contact(
+    pool: &PgPool,
+    c: &ContactInput,
+) -> Result<(ContactRow, bool), StoreError> {
+    let row = sqlx::query(concat!(
+        "INSERT INTO contacts AS c (phone, name, language, country, attributes, tags)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (phone) DO UPDATE SET
+             name = EXCLUDED.name, language = EXCLUDED.language, country = EXCLUDED.country,
+             attributes = EXCLUDED.attributes, tags = EXCLUDED.tags, updated_at = now()
+         RETURNING (xmax = 0) AS created, ",
+        contact_columns!()
+    ))
+    .bind(&c.phone)
+    .bind(&c.name)
+    .bind(&c.language)
+    .bind(&c.country)
+    .bind(&c.attributes)
+    .bind(&c.tags)
+    .fetch_one(pool)
+    .await?;
+    let created: bool = row.try_get("created")?;
+    Ok((ContactRow::from_row(&row)?, created))
+}
+
+/// Refreshes the planner's statistics of contacts and list members (after a bulk load).
+pub async fn refresh_statistics(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::raw_sql("ANALYZE contacts, contact_list_members")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn contact(pool: &PgPool, phone: &str) -> Result<Option<ContactRow>, StoreError> {
+    Ok(sqlx::query_as::<_, ContactRow>(concat!(
+        "SELECT ",
+        contact_columns!(),
+        " FROM contacts WHERE phone = $1"
+    ))
+    .bind(phone)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Removes a contact and its list memberships; the consent log stays, as the audit record.
+pub async fn delete_contact(pool: &PgPool, phone: &str) -> Result<bool, StoreError> {
+    let deleted: Option<i64> = sqlx::query_scalar(
+        "WITH gone AS (SELECT id FROM contacts WHERE phone = $1),
+              members AS (DELETE FROM contact_list_members WHERE contact_id IN (SELECT id FROM gone))
+         DELETE FROM contacts WHERE id IN (SELECT id FROM gone) RETURNING id",
+    )
+    .bind(phone)
+    .fetch_optional(pool)
+    .await?;
+    Ok(deleted.is_some())
+}
+
+/// A page of contacts after `after_id`, optionally only those with `tag`.
+pub async fn contacts_with_tag(
     pool: &PgPool,
     after_id: i64,
+    tag: Option<&str>,
     limit: i64,
 ) -> Result<Vec<ContactRow>, StoreError> {
-    Ok(sqlx::query_as::<_, ContactRow>(
-        "SELECT id, phone, name, language, country, attributes, tags, created_at, updated_at
-         FROM contacts WHERE id > $1 ORDER BY id LIMIT $2",
-    )
+    Ok(sqlx::query_as::<_, ContactRow>(concat!(
+        "SELECT ",
+        contact_columns!(),
+        " FROM contacts WHERE id > $1 AND ($2::text IS NULL OR tags @> ARRAY[$2::text])
+         ORDER BY id LIMIT $3"
+    ))
     .bind(after_id)
+    .bind(tag)
     .bind(limit)
     .fetch_all(pool)
     .await?)
@@ -242,10 +311,11 @@ pub async fn contacts_by_phone(
     pool: &PgPool,
     phones: &[String],
 ) -> Result<Vec<ContactRow>, StoreError> {
-    Ok(sqlx::query_as::<_, ContactRow>(
-        "SELECT id, phone, name, language, country, attributes, tags, created_at, updated_at
-         FROM contacts WHERE phone = ANY($1)",
-    )
+    Ok(sqlx::query_as::<_, ContactRow>(concat!(
+        "SELECT ",
+        contact_columns!(),
+        " FROM contacts WHERE phone = ANY($1)"
+    ))
     .bind(phones)
     .fetch_all(pool)
     .await?)

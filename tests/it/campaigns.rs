@@ -735,3 +735,178 @@ async fn exports_and_the_consent_cache_rebuild() {
     assert_eq!((again.differences, again.extra_in_redis), (0, 0));
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn contacts_by_json_and_the_exclusion_report() {
+    let mut env = Env::start(Options::default()).await;
+    env.start_worker();
+    sender(&mut env, "1065551701", 200).await;
+    promo_template(&env).await;
+    let (_, marketing) = create_key(&env.services.pool, "mk", Role::Marketing, None)
+        .await
+        .unwrap();
+    let (_, service) = create_key(&env.services.pool, "svc", Role::Service, None)
+        .await
+        .unwrap();
+    let put = |key: &str, phone: &str, body: Value| {
+        let key = key.to_string();
+        let path = format!("/v1/contacts/{phone}");
+        let env = &env;
+        async move {
+            env.request(reqwest::Method::PUT, &path, Some(&key), Some(body))
+                .await
+        }
+    };
+    // Created, then its whole profile replaced (tags too), the number normalised.
+    let (status, created) = put(
+        &marketing,
+        "+52%201%2055%203000%200001",
+        json!({"name": "Ana", "tags": ["vip", "nov"], "attributes": {"coupon": "A1"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["phone"], "5215530000001");
+    assert_eq!(created["country"], "MX");
+    assert_eq!(created["tags"], json!(["nov", "vip"]));
+    let (status, replaced) = put(
+        &marketing,
+        "5215530000001",
+        json!({"name": "Ana María", "language": "es_MX", "tags": ["vip"], "attributes": {"coupon": "A2", "points": 7}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    assert_eq!(replaced["tags"], json!(["vip"]));
+    assert_eq!(replaced["attributes"]["coupon"], "A2");
+    assert_eq!(
+        replaced["id"], created["id"],
+        "the same person is one contact"
+    );
+    let (status, _) = put(&marketing, "5215530000002", json!({"tags": ["vip"]})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Bad input names the field and writes nothing.
+    for (phone, body, code, field) in [
+        ("12", json!({}), "invalid_phone_number", "phone"),
+        (
+            "5215530000003",
+            json!({"attributes": {"address": {"city": "CDMX"}}}),
+            "invalid_field",
+            "attributes.address",
+        ),
+        (
+            "5215530000003",
+            json!({"language": "Spanish"}),
+            "invalid_field",
+            "language",
+        ),
+        (
+            "5215530000003",
+            json!({"tags": ["ok", " "]}),
+            "invalid_field",
+            "tags[1]",
+        ),
+    ] {
+        let (status, body) = put(&marketing, phone, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+    let (status, body) = put(&marketing, "5215530000003", json!({"nmae": "typo"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, missing) = env.get("/v1/contacts/5215530000003").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+    assert_eq!(missing["error"]["code"], "unknown_contact");
+    // A service key sends messages; it does not manage contacts.
+    let (status, _) = put(&service, "5215530000004", json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Listing by tag, paged.
+    let (status, page) = env.get("/v1/contacts?tag=vip&limit=1").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    let after = page["next_after"].as_i64().unwrap();
+    let (_, rest) = env
+        .get(&format!("/v1/contacts?tag=vip&limit=1&after={after}"))
+        .await;
+    assert_eq!(rest["data"][0]["phone"], "5215530000002", "{rest}");
+    let (status, body) = env.get("/v1/contacts?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "limit");
+    // Consent is its own log; the contact shows the current state.
+    let (status, body) = env
+        .post(
+            "/v1/consent",
+            json!({"recipient": "5215530000001", "purpose": "marketing", "action": "opt_in",
+                   "source": "web_form", "evidence": "newsletter form"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, shown) = env.get("/v1/contacts/5215530000001").await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["contact"]["name"], "Ana María");
+    assert_eq!(shown["consent"]["marketing"], "opt_in");
+
+    // Who a campaign left out, and why, as CSV.
+    let id = create(
+        &env,
+        json!({"name": "vip", "template": {"name": "promo", "language": "es_MX"},
+               "category": "marketing", "senders": ["1065551701"],
+               "audience": {"numbers": ["5215530000001", "5215530000002", "12", "+52 1 55 3000 0001"]},
+               "variables": {"body.1": {"attribute": "name", "default": "cliente"},
+                             "body.2": {"attribute": "coupon", "default": "BF"}}}),
+    )
+    .await;
+    let (status, launched) = env
+        .post(&format!("/v1/campaigns/{id}/launch"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{launched}");
+    wait_state(&env, &id, "completed", Duration::from_secs(30)).await;
+    assert_eq!(
+        received_by(&env, &["1065551701"]).await,
+        vec!["5215530000001"]
+    );
+    let (status, csv) = get_text(&env, &format!("/v1/campaigns/{id}/exclusions.csv")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        csv,
+        "recipient,reason\n5215530000002,no_opt_in\n12,invalid_number\n+52 1 55 3000 0001,duplicate\n"
+    );
+
+    // Deleting a contact keeps its consent log, the record of what was agreed; it leaves its lists.
+    let (status, report) = import(
+        &env,
+        &marketing,
+        "phone=phone&list=vip",
+        "phone\n5215530000001\n",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let (status, _) = env
+        .request(
+            reqwest::Method::DELETE,
+            "/v1/contacts/5215530000001",
+            Some(&marketing),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = env.get("/v1/contacts/5215530000001").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, again) = env
+        .request(
+            reqwest::Method::DELETE,
+            "/v1/contacts/5215530000001",
+            Some(&marketing),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{again}");
+    let (_, consent) = env.get("/v1/consent/5215530000001").await;
+    assert_eq!(consent["history"].as_array().unwrap().len(), 1, "{consent}");
+    let members: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM contact_list_members WHERE list_id = $1::uuid")
+            .bind(report["list_id"].as_str().unwrap())
+            .fetch_one(&env.services.pool)
+            .await
+            .unwrap();
+    assert_eq!(members, 0);
+    env.cleanup().await;
+}
