@@ -25,6 +25,8 @@ pub struct DemoArgs {
     pub keep_running: bool,
 }
 
+const DEMO_APP_SECRET: &str = "pregon-demo-secret";
+
 struct Plan {
     sender: String,
     label: &'static str,
@@ -37,19 +39,25 @@ struct Plan {
 
 pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     let scale = |n: usize| ((n as f64) * args.scale).round().max(1.0) as usize;
+    let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api_url = format!("http://{}", api_listener.local_addr()?);
     let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sim_url = format!("http://{}", sim_listener.local_addr()?);
     let (sim_stop, mut sim_signal) = shutdown_channel();
+    // The simulator reports delivered, read and failed statuses back, signed, as Meta does.
     let sim = tokio::spawn(crate::simulator::serve(
         sim_listener,
         SimConfig {
             default_mps: 1000,
             latency: Duration::from_millis(5),
+            webhook_url: Some(format!("{api_url}/webhooks/whatsapp")),
+            app_secret: DEMO_APP_SECRET.into(),
             ..SimConfig::default()
         },
         async move { sim_signal.wait().await },
     ));
     config.whatsapp_base_url = sim_url.clone();
+    config.webhook_app_secrets = DEMO_APP_SECRET.into();
     config.database_url = replace_database(&config.database_url, "pregon_demo");
     config.redis_prefix = "pregon-demo".into();
     config.amqp_namespace = "pregon-demo".into();
@@ -60,8 +68,6 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     println!("simulated Cloud API at {sim_url}");
     let mut stack = LocalStack::fresh(config, "demo").await?;
     let services = stack.services.clone();
-    let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let api_url = format!("http://{}", api_listener.local_addr()?);
     let (api_stop, api_signal) = shutdown_channel();
     let api = tokio::spawn(crate::process::serve_api(
         services.clone(),
@@ -237,7 +243,10 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
         let pending = counts.get("queued").copied().unwrap_or(0);
         println!(
             "  queued {pending:>6}  sent {:>6}  deferred {:>5}  skipped {:>4}  failed {:>4}",
-            counts.get("sent").copied().unwrap_or(0),
+            ["sent", "delivered", "read"]
+                .iter()
+                .map(|k| counts.get(*k).copied().unwrap_or(0))
+                .sum::<i64>(),
             counts.get("deferred").copied().unwrap_or(0),
             counts.get("skipped").copied().unwrap_or(0),
             counts.get("failed").copied().unwrap_or(0)
@@ -260,7 +269,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
         println!(
             "{:<32} {:>7} {:>9} {:>8} {:>7} {:>13} {:>8} (cap {})",
             plan.label,
-            get("sent"),
+            get("sent") + get("delivered") + get("read"),
             get("deferred"),
             get("skipped"),
             get("failed"),
@@ -269,11 +278,11 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
             plan.mps
         );
     }
-    let total_sent = store::count_by_status(&services.pool, None)
-        .await?
-        .get("sent")
-        .copied()
-        .unwrap_or(0);
+    let all = store::count_by_status(&services.pool, None).await?;
+    let total_sent: i64 = ["sent", "delivered", "read"]
+        .iter()
+        .map(|k| all.get(*k).copied().unwrap_or(0))
+        .sum();
     println!(
         "\n{total_sent} messages accepted by the Cloud API in {:.1}s ({:.0} msgs/s overall).",
         elapsed.as_secs_f64(),
@@ -283,7 +292,20 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     println!(
         "refused ones never entered a queue: recipients who said STOP, a bad number, free-form text outside a window."
     );
-    println!("Metrics: {api_url}/metrics   Message: {api_url}/v1/messages/<id>");
+
+    campaign_walkthrough(
+        &Walkthrough {
+            http: &http,
+            api_url: &api_url,
+            sim_url: &sim_url,
+            admin: &admin,
+            pool: [plans[1].sender.as_str(), plans[2].sender.as_str()],
+        },
+        &services,
+        scale(2_000),
+    )
+    .await?;
+    println!("\nMetrics: {api_url}/metrics   Message: {api_url}/v1/messages/<id>");
     if args.keep_running {
         println!("\nRunning until Ctrl-C.");
         crate::app::termination_signal().await;
@@ -293,6 +315,250 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     stack.stop().await;
     sim_stop.trigger();
     let _ = sim.await;
+    Ok(())
+}
+
+/// Where the campaign walkthrough talks to: the API (as marketing and as admin) and the simulator.
+struct Walkthrough<'a> {
+    http: &'a reqwest::Client,
+    api_url: &'a str,
+    sim_url: &'a str,
+    admin: &'a str,
+    /// The senders the campaign spreads its recipients over.
+    pool: [&'a str; 2],
+}
+
+impl Walkthrough<'_> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<reqwest::Body>,
+    ) -> Result<Value, AppError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.api_url))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| AppError::Invalid(format!("{path}: {e}")))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(AppError::Invalid(format!(
+                "{path} answered {status}: {text}"
+            )));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn post(&self, path: &str, key: &str, body: Value) -> Result<Value, AppError> {
+        self.call(
+            reqwest::Method::POST,
+            path,
+            key,
+            Some(body.to_string().into()),
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str, key: &str) -> Result<Value, AppError> {
+        self.call(reqwest::Method::GET, path, key, None).await
+    }
+
+    /// Messages the simulator accepted from the campaign's senders.
+    async fn received(&self) -> usize {
+        let mut n = 0;
+        for sender in self.pool {
+            n += fetch_received(self.http, self.sim_url, sender).await.len();
+        }
+        n
+    }
+}
+
+/// A contact CSV as marketing exports it from a shop: mostly good rows, and the usual mistakes
+/// (a broken number, a repeated person, a row cut short, no consent, an opt-out, a US number, a
+/// missing coupon), one of each per hundred rows.
+fn shop_csv(size: usize) -> String {
+    let mut csv = String::from("Telefono,Nombre,Cupon,Acepta,Prueba\n");
+    for i in 0..size {
+        let phone = format!("52181{:08}", i);
+        let row = match i % 100 {
+            7 => format!("81 12{i},Roto,B{i},si,formulario web\n"),
+            13 => format!("{phone},Sin Permiso,B{i},,\n"),
+            21 => format!("{phone},Baja,B{i},no,pidio no recibir\n"),
+            33 => format!(
+                "1202555{:04},Visitante,B{i},si,formulario web\n",
+                i % 10_000
+            ),
+            42 => format!("{phone},Sin Cupon,,si,formulario web\n"),
+            55 => format!("{phone},Corta\n"),
+            _ => format!("{phone},Cliente {i},B{i:05},si,casilla marcada en el checkout\n"),
+        };
+        csv.push_str(&row);
+        if i == 1 {
+            csv.push_str(&format!("{phone},Repetido,B{i},si,formulario web\n"));
+        }
+    }
+    csv
+}
+
+/// Marketing's side: a CSV import with consent, a template, an estimate, a launch over two
+/// senders, a pause and a resume while it runs, the failure report and a retry.
+async fn campaign_walkthrough(
+    w: &Walkthrough<'_>,
+    services: &crate::app::Services,
+    size: usize,
+) -> Result<(), AppError> {
+    println!(
+        "\nA campaign, as marketing runs it: CSV → template → estimate → launch → pause and resume → failure report"
+    );
+    let (_, marketing) = crate::api::auth::create_key(
+        &services.pool,
+        "demo-marketing",
+        crate::api::auth::Role::Marketing,
+        None,
+    )
+    .await?;
+    let started = Instant::now();
+    let report = w
+        .call(
+            reqwest::Method::POST,
+            "/v1/contacts/import?phone=Telefono&name=Nombre&attributes=Cupon&tags=buen-fin&consent_column=Acepta&evidence_column=Prueba&consent_source=checkout&list=buen-fin",
+            &marketing,
+            Some(shop_csv(size).into()),
+        )
+        .await?;
+    println!(
+        "1. imported {} rows in {:.1}s: {} contacts created; errors by reason {} (all at /v1/contacts/imports/{}/errors.csv)",
+        report["rows"],
+        started.elapsed().as_secs_f64(),
+        report["created"],
+        report["errors_by_reason"],
+        report["import_id"].as_str().unwrap_or("?")
+    );
+    // Registered by hand here; `pregon templates sync` fills it from the Cloud API instead.
+    w.post(
+        "/v1/templates",
+        w.admin,
+        json!({"name": "buen_fin", "language": "es_MX", "category": "marketing", "status": "APPROVED",
+               "components": [{"type": "BODY", "text": "Hola {{1}}, tu cupón {{2}} vale 20% este Buen Fin"},
+                              {"type": "BUTTONS", "buttons": [{"type": "QUICK_REPLY", "text": "No más ofertas"}]}]}),
+    )
+    .await?;
+    println!(
+        "2. template buen_fin registered: body needs {{{{1}}}} (the name) and {{{{2}}}} (the coupon)"
+    );
+    // One in two hundred numbers is not on WhatsApp: the simulator fails them with 131026.
+    let unreachable: Vec<String> = (0..size)
+        .filter(|i| i % 200 == 150)
+        .map(|i| format!("52181{:08}", i))
+        .collect();
+    let response = w
+        .http
+        .post(format!("{}/_sim/undeliverable", w.sim_url))
+        .json(&json!({"numbers": unreachable}))
+        .send()
+        .await;
+    if response.is_err() {
+        return Err(AppError::Invalid("the simulator did not answer".into()));
+    }
+    let created = w
+        .post(
+            "/v1/campaigns",
+            &marketing,
+            json!({"name": "Buen Fin", "template": {"name": "buen_fin", "language": "es_MX"},
+                   "category": "marketing", "senders": w.pool,
+                   "audience": {"list_id": report["list_id"]},
+                   "variables": {"body.1": {"attribute": "name", "default": "cliente"},
+                                 "body.2": {"attribute": "Cupon"}},
+                   "rate_cap": 300}),
+        )
+        .await?;
+    let id = created["id"].as_str().unwrap_or_default().to_string();
+    let estimate = w
+        .post(
+            &format!("/v1/campaigns/{id}/estimate"),
+            &marketing,
+            json!({}),
+        )
+        .await?;
+    println!("3. estimate: {}", crate::cli::estimate_summary(&estimate));
+    let eligible = estimate["eligible"].as_u64().unwrap_or(0);
+    w.post(&format!("/v1/campaigns/{id}/launch"), &marketing, json!({}))
+        .await?;
+    println!(
+        "4. launched over {} and {}, at most 300 messages/s:",
+        w.pool[0], w.pool[1]
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut paused_once = false;
+    let progress = loop {
+        let p = w.get(&format!("/v1/campaigns/{id}"), &marketing).await?;
+        println!("   {}", crate::cli::progress_line(&p));
+        let done = p["done"].as_u64().unwrap_or(0);
+        if p["campaign"]["state"] == "completed" || Instant::now() > deadline {
+            break p;
+        }
+        if !paused_once && done * 10 >= eligible * 4 {
+            paused_once = true;
+            w.post(&format!("/v1/campaigns/{id}/pause"), &marketing, json!({}))
+                .await?;
+            let at_pause = w.received().await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = w.received().await;
+            println!(
+                "   paused: the Cloud API received {} more in the 2s after the pause answered; resuming",
+                after.saturating_sub(at_pause)
+            );
+            w.post(&format!("/v1/campaigns/{id}/resume"), &marketing, json!({}))
+                .await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    // Failed statuses arrive by webhook shortly after the send was accepted.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let progress = w
+        .get(&format!("/v1/campaigns/{id}"), &marketing)
+        .await
+        .unwrap_or(progress);
+    println!("   {}", crate::cli::progress_line(&progress));
+    let events: Vec<String> = progress["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["event"].as_str().unwrap_or("?").to_string())
+        .collect();
+    println!("   history: {}", events.join(" → "));
+    let failures = w
+        .get(&format!("/v1/campaigns/{id}/failures.csv"), &marketing)
+        .await?;
+    let failures = failures.as_str().unwrap_or_default();
+    println!(
+        "5. failure report (/v1/campaigns/{id}/failures.csv, {} rows), first lines:",
+        failures.lines().count().saturating_sub(1)
+    );
+    for line in failures.lines().take(3) {
+        println!("   {line}");
+    }
+    let retry = w
+        .post(
+            &format!("/v1/campaigns/{id}/retry-failed"),
+            &marketing,
+            json!({}),
+        )
+        .await?;
+    println!(
+        "6. retry-failed re-queued {} and left alone what cannot succeed: {}",
+        retry["requeued"], retry["not_retried"]
+    );
     Ok(())
 }
 
