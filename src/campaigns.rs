@@ -1477,7 +1477,9 @@ pub async fn progress(
     let done = total - get("planned") - get("queued") - get("deferred");
     let rate = rates.observe(id, done);
     let remaining = total - done;
+    // While the audience is still being planned the total is what is planned so far: no ETA.
     let eta = match rate {
+        _ if !c.planned && c.state == "running" => None,
         Some(r) if r > 0.0 => Some((remaining as f64 / r).ceil() as u64),
         _ if remaining == 0 => Some(0),
         _ => None,

@@ -189,7 +189,14 @@ pub fn progress_line(p: &Value) -> String {
             .as_f64()
             .map_or("-".into(), |r| format!("{r:.0}")),
         p["eta_seconds"].as_u64().map_or("-".into(), human),
-        state = p["campaign"]["state"].as_str().unwrap_or("?"),
+        state = match (
+            p["campaign"]["state"].as_str(),
+            p["campaign"]["planned"].as_bool()
+        ) {
+            (Some("running"), Some(false)) => "running, planning",
+            (Some(state), _) => state,
+            (None, _) => "?",
+        },
     )
 }
 
@@ -223,6 +230,11 @@ mod tests {
         assert!(line.starts_with("[###############...............]  50.0% 5/10 running"));
         assert!(line.contains("sent 5 delivered 2"));
         assert!(line.ends_with("2 msg/s ETA 3s"));
+        let planning = json!({"total": 4000, "done": 1000, "campaign": {"state": "running", "planned": false},
+            "counts": {}});
+        let line = progress_line(&planning);
+        assert!(line.contains("1000/4000 running, planning |"), "{line}");
+        assert!(line.ends_with("- msg/s ETA -"), "{line}");
         let e = json!({"eligible": 8, "audience": 10, "excluded": {"no_opt_in": 2, "duplicate": 0},
             "cost": {"total": 0.24, "currency": "USD", "rate_card_valid_from": "2026-10-01"},
             "eta_seconds": 3700});
