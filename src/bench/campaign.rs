@@ -487,6 +487,7 @@ async fn drive(
     let mut latencies = Vec::new();
     let mut samples = Vec::new();
     let mut planned_at = None;
+    let mut first_done_at = None;
     let mut last_print = Instant::now();
     let progress = loop {
         let asked = Instant::now();
@@ -504,6 +505,9 @@ async fn drive(
         samples.push(Sample { at, done });
         if planned_at.is_none() && p["campaign"]["planned"] == true {
             planned_at = Some(at);
+        }
+        if first_done_at.is_none() && done > 0 {
+            first_done_at = Some(at);
         }
         match p["campaign"]["state"].as_str() {
             Some("completed") => break p,
@@ -582,6 +586,11 @@ async fn drive(
     println!(
         "estimate          {estimate_seconds:>8.2} s (eligible, exclusions, cost, ETA over the whole audience)"
     );
+    if let Some(t) = first_done_at {
+        println!(
+            "first sends       {t:>8.1} s after launch (the first progress read that counted any)"
+        );
+    }
     match planned_at {
         Some(t) => println!(
             "fan-out           {t:>8.1} s to plan every recipient ({:.0} recipients/s into PostgreSQL; hand-off to RabbitMQ follows the send rate, {} queued at most)",
