@@ -935,12 +935,22 @@ async fn failed_statuses_suppress_opt_out_or_retry_a_day_later() {
     let not_before: chrono::DateTime<chrono::Utc> =
         capped["not_before"].as_str().unwrap().parse().unwrap();
     assert!(not_before > chrono::Utc::now() + chrono::Duration::hours(23));
-    let unreachable = env.message(&sends[0].0).await;
+    // The three statuses are folded independently: wait for each rather than for one.
+    let unreachable = env
+        .eventually("the 131026 failure", Duration::from_secs(10), async || {
+            let m = env.message(&sends[0].0).await;
+            (m["status"] == "failed").then_some(m)
+        })
+        .await;
     assert_eq!(unreachable["status_reason"], "recipient_unreachable");
     let (code, s) = env.get(&format!("/v1/suppressions/{}", to[0])).await;
     assert_eq!(code, StatusCode::OK, "{s}");
-    let stopped = env.message(&sends[1].0).await;
-    assert_eq!(stopped["status"], "failed");
+    let stopped = env
+        .eventually("the 131050 failure", Duration::from_secs(10), async || {
+            let m = env.message(&sends[1].0).await;
+            (m["status"] == "failed").then_some(m)
+        })
+        .await;
     assert_eq!(stopped["status_reason"], "recipient_stopped_marketing");
     let (_, consent) = env.get(&format!("/v1/consent/{}", to[1])).await;
     assert_eq!(consent["marketing"], "opt_out", "{consent}");
