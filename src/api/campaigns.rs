@@ -267,12 +267,6 @@ where
         .into_response()
 }
 
-fn phone_path(raw: &str) -> Result<String, ApiError> {
-    crate::domain::phone::normalize(raw)
-        .map(|p| p.digits().to_string())
-        .map_err(|e| ApiError::bad_request("invalid_phone_number", Some("phone"), e.to_string()))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ContactsQuery {
@@ -328,7 +322,7 @@ async fn get_contact(
         .caller(&headers)
         .await?
         .require(Permission::Contacts)?;
-    let phone = phone_path(&phone)?;
+    let phone = super::phone_field(&phone, "phone")?;
     let contact = contact_store::contact(&state.services.pool, &phone)
         .await
         .map_err(ApiError::internal)?
@@ -384,7 +378,7 @@ async fn delete_contact(
         .caller(&headers)
         .await?
         .require(Permission::Contacts)?;
-    let phone = phone_path(&phone)?;
+    let phone = super::phone_field(&phone, "phone")?;
     if contact_store::delete_contact(&state.services.pool, &phone)
         .await
         .map_err(ApiError::internal)?

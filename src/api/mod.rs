@@ -84,10 +84,11 @@ pub fn ops_router(services: Services) -> Router {
 }
 
 /// A recipient given in a body or path, normalised, or a 400 naming the `recipient` field.
-pub(crate) fn recipient_field(raw: &str) -> Result<phone::PhoneNumber, ApiError> {
-    phone::normalize(raw).map_err(|e| {
-        ApiError::bad_request("invalid_phone_number", Some("recipient"), e.to_string())
-    })
+/// A phone number from the request as normalised digits, or a 400 naming `field`.
+pub(crate) fn phone_field(raw: &str, field: &str) -> Result<String, ApiError> {
+    phone::normalize(raw)
+        .map(|p| p.digits().to_string())
+        .map_err(|e| ApiError::bad_request("invalid_phone_number", Some(field), e.to_string()))
 }
 
 fn delivery_mode(headers: &HeaderMap) -> Result<DeliveryMode, ApiError> {
@@ -560,7 +561,7 @@ async fn post_consent(
     let caller = state.caller(&headers).await?;
     caller.require(Permission::Consent)?;
     let b: ConsentBody = parse_json(&body)?;
-    let recipient = recipient_field(&b.recipient)?;
+    let recipient = phone_field(&b.recipient, "recipient")?;
     if !matches!(b.purpose.as_str(), "marketing" | "utility") {
         return Err(ApiError::bad_request(
             "invalid_field",
@@ -590,7 +591,7 @@ async fn post_consent(
         ));
     }
     let event = ConsentEvent {
-        recipient: recipient.digits().to_string(),
+        recipient,
         purpose: b.purpose,
         action: b.action,
         source: b.source,
@@ -615,18 +616,18 @@ async fn get_consent(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.caller(&headers).await?;
-    let recipient = recipient_field(&recipient)?;
-    let history = store::consent_history(&state.services.pool, recipient.digits())
+    let recipient = phone_field(&recipient, "recipient")?;
+    let history = store::consent_history(&state.services.pool, &recipient)
         .await
         .map_err(ApiError::internal)?;
     let current = state
         .services
         .state
-        .consent(recipient.digits())
+        .consent(&recipient)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!({
-        "recipient": recipient.digits(),
+        "recipient": recipient,
         "marketing": current.marketing.map(|a| a.as_str()),
         "utility": current.utility.map(|a| a.as_str()),
         "history": history,

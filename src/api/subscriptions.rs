@@ -181,17 +181,13 @@ async fn deliveries(
     Ok(Json(json!({ "subscription": sub.id, "deliveries": rows })).into_response())
 }
 
-fn recipient(raw: &str) -> Result<String, ApiError> {
-    super::recipient_field(raw).map(|p| p.digits().to_string())
-}
-
 async fn get_suppression(
     State(state): State<ApiState>,
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.caller(&headers).await?;
-    let recipient = recipient(&raw)?;
+    let recipient = super::phone_field(&raw, "recipient")?;
     match suppression(&state.services.pool, &recipient)
         .await
         .map_err(ApiError::internal)?
@@ -211,7 +207,7 @@ async fn lift_suppression(
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers).await?;
     caller.require(Permission::Operate)?;
-    let recipient = recipient(&raw)?;
+    let recipient = super::phone_field(&raw, "recipient")?;
     let had = state
         .services
         .unsuppress(&recipient)
