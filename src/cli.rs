@@ -90,6 +90,15 @@ impl Client {
             .map_err(failed)
     }
 
+    /// A GET whose answer is text (a CSV report).
+    pub async fn text(&self, path: &str) -> Result<String, AppError> {
+        self.call(reqwest::Method::GET, path, None)
+            .await?
+            .text()
+            .await
+            .map_err(failed)
+    }
+
     /// A call whose answer has no body (204).
     pub async fn send(&self, method: reqwest::Method, path: &str) -> Result<(), AppError> {
         self.call(method, path, None).await.map(|_| ())

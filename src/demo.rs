@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::app::{AppError, shutdown_channel};
+use crate::cli::{ApiArgs, Client};
 use crate::config::Config;
 use crate::process::{LocalStack, local_sender_id};
 use crate::simulator::{Received, SimConfig, peak_per_second};
@@ -79,22 +81,16 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
             .await?;
     println!("API at {api_url} (admin key {admin})\n");
     let http = reqwest::Client::new();
+    let admin_api = Client::new(&ApiArgs {
+        api_url: api_url.clone(),
+        api_key: admin.clone(),
+    })?;
     let call = |path: String, body: Value| {
-        let http = http.clone();
-        let url = format!("{api_url}{path}");
-        let admin = admin.clone();
+        let admin_api = &admin_api;
         async move {
-            let resp = http.post(url).bearer_auth(admin).json(&body).send().await;
-            match resp {
-                Ok(r) => {
-                    let status = r.status();
-                    (status, r.json::<Value>().await.unwrap_or(Value::Null))
-                }
-                Err(e) => (
-                    reqwest::StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"error": e.to_string()}),
-                ),
-            }
+            admin_api
+                .json(Method::POST, &path, Some(body.to_string().into_bytes()))
+                .await
         }
     };
 
@@ -128,24 +124,21 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
         },
     ];
     for plan in &plans {
-        let (status, body) = call(
+        call(
             "/v1/senders".into(),
             json!({"phone_number_id": plan.sender, "business_portfolio_id": "demo-portfolio", "tier": plan.tier,
                    "mps": plan.mps, "access_token": "demo-token"}),
         )
-        .await;
-        if !status.is_success() {
-            return Err(AppError::Invalid(format!(
-                "registering a sender failed: {body}"
-            )));
-        }
+        .await
+        .map_err(|e| AppError::Invalid(format!("registering a sender failed: {e}")))?;
     }
     for (name, category) in [
         ("spring_sale", "marketing"),
         ("order_shipped", "utility"),
         ("login_code", "authentication"),
     ] {
-        call(
+        // Best effort, as it always was here: a refused template shows as refused sends below.
+        let _ = call(
             "/v1/templates".into(),
             json!({"name": name, "language": "es_MX", "category": category}),
         )
@@ -211,14 +204,12 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
         bodies.push(template("+52 55 12", "order_shipped"));
         bodies.push(json!({"messaging_product": "whatsapp", "to": "5213300000001", "type": "text", "text": {"body": "hola"}}));
         for chunk in bodies.chunks(1000) {
-            let (status, body) = call(
+            let body = call(
                 format!("/v1/{}/messages/batch", plan.sender),
                 json!({"messages": chunk}),
             )
-            .await;
-            if !status.is_success() {
-                return Err(AppError::Invalid(format!("batch failed: {body}")));
-            }
+            .await
+            .map_err(|e| AppError::Invalid(format!("batch failed: {e}")))?;
             for item in body["results"].as_array().into_iter().flatten() {
                 if item["status"] == "accepted" {
                     accepted += 1;
@@ -298,7 +289,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
             http: &http,
             api_url: &api_url,
             sim_url: &sim_url,
-            admin: &admin,
+            admin: &admin_api,
             pool: [plans[1].sender.as_str(), plans[2].sender.as_str()],
         },
         &services,
@@ -318,59 +309,23 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Where the campaign walkthrough talks to: the API (as marketing and as admin) and the simulator.
+/// Where the campaign walkthrough talks to: the API (as admin, and as marketing through a key it
+/// creates) and the simulator.
 struct Walkthrough<'a> {
     http: &'a reqwest::Client,
     api_url: &'a str,
     sim_url: &'a str,
-    admin: &'a str,
+    admin: &'a Client,
     /// The senders the campaign spreads its recipients over.
     pool: [&'a str; 2],
 }
 
 impl Walkthrough<'_> {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: &str,
-        body: Option<reqwest::Body>,
-    ) -> Result<Value, AppError> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.api_url))
-            .bearer_auth(key);
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| AppError::Invalid(format!("{path}: {e}")))?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(AppError::Invalid(format!(
-                "{path} answered {status}: {text}"
-            )));
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn post(&self, path: &str, key: &str, body: Value) -> Result<Value, AppError> {
-        self.call(
-            reqwest::Method::POST,
-            path,
-            key,
-            Some(body.to_string().into()),
-        )
-        .await
-    }
-
-    async fn get(&self, path: &str, key: &str) -> Result<Value, AppError> {
-        self.call(reqwest::Method::GET, path, key, None).await
+    fn client(&self, key: &str) -> Result<Client, AppError> {
+        Client::new(&ApiArgs {
+            api_url: self.api_url.to_string(),
+            api_key: key.to_string(),
+        })
     }
 
     /// Messages the simulator accepted from the campaign's senders.
@@ -427,13 +382,21 @@ async fn campaign_walkthrough(
         None,
     )
     .await?;
+    let marketing = w.client(&marketing)?;
+    let post = |path: String| {
+        let marketing = &marketing;
+        async move {
+            marketing
+                .json(Method::POST, &path, Some(b"{}".to_vec()))
+                .await
+        }
+    };
     let started = Instant::now();
-    let report = w
-        .call(
-            reqwest::Method::POST,
+    let report = marketing
+        .json(
+            Method::POST,
             "/v1/contacts/import?phone=Telefono&name=Nombre&attributes=Cupon&tags=buen-fin&consent_column=Acepta&evidence_column=Prueba&consent_source=checkout&list=buen-fin",
-            &marketing,
-            Some(shop_csv(size).into()),
+            Some(shop_csv(size).into_bytes()),
         )
         .await?;
     println!(
@@ -445,14 +408,16 @@ async fn campaign_walkthrough(
         report["import_id"].as_str().unwrap_or("?")
     );
     // Registered by hand here; `pregon templates sync` fills it from the Cloud API instead.
-    w.post(
-        "/v1/templates",
-        w.admin,
-        json!({"name": "buen_fin", "language": "es_MX", "category": "marketing", "status": "APPROVED",
-               "components": [{"type": "BODY", "text": "Hola {{1}}, tu cupón {{2}} vale 20% este Buen Fin"},
-                              {"type": "BUTTONS", "buttons": [{"type": "QUICK_REPLY", "text": "No más ofertas"}]}]}),
-    )
-    .await?;
+    let template = json!({"name": "buen_fin", "language": "es_MX", "category": "marketing", "status": "APPROVED",
+        "components": [{"type": "BODY", "text": "Hola {{1}}, tu cupón {{2}} vale 20% este Buen Fin"},
+                       {"type": "BUTTONS", "buttons": [{"type": "QUICK_REPLY", "text": "No más ofertas"}]}]});
+    w.admin
+        .json(
+            Method::POST,
+            "/v1/templates",
+            Some(template.to_string().into_bytes()),
+        )
+        .await?;
     println!(
         "2. template buen_fin registered: body needs {{{{1}}}} (the name) and {{{{2}}}} (the coupon)"
     );
@@ -470,30 +435,24 @@ async fn campaign_walkthrough(
     if response.is_err() {
         return Err(AppError::Invalid("the simulator did not answer".into()));
     }
-    let created = w
-        .post(
+    let definition = json!({"name": "Buen Fin", "template": {"name": "buen_fin", "language": "es_MX"},
+        "category": "marketing", "senders": w.pool,
+        "audience": {"list_id": report["list_id"]},
+        "variables": {"body.1": {"attribute": "name", "default": "cliente"},
+                      "body.2": {"attribute": "Cupon"}},
+        "rate_cap": 300});
+    let created = marketing
+        .json(
+            Method::POST,
             "/v1/campaigns",
-            &marketing,
-            json!({"name": "Buen Fin", "template": {"name": "buen_fin", "language": "es_MX"},
-                   "category": "marketing", "senders": w.pool,
-                   "audience": {"list_id": report["list_id"]},
-                   "variables": {"body.1": {"attribute": "name", "default": "cliente"},
-                                 "body.2": {"attribute": "Cupon"}},
-                   "rate_cap": 300}),
+            Some(definition.to_string().into_bytes()),
         )
         .await?;
     let id = created["id"].as_str().unwrap_or_default().to_string();
-    let estimate = w
-        .post(
-            &format!("/v1/campaigns/{id}/estimate"),
-            &marketing,
-            json!({}),
-        )
-        .await?;
+    let estimate = post(format!("/v1/campaigns/{id}/estimate")).await?;
     println!("3. estimate: {}", crate::cli::estimate_summary(&estimate));
     let eligible = estimate["eligible"].as_u64().unwrap_or(0);
-    w.post(&format!("/v1/campaigns/{id}/launch"), &marketing, json!({}))
-        .await?;
+    post(format!("/v1/campaigns/{id}/launch")).await?;
     println!(
         "4. launched over {} and {}, at most 300 messages/s:",
         w.pool[0], w.pool[1]
@@ -501,7 +460,9 @@ async fn campaign_walkthrough(
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut paused_once = false;
     let progress = loop {
-        let p = w.get(&format!("/v1/campaigns/{id}"), &marketing).await?;
+        let p = marketing
+            .json(Method::GET, &format!("/v1/campaigns/{id}"), None)
+            .await?;
         println!("   {}", crate::cli::progress_line(&p));
         let done = p["done"].as_u64().unwrap_or(0);
         if p["campaign"]["state"] == "completed" || Instant::now() > deadline {
@@ -509,8 +470,7 @@ async fn campaign_walkthrough(
         }
         if !paused_once && done * 10 >= eligible * 4 {
             paused_once = true;
-            w.post(&format!("/v1/campaigns/{id}/pause"), &marketing, json!({}))
-                .await?;
+            post(format!("/v1/campaigns/{id}/pause")).await?;
             let at_pause = w.received().await;
             tokio::time::sleep(Duration::from_secs(2)).await;
             let after = w.received().await;
@@ -518,15 +478,14 @@ async fn campaign_walkthrough(
                 "   paused: the Cloud API received {} more in the 2s after the pause answered; resuming",
                 after.saturating_sub(at_pause)
             );
-            w.post(&format!("/v1/campaigns/{id}/resume"), &marketing, json!({}))
-                .await?;
+            post(format!("/v1/campaigns/{id}/resume")).await?;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     // Failed statuses arrive by webhook shortly after the send was accepted.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let progress = w
-        .get(&format!("/v1/campaigns/{id}"), &marketing)
+    let progress = marketing
+        .json(Method::GET, &format!("/v1/campaigns/{id}"), None)
         .await
         .unwrap_or(progress);
     println!("   {}", crate::cli::progress_line(&progress));
@@ -537,10 +496,9 @@ async fn campaign_walkthrough(
         .map(|e| e["event"].as_str().unwrap_or("?").to_string())
         .collect();
     println!("   history: {}", events.join(" → "));
-    let failures = w
-        .get(&format!("/v1/campaigns/{id}/failures.csv"), &marketing)
+    let failures = marketing
+        .text(&format!("/v1/campaigns/{id}/failures.csv"))
         .await?;
-    let failures = failures.as_str().unwrap_or_default();
     println!(
         "5. failure report (/v1/campaigns/{id}/failures.csv, {} rows), first lines:",
         failures.lines().count().saturating_sub(1)
@@ -548,13 +506,7 @@ async fn campaign_walkthrough(
     for line in failures.lines().take(3) {
         println!("   {line}");
     }
-    let retry = w
-        .post(
-            &format!("/v1/campaigns/{id}/retry-failed"),
-            &marketing,
-            json!({}),
-        )
-        .await?;
+    let retry = post(format!("/v1/campaigns/{id}/retry-failed")).await?;
     println!(
         "6. retry-failed re-queued {} and left alone what cannot succeed: {}",
         retry["requeued"], retry["not_retried"]
