@@ -493,24 +493,41 @@ impl State {
     pub async fn consent_recipients(&self) -> Result<Vec<String>, StateError> {
         let prefix = self.key(&["consent", ""]);
         let pattern = format!("{}*", redis_glob_escape(&prefix));
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
         let mut out = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
+        self.scan(&pattern, async |keys| {
             out.extend(
                 keys.into_iter()
                     .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string)),
             );
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Walks the keys matching `pattern` a page at a time with SCAN (never blocking Redis the way
+    /// KEYS would), handing each page to `page`.
+    async fn scan(
+        &self,
+        pattern: &str,
+        mut page: impl AsyncFnMut(Vec<String>) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                page(keys).await?;
+            }
             if next == 0 {
-                return Ok(out);
+                return Ok(());
             }
             cursor = next;
         }
@@ -718,23 +735,10 @@ impl State {
     pub async fn delete_all(&self) -> Result<(), StateError> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}:*", self.prefix);
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                let _: () = conn.del(keys).await?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-        }
+        self.scan(&pattern, async |keys| {
+            let _: () = conn.del(keys).await?;
+            Ok(())
+        })
+        .await
     }
 }
