@@ -235,23 +235,17 @@ async fn audience_page(
             attributes,
             list,
         } => {
-            let rows = sqlx::query_as::<_, ContactRow>(
-                "SELECT id, phone, name, language, country, attributes, tags, created_at, updated_at
-                 FROM contacts c
-                 WHERE id > $1
-                   AND ($2::text[] IS NULL OR (CASE WHEN $3 THEN tags @> $2 ELSE tags && $2 END))
-                   AND ($4::jsonb IS NULL OR attributes @> $4)
-                   AND ($5::uuid IS NULL OR EXISTS (
-                        SELECT 1 FROM contact_list_members m WHERE m.list_id = $5 AND m.contact_id = c.id))
-                 ORDER BY id LIMIT $6",
+            let rows = contacts::audience_page(
+                &services.pool,
+                &contacts::AudienceFilter {
+                    tags: tags.as_deref(),
+                    all_tags: *all_tags,
+                    attributes: attributes.as_ref(),
+                    list: *list,
+                },
+                cursor,
+                limit,
             )
-            .bind(cursor)
-            .bind(tags)
-            .bind(all_tags)
-            .bind(attributes)
-            .bind(list)
-            .bind(limit)
-            .fetch_all(&services.pool)
             .await?;
             Ok(rows
                 .into_iter()

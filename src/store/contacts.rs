@@ -287,6 +287,43 @@ pub async fn delete_contact(pool: &PgPool, phone: &str) -> Result<bool, StoreErr
     Ok(deleted.is_some())
 }
 
+/// Who a campaign audience selects; each part optional.
+pub struct AudienceFilter<'a> {
+    pub tags: Option<&'a [String]>,
+    /// Every tag rather than any of them.
+    pub all_tags: bool,
+    pub attributes: Option<&'a Value>,
+    pub list: Option<Uuid>,
+}
+
+/// The contacts of an audience after `after_id`, in id order.
+pub async fn audience_page(
+    pool: &PgPool,
+    filter: &AudienceFilter<'_>,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<ContactRow>, StoreError> {
+    Ok(sqlx::query_as::<_, ContactRow>(concat!(
+        "SELECT ",
+        contact_columns!(),
+        " FROM contacts c
+         WHERE id > $1
+           AND ($2::text[] IS NULL OR (CASE WHEN $3 THEN tags @> $2 ELSE tags && $2 END))
+           AND ($4::jsonb IS NULL OR attributes @> $4)
+           AND ($5::uuid IS NULL OR EXISTS (
+                SELECT 1 FROM contact_list_members m WHERE m.list_id = $5 AND m.contact_id = c.id))
+         ORDER BY id LIMIT $6"
+    ))
+    .bind(after_id)
+    .bind(filter.tags)
+    .bind(filter.all_tags)
+    .bind(filter.attributes)
+    .bind(filter.list)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// A page of contacts after `after_id`, optionally only those with `tag`.
 pub async fn contacts_with_tag(
     pool: &PgPool,
