@@ -1,6 +1,6 @@
-//! Per-sender pacing with governor token buckets: the messages-per-second cap (slowed down after
-//! 130429 and restored after a cool-down), the per-recipient pair rate, and the optional spread of
-//! a tier's daily budget over a period.
+//! Per-sender pacing with governor token buckets: the messages-per-second cap (adapted to Meta's
+//! throughput answers by `domain::pacing::AdaptiveCap`), the per-recipient pair rate, and the
+//! optional spread of a tier's daily budget over a period.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::domain::pacing::for_hard_cap;
+use crate::domain::pacing::{AdaptiveCap, for_hard_cap};
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
@@ -24,16 +24,15 @@ fn mps_limiter(cap: u32) -> DefaultDirectRateLimiter {
 
 struct MpsState {
     limiter: Arc<DefaultDirectRateLimiter>,
+    /// The cap the limiter was built for.
     cap: u32,
-    configured: u32,
-    restore_at: Option<Instant>,
+    adaptive: AdaptiveCap,
 }
 
 pub struct Pacer {
     mps: Mutex<MpsState>,
     pair: DefaultKeyedRateLimiter<String>,
     spread: Mutex<Option<(u64, Arc<DefaultDirectRateLimiter>)>>,
-    cooldown: Duration,
     clock: DefaultClock,
 }
 
@@ -46,26 +45,20 @@ impl Pacer {
             mps: Mutex::new(MpsState {
                 limiter: Arc::new(mps_limiter(mps)),
                 cap: mps,
-                configured: mps,
-                restore_at: None,
+                adaptive: AdaptiveCap::new(mps, cooldown, Instant::now()),
             }),
             pair: RateLimiter::keyed(pair_quota),
             spread: Mutex::new(None),
-            cooldown,
             clock: DefaultClock::default(),
         }
     }
 
     fn current(&self) -> Arc<DefaultDirectRateLimiter> {
         let mut state = self.mps.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = state.restore_at
-            && Instant::now() >= at
-        {
-            // Recover step by step: double the cap each cool-down until the configured one.
-            let cap = (state.cap * 2).min(state.configured);
+        let cap = state.adaptive.cap(Instant::now());
+        if cap != state.cap {
             state.cap = cap;
             state.limiter = Arc::new(mps_limiter(cap));
-            state.restore_at = (cap < state.configured).then(|| Instant::now() + self.cooldown);
         }
         state.limiter.clone()
     }
@@ -78,30 +71,31 @@ impl Pacer {
         start.elapsed()
     }
 
-    /// Halves the cap after a throughput error (130429), down to 1 message per second.
+    /// A throughput answer (130429): the adaptive cap decides whether to slow down.
     pub fn slow_down(&self) {
         let mut state = self.mps.lock().unwrap_or_else(|p| p.into_inner());
-        let cap = (state.cap / 2).max(1);
-        if cap < state.cap {
-            state.cap = cap;
-            state.limiter = Arc::new(mps_limiter(cap));
+        if state.adaptive.on_throttle(Instant::now()) {
+            tracing::info!(
+                cap = state.adaptive.cap(Instant::now()),
+                "throughput answer: slowing down"
+            );
         }
-        state.restore_at = Some(Instant::now() + self.cooldown);
     }
 
     /// Applies a new configured cap (the sender was updated).
     pub fn reconfigure(&self, mps: u32) {
         let mut state = self.mps.lock().unwrap_or_else(|p| p.into_inner());
-        if state.configured != mps {
-            state.configured = mps;
-            state.cap = mps;
-            state.limiter = Arc::new(mps_limiter(mps));
-            state.restore_at = None;
+        if state.adaptive.configured() != mps.max(1) {
+            state.adaptive.reconfigure(mps, Instant::now());
         }
     }
 
     pub fn current_cap(&self) -> u32 {
-        self.mps.lock().unwrap_or_else(|p| p.into_inner()).cap
+        self.mps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .adaptive
+            .cap(Instant::now())
     }
 
     /// None when the recipient may receive now, else how long to wait.
@@ -147,12 +141,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slow_down_halves_and_reconfigure_resets() {
+    fn slow_down_halves_once_per_cooldown_and_reconfigure_resets() {
         let p = Pacer::new(80, Duration::from_secs(6), 2, Duration::from_secs(30));
         p.slow_down();
         assert_eq!(p.current_cap(), 40);
+        // The rest of the burst (answers to requests already in flight) changes nothing.
         p.slow_down();
-        assert_eq!(p.current_cap(), 20);
+        assert_eq!(p.current_cap(), 40);
         p.reconfigure(100);
         assert_eq!(p.current_cap(), 100);
     }
