@@ -7,7 +7,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use pregon::domain::decision::{
     self, Consent, ConsentAction, Facts, Quality, SenderState, Snapshot, TemplateStatus,
 };
-use pregon::domain::job::{JOB_VERSION, SendJob, TemplateRef};
+use pregon::domain::job::{SendJob, TemplateRef};
 use pregon::domain::{Category, DeliveryMode, message};
 use serde_json::json;
 
@@ -15,26 +15,18 @@ fn job() -> SendJob {
     let body = json!({"messaging_product":"whatsapp","to":"5215512345678","type":"template",
         "template":{"name":"order_update","language":{"code":"es_MX"},
           "components":[{"type":"body","parameters":[{"type":"text","text":"A-1234"}]}]}});
-    SendJob {
-        v: JOB_VERSION,
-        id: uuid::Uuid::now_v7(),
-        sender: "1065550000100".into(),
-        recipient: "5215512345678".into(),
-        category: Category::Utility,
-        template: Some(TemplateRef {
+    SendJob::new(
+        uuid::Uuid::now_v7(),
+        "1065550000100".into(),
+        "5215512345678".into(),
+        Category::Utility,
+        Some(TemplateRef {
             name: "order_update".into(),
             language: "es_MX".into(),
         }),
-        free_form: false,
-        delivery: DeliveryMode::AtMostOnce,
-        attempt: 0,
-        throttles: 0,
-        deferrals: 0,
-        enqueued_at_ms: 1_700_000_000_000,
-        not_before_ms: 0,
-        campaign: None,
-        body: serde_json::value::RawValue::from_string(body.to_string()).unwrap(),
-    }
+        serde_json::value::RawValue::from_string(body.to_string()).unwrap(),
+        1_700_000_000_000,
+    )
 }
 
 fn pure(c: &mut Criterion) {
@@ -55,6 +47,7 @@ fn pure(c: &mut Criterion) {
         sent_wamid: None,
         claimed: false,
         campaign: pregon::domain::decision::CampaignGate::Open,
+        template_probe: false,
     };
     let facts = Facts {
         category: Category::Marketing,

@@ -8,11 +8,12 @@ use tokio::sync::watch;
 
 use crate::catalog::Catalog;
 use crate::config::{Config, ConfigError, Derived};
-use crate::domain::decision::ConsentAction;
+use crate::domain::decision::{ConsentAction, TemplateStatus};
 use crate::domain::tier::Tier;
 use crate::metrics::Metrics;
 use crate::queue::{self, Names, Publisher, QueueError};
 use crate::state::{SenderMirror, State, StateError};
+use crate::store::webhooks::TemplateField;
 use crate::store::{
     self, ConsentEvent, MessageWriter, Sender, StoreError, Template, WriterConfig, WriterHandle,
 };
@@ -174,7 +175,7 @@ impl Services {
     pub async fn register_template(&self, template: Template) -> Result<(), AppError> {
         store::upsert_template(&self.pool, &template).await?;
         self.state
-            .mirror_template(&template.name, &template.language, &template.status)
+            .mirror_template(&template.name, &template.language, template.status.as_str())
             .await?;
         self.catalog.put_template(template);
         Ok(())
@@ -182,6 +183,44 @@ impl Services {
 
     /// Appends consent events to the log, then mirrors them to Redis, before returning: a
     /// change is visible to the worker before the caller hears back.
+    /// Changes a template's status, quality or category in the registry (with its history), in
+    /// Redis and in this process's catalog at once, as Meta reported it by webhook or by a send's
+    /// answer (132015, 132016). Returns the template, or `None` when it is not in the registry.
+    pub async fn update_template(
+        &self,
+        name: &str,
+        language: &str,
+        field: TemplateField,
+        value: &str,
+        why: Option<&str>,
+        template_id: Option<&str>,
+    ) -> Result<Option<Template>, AppError> {
+        let updated = store::webhooks::update_template_field(
+            &self.pool,
+            name,
+            language,
+            field,
+            value,
+            why,
+            template_id,
+        )
+        .await?;
+        if let Some(template) = &updated {
+            if field == TemplateField::Status && value == TemplateStatus::Paused.as_str() {
+                // The first probe of a paused template comes one recheck after the pause.
+                let every = self.config.template_pause_recheck.0;
+                self.state
+                    .claim_template_probe(name, language, every)
+                    .await?;
+            }
+            self.state
+                .mirror_template(&template.name, &template.language, template.status.as_str())
+                .await?;
+            self.catalog.put_template(template.clone());
+        }
+        Ok(updated)
+    }
+
     pub async fn record_consent(&self, events: &[ConsentEvent]) -> Result<Vec<i64>, AppError> {
         let mut mirror = Vec::with_capacity(events.len());
         for e in events {

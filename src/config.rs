@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::domain::campaign::RateCard;
+use crate::domain::duration::parse_duration;
+use crate::domain::policy::Limits;
 use crate::domain::retry::{BackoffPolicy, parse_steps};
 use crate::domain::tier::{Tier, TierScope, parse_ladder};
 
@@ -35,29 +37,6 @@ pub enum ConfigError {
 /// A duration written the way people write them: `500ms`, `2s`, `10m`, `24h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
-
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let split = raw
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("\"{raw}\" needs a unit (ms, s, m, h, d)"))?;
-    let (number, unit) = raw.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("\"{raw}\" is not a duration"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86_400),
-        _ => {
-            return Err(format!(
-                "\"{raw}\" has an unknown unit (use ms, s, m, h, d)"
-            ));
-        }
-    })
-}
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -408,7 +387,8 @@ pub struct Derived {
     /// Opt-out keywords, folded for comparison.
     pub opt_out_keywords: Vec<String>,
     pub delay_steps: Vec<Duration>,
-    pub backoff: BackoffPolicy,
+    /// The limits of the post-send policy (budgets, backoff, waits).
+    pub post_send: Limits,
 }
 
 impl Config {
@@ -529,9 +509,17 @@ impl Config {
                 .collect(),
             opt_out_keywords: crate::domain::webhook::opt_out_keywords(&self.opt_out_keywords),
             delay_steps,
-            backoff: BackoffPolicy {
-                base: self.retry_base.0,
-                cap: self.retry_cap.0,
+            post_send: Limits {
+                max_attempts: self.max_attempts,
+                max_throttles: self.max_throttles,
+                backoff: BackoffPolicy {
+                    base: self.retry_base.0,
+                    cap: self.retry_cap.0,
+                },
+                template_pause_recheck: self.template_pause_recheck.0,
+                hold_recheck: self.hold_recheck.0,
+                marketing_pause_on_spam: self.marketing_pause_on_spam.0,
+                suppress_unreachable: self.suppress_unreachable,
             },
         })
     }

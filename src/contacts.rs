@@ -11,6 +11,7 @@ use crate::app::{AppError, Services};
 use crate::domain::csv::{CsvError, RecordReader};
 use crate::domain::decision::ConsentAction;
 use crate::domain::phone;
+use crate::domain::refusal::Refusal;
 use crate::store::contacts::{self as cstore, ContactInput, ImportError, ImportTotals};
 use crate::store::{ConsentEvent, StoreError};
 
@@ -57,8 +58,8 @@ pub struct ConsentColumns {
 #[derive(Debug, thiserror::Error)]
 pub enum ImportFailure {
     /// The file cannot be imported at all (header, mapping): nothing was written.
-    #[error("{message}")]
-    Refused { field: String, message: String },
+    #[error(transparent)]
+    Refused(Refusal),
     #[error(transparent)]
     Csv(#[from] CsvError),
     #[error(transparent)]
@@ -68,10 +69,7 @@ pub enum ImportFailure {
 }
 
 fn refused(field: &str, message: impl Into<String>) -> ImportFailure {
-    ImportFailure::Refused {
-        field: field.into(),
-        message: message.into(),
-    }
+    ImportFailure::Refused(Refusal::invalid("invalid_csv", field, message))
 }
 
 /// Column positions, resolved from the header.
@@ -576,14 +574,6 @@ pub struct ContactProfile {
     pub tags: Option<Vec<String>>,
 }
 
-/// A profile field that cannot be stored: the machine-readable code, the field, why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProfileError {
-    pub code: &'static str,
-    pub field: String,
-    pub message: String,
-}
-
 const MAX_NAME: usize = 200;
 const MAX_TAG: usize = 64;
 const MAX_TAGS: usize = 100;
@@ -591,12 +581,9 @@ const MAX_ATTRIBUTES: usize = 100;
 
 /// Checks and normalises one contact from the JSON API: the same rules as an import row, plus
 /// attribute values limited to what a template variable can use (text, numbers, true/false).
-pub fn contact_input(raw_phone: &str, p: ContactProfile) -> Result<ContactInput, ProfileError> {
-    let fail = |code: &'static str, field: &str, message: String| ProfileError {
-        code,
-        field: field.to_string(),
-        message,
-    };
+pub fn contact_input(raw_phone: &str, p: ContactProfile) -> Result<ContactInput, Refusal> {
+    let fail =
+        |code: &'static str, field: &str, message: String| Refusal::invalid(code, field, message);
     let number = phone::normalize(raw_phone)
         .map_err(|e| fail("invalid_phone_number", "phone", e.to_string()))?;
     let name = p
@@ -775,23 +762,23 @@ mod tests {
         };
         let e = field("12", serde_json::json!({}));
         assert_eq!(
-            (e.code, e.field.as_str()),
-            ("invalid_phone_number", "phone")
+            (e.code, e.field.as_deref()),
+            ("invalid_phone_number", Some("phone"))
         );
         let e = field("5215510000001", serde_json::json!({"language": "Spanish"}));
-        assert_eq!(e.field, "language");
+        assert_eq!(e.field.as_deref(), Some("language"));
         let e = field(
             "5215510000001",
             serde_json::json!({"attributes": {"address": {"city": "CDMX"}}}),
         );
-        assert_eq!(e.field, "attributes.address");
+        assert_eq!(e.field.as_deref(), Some("attributes.address"));
         let e = field("5215510000001", serde_json::json!({"tags": ["ok", ""]}));
-        assert_eq!(e.field, "tags[1]");
+        assert_eq!(e.field.as_deref(), Some("tags[1]"));
         let e = field(
             "5215510000001",
             serde_json::json!({"name": "x".repeat(MAX_NAME + 1)}),
         );
-        assert_eq!(e.field, "name");
+        assert_eq!(e.field.as_deref(), Some("name"));
         assert!(
             serde_json::from_value::<ContactProfile>(serde_json::json!({"nmae": "Ana"})).is_err()
         );

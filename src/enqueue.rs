@@ -9,9 +9,11 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::app::Services;
-use crate::domain::decision::{Facts, recipient_verdict};
-use crate::domain::job::{JOB_VERSION, SendJob, TemplateRef};
+use crate::domain::decision::{Facts, TemplateStatus, recipient_verdict};
+use crate::domain::job::{SendJob, TemplateRef};
 use crate::domain::message::{self, MessageKind};
+use crate::domain::reason::Reason;
+use crate::domain::refusal::{Refusal, RefusalKind};
 use crate::domain::{Category, DeliveryMode};
 use crate::queue::QueueError;
 use crate::state::{StateError, now_ms};
@@ -20,13 +22,11 @@ use crate::store::{MessageUpdate, NewMessage, Status, StoreError};
 /// Why a request was not queued. `Refused` is the caller's to fix; the others are ours.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
-    #[error("{message}")]
-    Refused {
-        status: u16,
-        code: &'static str,
-        field: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// A request of a batch was not answered: a bug, never the caller's fault.
+    #[error("the request was not processed ({0})")]
+    Unanswered(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -36,17 +36,12 @@ pub enum EnqueueError {
 }
 
 fn refused(
-    status: u16,
+    kind: RefusalKind,
     code: &'static str,
     field: &str,
     message: impl Into<String>,
 ) -> EnqueueError {
-    EnqueueError::Refused {
-        status,
-        code,
-        field: field.to_string(),
-        message: message.into(),
-    }
+    EnqueueError::Refused(Refusal::new(kind, code, field, message))
 }
 
 #[derive(Debug, Clone)]
@@ -78,15 +73,11 @@ struct Prepared {
 
 /// Validation and registry checks: everything but the recipient's consent and window.
 async fn prepare(services: &Services, request: &Request) -> Result<Prepared, EnqueueError> {
-    let validated = message::validate(&request.body).map_err(|e| EnqueueError::Refused {
-        status: 400,
-        code: e.code,
-        field: e.field,
-        message: e.message,
-    })?;
+    let validated = message::validate(&request.body)
+        .map_err(|e| refused(RefusalKind::Invalid, e.code, &e.field, e.message))?;
     let Some(sender) = services.catalog.sender(&request.sender).await? else {
         return Err(refused(
-            404,
+            RefusalKind::NotFound,
             "unknown_sender",
             "phone_number_id",
             format!(
@@ -99,21 +90,21 @@ async fn prepare(services: &Services, request: &Request) -> Result<Prepared, Enq
         MessageKind::Template { name, language } => {
             let Some(t) = services.catalog.template(name, language).await? else {
                 return Err(refused(
-                    422,
+                    RefusalKind::Rejected,
                     "unknown_template",
                     "template.name",
                     format!("template {name} ({language}) is not registered"),
                 ));
             };
-            if !matches!(t.status.as_str(), "APPROVED" | "PAUSED" | "REINSTATED") {
+            if !matches!(t.status, TemplateStatus::Approved | TemplateStatus::Paused) {
                 return Err(refused(
-                    422,
+                    RefusalKind::Rejected,
                     "template_not_approved",
                     "template.name",
                     format!("template {name} ({language}) is {}", t.status),
                 ));
             }
-            let category = Category::parse(&t.category).unwrap_or(Category::Marketing);
+            let category = t.category;
             (
                 category,
                 Some(TemplateRef {
@@ -133,7 +124,7 @@ async fn prepare(services: &Services, request: &Request) -> Result<Prepared, Enq
     let id = Uuid::now_v7();
     let body = RawValue::from_string(validated.body.to_string()).map_err(|e| {
         refused(
-            400,
+            RefusalKind::Invalid,
             "invalid_body",
             "",
             format!("body cannot be re-encoded: {e}"),
@@ -162,23 +153,16 @@ async fn prepare(services: &Services, request: &Request) -> Result<Prepared, Enq
             },
             body: body.get().to_string(),
         },
-        job: SendJob {
-            v: JOB_VERSION,
+        job: SendJob::new(
             id,
-            sender: sender.phone_number_id.clone(),
+            sender.phone_number_id.clone(),
             recipient,
             category,
             template,
-            free_form: facts.free_form,
-            delivery: request.delivery,
-            attempt: 0,
-            throttles: 0,
-            deferrals: 0,
-            enqueued_at_ms: now_ms(),
-            not_before_ms: 0,
-            campaign: None,
             body,
-        },
+            now_ms(),
+        )
+        .with_delivery(request.delivery),
         input,
         facts,
     })
@@ -204,9 +188,14 @@ async fn replay(
 
 pub async fn enqueue(services: &Services, request: Request) -> Result<Accepted, EnqueueError> {
     let mut results = enqueue_many(services, vec![request]).await;
-    results
-        .pop()
-        .unwrap_or_else(|| Err(refused(400, "invalid_body", "", "empty request")))
+    results.pop().unwrap_or_else(|| {
+        Err(refused(
+            RefusalKind::Invalid,
+            "invalid_body",
+            "",
+            "empty request",
+        ))
+    })
 }
 
 /// Enqueues many requests with one batched insert and one confirm window; each answers alone.
@@ -249,7 +238,12 @@ pub async fn enqueue_many(
             state.window_open,
             state.suppressed,
         ) {
-            results[i] = Some(Err(refused(422, reason.code(), "to", reason.message())));
+            results[i] = Some(Err(refused(
+                RefusalKind::Rejected,
+                reason.code(),
+                "to",
+                reason.message(),
+            )));
             continue;
         }
         if let Some(key) = &prepared.row.idempotency_key {
@@ -266,7 +260,7 @@ pub async fn enqueue_many(
                     results[i] = Some(match replay(services, key, owner).await {
                         Ok(Some(a)) => Ok(a),
                         Ok(None) => Err(refused(
-                            409,
+                            RefusalKind::Conflict,
                             "idempotency_key_in_use",
                             "Idempotency-Key",
                             "a request with this key is still being processed",
@@ -283,7 +277,7 @@ pub async fn enqueue_many(
     if ready.is_empty() {
         return results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(refused(500, "internal", "", "lost"))))
+            .map(|r| r.unwrap_or_else(|| Err(EnqueueError::Unanswered("no recipient state"))))
             .collect();
     }
     // Record first: a message that exists in a lane always has its row.
@@ -343,8 +337,8 @@ pub async fn enqueue_many(
             }
             Err(e) => {
                 tracing::error!(id = %p.row.id, error = %e, "publish failed; marking the message failed");
-                let mut update = MessageUpdate::new(p.row.id, Status::Failed, 0);
-                update.reason = Some("enqueue_publish_failed".into());
+                let mut update = MessageUpdate::new(p.row.id, Status::Failed, 0)
+                    .because(Reason::EnqueuePublishFailed);
                 update.error = Some(e.to_string());
                 let _ = services.writer.update(update).await;
                 if let Some(key) = &p.row.idempotency_key {
@@ -362,8 +356,6 @@ fn finish(
 ) -> Vec<Result<Accepted, EnqueueError>> {
     results
         .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| Err(refused(500, "internal", "", "request was not processed")))
-        })
+        .map(|r| r.unwrap_or_else(|| Err(EnqueueError::Unanswered("no outcome"))))
         .collect()
 }

@@ -243,14 +243,6 @@ pub const EVENT_TYPES: &[&str] = &[
 
 /// Background tasks that run beside the dispatcher: webhook processing, the event relay and
 /// the callback deliverer.
-pub fn spawn_background(services: &Services, stop: &Shutdown) -> Vec<tokio::task::JoinHandle<()>> {
-    vec![
-        tokio::spawn(crate::webhooks::run(services.clone(), stop.clone())),
-        tokio::spawn(run_relay(services.clone(), stop.clone())),
-        tokio::spawn(run_callbacks(services.clone(), stop.clone())),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

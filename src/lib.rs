@@ -27,3 +27,17 @@ pub mod templates;
 pub mod webhooks;
 pub mod whatsapp;
 pub mod worker;
+
+/// This process's identity: the owner of every lease it takes (senders in Redis, campaigns in
+/// PostgreSQL) and the prefix of its consumer tags. One per process, so all of a worker's leases
+/// name the same owner and an operator can tell which process holds what.
+pub fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        format!(
+            "{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    })
+}

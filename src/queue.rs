@@ -20,6 +20,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
 use crate::domain::Lane;
+use crate::domain::job::SendJob;
+use crate::domain::retry::delay_step;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -392,6 +394,31 @@ impl Publisher {
         }
         results
     }
+}
+
+/// Parks a job in the delay queue closest to `wait`; it comes back to its sender's lane when the
+/// step's TTL expires (and goes round again if released before its `not_before_ms`).
+pub async fn park(
+    publisher: &Publisher,
+    names: &Names,
+    delay_steps: &[Duration],
+    job: &SendJob,
+    wait: Duration,
+) -> Result<(), QueueError> {
+    let (exchange, key) = parking(names, delay_steps, job, wait);
+    publisher.publish(&exchange, &key, &job.encode()).await
+}
+
+/// Where a job waiting `wait` is published: the exchange of the delay step closest to the wait,
+/// and its lane's routing key for the way back (for batches published with `publish_many`).
+pub fn parking(
+    names: &Names,
+    delay_steps: &[Duration],
+    job: &SendJob,
+    wait: Duration,
+) -> (String, String) {
+    let step = delay_step(delay_steps, wait);
+    (names.delay(step), names.lane_key(&job.sender, job.lane()))
 }
 
 /// A consumer with manual acks and a bounded prefetch on its own channel.

@@ -11,6 +11,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
+use crate::domain::campaign::CampaignState;
 use crate::domain::decision::{
     CampaignGate, Consent, ConsentAction, Quality, SenderState, Snapshot, TemplateStatus,
 };
@@ -47,16 +48,6 @@ pub struct SenderMirror {
 
 /// The mirrored sender hash: status, quality, paused, marketing held until (ms).
 type SenderHash = (Option<String>, Option<String>, Option<String>, Option<i64>);
-
-/// A sender's health as mirrored for the worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SenderHealth {
-    pub status: String,
-    pub quality: String,
-    pub paused: bool,
-    /// Marketing held after a spam-rate answer (131048).
-    pub marketing_held: bool,
-}
 
 /// What the enqueue-time check knows about one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +118,17 @@ fn redis_glob_escape(raw: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// A sender's mirrored hash (status, quality, paused, marketing held until ms) as the decision
+/// reads it: one reading for the send path and a campaign's health check.
+fn sender_state((status, quality, paused, until): SenderHash) -> SenderState {
+    SenderState {
+        connected: status.as_deref() == Some("CONNECTED"),
+        quality: Quality::parse(quality.as_deref().unwrap_or("")),
+        paused: paused.as_deref() == Some("1"),
+        marketing_paused: until.is_some_and(|u| u > now_ms()),
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -212,6 +214,26 @@ impl State {
         let mut conn = self.conn.clone();
         let _: () = conn.set(self.key(&["tpl", name, language]), status).await?;
         Ok(())
+    }
+
+    /// Claims the probe of a paused template for `every`: the one message that may be sent to
+    /// learn whether Meta still refuses the template. Across all workers, one claim per interval.
+    pub async fn claim_template_probe(
+        &self,
+        name: &str,
+        language: &str,
+        every: std::time::Duration,
+    ) -> Result<bool, StateError> {
+        let mut conn = self.conn.clone();
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(self.key(&["tpl-probe", name, language]))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(claimed.is_some())
     }
 
     /// Mirrors the latest consent of a recipient for a purpose.
@@ -373,12 +395,7 @@ impl State {
             None => None,
         };
         Ok(Snapshot {
-            sender: SenderState {
-                connected: status.as_deref() == Some("CONNECTED"),
-                quality: Quality::parse(quality.as_deref().unwrap_or("")),
-                paused: paused.as_deref() == Some("1"),
-                marketing_paused: mk_paused_until.is_some_and(|until| until > now_ms()),
-            },
+            sender: sender_state((status, quality, paused, mk_paused_until)),
             template: template_status,
             consent: Consent {
                 marketing: consent.0.as_deref().and_then(ConsentAction::parse),
@@ -388,32 +405,43 @@ impl State {
             suppressed,
             sent_wamid: done,
             claimed,
-            campaign: CampaignGate::from_state(campaign_state.as_deref()),
+            campaign: CampaignGate::from_state(
+                campaign_state.as_deref().and_then(CampaignState::parse),
+            ),
+            template_probe: false,
         })
     }
 
     // -- campaigns ---------------------------------------------------------------------------
 
     /// Mirrors a campaign's state for the worker (read with every one of its messages).
-    pub async fn mirror_campaign(&self, campaign: Uuid, state: &str) -> Result<(), StateError> {
+    pub async fn mirror_campaign(
+        &self,
+        campaign: Uuid,
+        state: CampaignState,
+    ) -> Result<(), StateError> {
         let mut conn = self.conn.clone();
         let _: () = conn
-            .set(self.key(&["camp", &campaign.to_string()]), state)
+            .set(self.key(&["camp", &campaign.to_string()]), state.as_str())
             .await?;
         Ok(())
     }
 
     /// A campaign's mirrored state.
-    pub async fn campaign_state(&self, campaign: Uuid) -> Result<Option<String>, StateError> {
+    pub async fn campaign_state(
+        &self,
+        campaign: Uuid,
+    ) -> Result<Option<CampaignState>, StateError> {
         let mut conn = self.conn.clone();
-        Ok(conn.get(self.key(&["camp", &campaign.to_string()])).await?)
+        let raw: Option<String> = conn.get(self.key(&["camp", &campaign.to_string()])).await?;
+        Ok(raw.as_deref().and_then(CampaignState::parse))
     }
 
-    /// Health of senders as the worker sees it: (status, quality, paused, marketing held until ms).
-    pub async fn sender_health(
+    /// Senders as the send decision sees them, in the order asked.
+    pub async fn sender_states(
         &self,
         phone_number_ids: &[String],
-    ) -> Result<Vec<SenderHealth>, StateError> {
+    ) -> Result<Vec<SenderState>, StateError> {
         let mut pipe = redis::pipe();
         for id in phone_number_ids {
             pipe.hmget(
@@ -423,15 +451,7 @@ impl State {
         }
         let mut conn = self.conn.clone();
         let raw: Vec<SenderHash> = pipe.query_async(&mut conn).await?;
-        Ok(raw
-            .into_iter()
-            .map(|(status, quality, paused, until)| SenderHealth {
-                status: status.unwrap_or_default(),
-                quality: quality.unwrap_or_default(),
-                paused: paused.as_deref() == Some("1"),
-                marketing_held: until.is_some_and(|u| u > now_ms()),
-            })
-            .collect())
+        Ok(raw.into_iter().map(sender_state).collect())
     }
 
     pub async fn template_status(

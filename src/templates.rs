@@ -8,7 +8,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::app::{AppError, Services};
+use crate::domain::Category;
 use crate::domain::campaign::parameter_slots;
+use crate::domain::decision::TemplateStatus;
 use crate::store::Template;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -54,7 +56,10 @@ pub async fn sync(services: &Services) -> Result<SyncReport, AppError> {
                 let Some(template) = from_listing(&raw) else {
                     continue;
                 };
-                *report.by_status.entry(template.status.clone()).or_default() += 1;
+                *report
+                    .by_status
+                    .entry(template.status.as_str().to_string())
+                    .or_default() += 1;
                 report.templates += 1;
                 services.register_template(template).await?;
             }
@@ -72,17 +77,12 @@ pub async fn sync(services: &Services) -> Result<SyncReport, AppError> {
 pub fn from_listing(raw: &Value) -> Option<Template> {
     let name = raw.get("name")?.as_str()?.to_string();
     let language = raw.get("language")?.as_str()?.to_string();
-    let category = match raw.get("category")?.as_str()?.to_ascii_lowercase().as_str() {
-        "marketing" => "marketing",
-        "utility" => "utility",
-        "authentication" => "authentication",
-        _ => return None,
-    };
-    let status = raw
-        .get("status")
-        .and_then(Value::as_str)
-        .unwrap_or("PENDING")
-        .to_ascii_uppercase();
+    let category = Category::of_template(raw.get("category")?.as_str()?)?;
+    let status = TemplateStatus::parse(
+        raw.get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("PENDING"),
+    );
     let parameters = raw
         .get("components")
         .map(parameter_slots)
@@ -90,7 +90,7 @@ pub fn from_listing(raw: &Value) -> Option<Template> {
     Some(Template {
         name,
         language,
-        category: category.into(),
+        category,
         status,
         parameters,
     })
@@ -107,7 +107,7 @@ mod tests {
             "category": "MARKETING", "id": "123",
             "components": [{"type": "BODY", "text": "Hola {{1}}, usa {{2}}"}]});
         let t = from_listing(&raw).unwrap();
-        assert_eq!(t.category, "marketing");
+        assert_eq!(t.category.as_str(), "marketing");
         assert_eq!(t.parameters, vec!["body.1", "body.2"]);
         assert!(
             from_listing(&json!({"name": "x", "language": "es", "category": "OTHER"})).is_none()

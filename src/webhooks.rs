@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::app::{AppError, Services, Shutdown};
-use crate::domain::job::{JOB_VERSION, SendJob, TemplateRef};
+use crate::domain::job::{SendJob, TemplateRef};
 use crate::domain::phone;
+use crate::domain::policy::RECIPIENT_MARKETING_CAP_WAIT;
 use crate::domain::webhook::{
     self, FailedStatus, InboundMessage, StatusUpdate, TemplateChange, TemplateUpdate, Update,
 };
@@ -28,8 +29,6 @@ const MAX_EVENT_ATTEMPTS: i32 = 10;
 /// How long a window opened from a click-to-WhatsApp ad stays free (Meta's free entry point).
 const REFERRAL_WINDOW: Duration = Duration::from_secs(72 * 3600);
 const SERVICE_WINDOW: Duration = Duration::from_secs(24 * 3600);
-/// Per-user marketing cap (131049): the earliest retry.
-const MARKETING_CAP_RETRY: Duration = Duration::from_secs(24 * 3600);
 
 pub async fn run(services: Services, mut stop: Shutdown) {
     let poll = services.config.background_poll.0;
@@ -273,42 +272,41 @@ async fn resend_after_cap(services: &Services, id: uuid::Uuid) -> Result<(), App
         return Ok(());
     };
     let category = Category::parse(&row.category).unwrap_or(Category::Marketing);
-    let not_before_ms = now_ms() + MARKETING_CAP_RETRY.as_millis() as i64;
+    let not_before_ms = now_ms() + RECIPIENT_MARKETING_CAP_WAIT.as_millis() as i64;
     let attempts = u32::try_from(row.attempts).unwrap_or(0);
-    let job = SendJob {
-        v: JOB_VERSION,
+    let template = row
+        .template_name
+        .clone()
+        .zip(row.template_language.clone())
+        .map(|(name, language)| TemplateRef { name, language });
+    let mut job = SendJob::new(
         id,
-        sender: row.sender.clone(),
-        recipient: row.recipient.clone(),
+        row.sender.clone(),
+        row.recipient.clone(),
         category,
-        template: row
-            .template_name
-            .clone()
-            .zip(row.template_language.clone())
-            .map(|(name, language)| TemplateRef { name, language }),
-        free_form: row.template_name.is_none(),
-        delivery: DeliveryMode::parse(&row.delivery).unwrap_or_default(),
-        attempt: attempts,
-        throttles: 0,
-        deferrals: 1,
-        enqueued_at_ms: now_ms(),
-        not_before_ms,
-        campaign: row.campaign_id,
+        template,
         body,
-    };
+        now_ms(),
+    )
+    .with_delivery(DeliveryMode::parse(&row.delivery).unwrap_or_default())
+    .with_attempts(attempts)
+    .not_before(not_before_ms);
+    job.deferrals = 1;
+    if let Some(campaign) = row.campaign_id {
+        job = job.in_campaign(campaign);
+    }
     // The "sent" marker would make the worker take the resend for a redelivery.
     services.state.forget_sent(id).await?;
-    let step = crate::domain::retry::delay_step(&services.derived.delay_steps, MARKETING_CAP_RETRY);
-    services
-        .publisher
-        .publish(
-            &services.names.delay(step),
-            &services.names.lane_key(&job.sender, job.lane()),
-            &job.encode(),
-        )
-        .await?;
+    crate::queue::park(
+        &services.publisher,
+        &services.names,
+        &services.derived.delay_steps,
+        &job,
+        RECIPIENT_MARKETING_CAP_WAIT,
+    )
+    .await?;
     let mut update = MessageUpdate::new(id, Status::Deferred, attempts);
-    update.reason = Some(FailedStatus::RetryAfterCap.reason().into());
+    update.reason = Some(FailedStatus::RetryAfterCap.reason().code().into());
     update.error_code = Some(131049);
     update.not_before = chrono::DateTime::from_timestamp_millis(not_before_ms);
     stored::defer_after_cap(&services.pool, &update).await?;
@@ -465,44 +463,33 @@ async fn apply_template(
         }
         TemplateChange::Category { new, .. } => {
             count(services, "template_category_update");
-            let category = new.to_ascii_lowercase();
-            if !matches!(
-                category.as_str(),
-                "marketing" | "utility" | "authentication"
-            ) {
+            let Some(category) = Category::of_template(new) else {
                 return Ok(Some(format!("unknown template category {new}")));
-            }
+            };
             (
                 TemplateField::Category,
-                category,
+                category.as_str().to_string(),
                 Some("category changed by Meta".into()),
             )
         }
     };
-    let updated = stored::update_template_field(
-        &services.pool,
-        &u.name,
-        &u.language,
-        field,
-        &value,
-        reason.as_deref(),
-        u.template_id.as_deref(),
-    )
-    .await?;
-    match updated {
-        Some(template) => {
-            services
-                .state
-                .mirror_template(&template.name, &template.language, &template.status)
-                .await?;
-            services.catalog.put_template(template);
-            Ok(None)
-        }
-        None => Ok(Some(format!(
+    let updated = services
+        .update_template(
+            &u.name,
+            &u.language,
+            field,
+            &value,
+            reason.as_deref(),
+            u.template_id.as_deref(),
+        )
+        .await?;
+    Ok(match updated {
+        Some(_) => None,
+        None => Some(format!(
             "template {} ({}) is not in the registry",
             u.name, u.language
-        ))),
-    }
+        )),
+    })
 }
 
 fn template_json(u: &TemplateUpdate) -> Value {

@@ -4,13 +4,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::marker::PhantomData;
+
+use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::store::{self, ApiKey, StoreError};
 
+use super::ApiState;
 use super::error::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +110,69 @@ impl Caller {
                 "this key may not use sender {phone_number_id}"
             )))
         }
+    }
+}
+
+/// A permission a handler needs, as a type: a handler that takes `Authorized<RunCampaigns>` says in
+/// its signature what a caller must be allowed, and cannot run without it.
+pub trait Need: Send + Sync + 'static {
+    /// `None`: any valid key.
+    const PERMISSION: Option<Permission>;
+}
+
+macro_rules! needs {
+    ($($(#[$doc:meta])* $name:ident => $permission:expr;)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+        impl Need for $name {
+            const PERMISSION: Option<Permission> = $permission;
+        }
+    )*};
+}
+
+needs! {
+    /// Any valid key, whatever its role.
+    AnyKey => None;
+    Read => Some(Permission::Read);
+    SendMessages => Some(Permission::Send);
+    WriteConsent => Some(Permission::Consent);
+    ManageSubscriptions => Some(Permission::Subscriptions);
+    ManageContacts => Some(Permission::Contacts);
+    RunCampaigns => Some(Permission::Campaigns);
+    SyncTemplates => Some(Permission::SyncTemplates);
+    Operate => Some(Permission::Operate);
+    ManageKeys => Some(Permission::ManageKeys);
+}
+
+/// The caller of a request, authenticated by its API key and allowed what `N` needs. Extracting
+/// it answers 401 for a missing or unknown key and 403 for a role without the permission.
+pub struct Authorized<N: Need> {
+    caller: Caller,
+    need: PhantomData<N>,
+}
+
+impl<N: Need> std::ops::Deref for Authorized<N> {
+    type Target = Caller;
+    fn deref(&self) -> &Caller {
+        &self.caller
+    }
+}
+
+impl<N: Need> FromRequestParts<ApiState> for Authorized<N> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let caller = state
+            .keys
+            .authenticate(&state.services.pool, &parts.headers)
+            .await?;
+        if let Some(permission) = N::PERMISSION {
+            caller.require(permission)?;
+        }
+        Ok(Authorized {
+            caller,
+            need: PhantomData,
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -19,7 +19,9 @@ use crate::store::campaigns as cstore;
 use crate::store::contacts as contact_store;
 
 use super::ApiState;
-use super::auth::Permission;
+use super::auth::{
+    Authorized, Caller, ManageContacts, Read, RunCampaigns, SyncTemplates, WriteConsent,
+};
 use super::error::{ApiError, parse_json};
 
 pub fn routes() -> Router<ApiState> {
@@ -53,17 +55,7 @@ pub fn routes() -> Router<ApiState> {
 impl From<CampaignError> for ApiError {
     fn from(e: CampaignError) -> ApiError {
         match e {
-            CampaignError::Invalid {
-                status,
-                code,
-                field,
-                message,
-            } => ApiError::new(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                code,
-                (!field.is_empty()).then_some(field.as_str()),
-                message,
-            ),
+            CampaignError::Refused(r) => r.into(),
             other => ApiError::internal(other),
         }
     }
@@ -123,11 +115,7 @@ fn split_list(raw: &Option<String>) -> Vec<String> {
 impl From<ImportFailure> for ApiError {
     fn from(e: ImportFailure) -> ApiError {
         match e {
-            ImportFailure::Refused { field, message } => ApiError::bad_request(
-                "invalid_csv",
-                (!field.is_empty()).then_some(field.as_str()),
-                message,
-            ),
+            ImportFailure::Refused(r) => r.into(),
             ImportFailure::Csv(e) => ApiError::bad_request("invalid_csv", None, e.to_string()),
             other => ApiError::internal(other),
         }
@@ -138,12 +126,10 @@ impl From<ImportFailure> for ApiError {
 /// and the first row errors.
 async fn import_contacts(
     State(state): State<ApiState>,
+    caller: Authorized<ManageContacts>,
     Query(q): Query<ImportQuery>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
-    caller.require(Permission::Contacts)?;
     let consent = match q.consent_column {
         None => None,
         Some(column) => Some(ConsentColumns {
@@ -185,13 +171,9 @@ async fn import_contacts(
 
 async fn import_errors(
     State(state): State<ApiState>,
+    _caller: Authorized<ManageContacts>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state
-        .caller(&headers)
-        .await?
-        .require(Permission::Contacts)?;
     let id: Uuid = id
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_id", Some("id"), "import ids are UUIDs"))?;
@@ -281,13 +263,9 @@ struct ContactsQuery {
 /// A page of contacts (optionally with one tag); `next_after` continues it.
 async fn list_contacts(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _caller: Authorized<ManageContacts>,
     query: Result<Query<ContactsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    state
-        .caller(&headers)
-        .await?
-        .require(Permission::Contacts)?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request("invalid_query", None, e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
@@ -315,13 +293,9 @@ async fn list_contacts(
 /// One contact with its current consent (the full history is at /v1/consent/{recipient}).
 async fn get_contact(
     State(state): State<ApiState>,
+    _caller: Authorized<ManageContacts>,
     Path(phone): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state
-        .caller(&headers)
-        .await?
-        .require(Permission::Contacts)?;
     let phone = super::phone_field(&phone, "phone")?;
     let contact = contact_store::contact(&state.services.pool, &phone)
         .await
@@ -345,17 +319,12 @@ async fn get_contact(
 /// through /v1/consent, because it needs a source and evidence.
 async fn put_contact(
     State(state): State<ApiState>,
+    _caller: Authorized<ManageContacts>,
     Path(phone): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state
-        .caller(&headers)
-        .await?
-        .require(Permission::Contacts)?;
     let profile: contacts::ContactProfile = parse_json(&body)?;
-    let input = contacts::contact_input(&phone, profile)
-        .map_err(|e| ApiError::bad_request(e.code, Some(&e.field), e.message))?;
+    let input = contacts::contact_input(&phone, profile).map_err(ApiError::from)?;
     let (contact, created) = contact_store::put_contact(&state.services.pool, &input)
         .await
         .map_err(ApiError::internal)?;
@@ -371,13 +340,9 @@ async fn put_contact(
 /// what the person agreed to and when.
 async fn delete_contact(
     State(state): State<ApiState>,
+    _caller: Authorized<ManageContacts>,
     Path(phone): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state
-        .caller(&headers)
-        .await?
-        .require(Permission::Contacts)?;
     let phone = super::phone_field(&phone, "phone")?;
     if contact_store::delete_contact(&state.services.pool, &phone)
         .await
@@ -394,12 +359,8 @@ async fn delete_contact(
 
 async fn export_contacts(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _caller: Authorized<ManageContacts>,
 ) -> Result<Response, ApiError> {
-    state
-        .caller(&headers)
-        .await?
-        .require(Permission::Contacts)?;
     let pool = state.services.pool.clone();
     Ok(csv_stream(
         "contacts.csv",
@@ -419,9 +380,8 @@ async fn export_contacts(
 
 async fn export_consent(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _caller: Authorized<WriteConsent>,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Permission::Consent)?;
     let pool = state.services.pool.clone();
     Ok(csv_stream(
         "consent.csv",
@@ -441,12 +401,8 @@ async fn export_consent(
 
 async fn sync_templates(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _caller: Authorized<SyncTemplates>,
 ) -> Result<Response, ApiError> {
-    state
-        .caller(&headers)
-        .await?
-        .require(Permission::SyncTemplates)?;
     let report = crate::templates::sync(&state.services)
         .await
         .map_err(ApiError::internal)?;
@@ -457,11 +413,9 @@ async fn sync_templates(
 
 async fn create_campaign(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Authorized<RunCampaigns>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
-    caller.require(Permission::Campaigns)?;
     let definition: Definition = parse_json(&body)?;
     let c = campaigns::create(
         &state.services,
@@ -475,9 +429,8 @@ async fn create_campaign(
 
 async fn list_campaigns(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _caller: Authorized<Read>,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Permission::Read)?;
     let list = cstore::list_campaigns(&state.services.pool, 200)
         .await
         .map_err(ApiError::internal)?;
@@ -496,10 +449,9 @@ async fn load(state: &ApiState, raw: &str) -> Result<cstore::Campaign, ApiError>
 /// cheap to poll every second whatever the campaign's size.
 async fn get_campaign(
     State(state): State<ApiState>,
+    _caller: Authorized<Read>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Permission::Read)?;
     let id = campaign_id(&id)?;
     let progress = campaigns::progress(&state.services, id, &state.rates)
         .await?
@@ -509,13 +461,9 @@ async fn get_campaign(
 
 async fn estimate(
     State(state): State<ApiState>,
+    _caller: Authorized<RunCampaigns>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state
-        .caller(&headers)
-        .await?
-        .require(Permission::Campaigns)?;
     let c = load(&state, &id).await?;
     let estimate = campaigns::estimate(&state.services, &c).await?;
     Ok(Json(estimate).into_response())
@@ -523,55 +471,52 @@ async fn estimate(
 
 async fn act(
     state: ApiState,
+    caller: &Caller,
     id: String,
-    headers: HeaderMap,
     action: Action,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
-    caller.require(Permission::Campaigns)?;
     let id = campaign_id(&id)?;
-    let c = campaigns::act(&state.services, id, action, &actor(&caller)).await?;
+    let c = campaigns::act(&state.services, id, action, &actor(caller)).await?;
     Ok(Json(c).into_response())
 }
 
 async fn launch(
     State(state): State<ApiState>,
+    caller: Authorized<RunCampaigns>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    act(state, id, headers, Action::Launch).await
+    act(state, &caller, id, Action::Launch).await
 }
 
 async fn pause(
     State(state): State<ApiState>,
+    caller: Authorized<RunCampaigns>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    act(state, id, headers, Action::Pause).await
+    act(state, &caller, id, Action::Pause).await
 }
 
 async fn resume(
     State(state): State<ApiState>,
+    caller: Authorized<RunCampaigns>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    act(state, id, headers, Action::Resume).await
+    act(state, &caller, id, Action::Resume).await
 }
 
 async fn cancel(
     State(state): State<ApiState>,
+    caller: Authorized<RunCampaigns>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    act(state, id, headers, Action::Cancel).await
+    act(state, &caller, id, Action::Cancel).await
 }
 
 async fn failures_csv(
     State(state): State<ApiState>,
+    _caller: Authorized<Read>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Permission::Read)?;
     let c = load(&state, &id).await?;
     let pool = state.services.pool.clone();
     let header_line = crate::domain::csv::line([
@@ -617,10 +562,9 @@ async fn failures_csv(
 /// US number for marketing, suppressed), in planning order.
 async fn exclusions_csv(
     State(state): State<ApiState>,
+    _caller: Authorized<Read>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Permission::Read)?;
     let c = load(&state, &id).await?;
     let pool = state.services.pool.clone();
     Ok(csv_stream(
@@ -646,11 +590,9 @@ async fn exclusions_csv(
 
 async fn retry_failed(
     State(state): State<ApiState>,
+    caller: Authorized<RunCampaigns>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
-    caller.require(Permission::Campaigns)?;
     let id = campaign_id(&id)?;
     let outcome = campaigns::retry_failed(&state.services, id, &actor(&caller)).await?;
     Ok(Json(outcome).into_response())
@@ -658,10 +600,9 @@ async fn retry_failed(
 
 async fn replies(
     State(state): State<ApiState>,
+    _caller: Authorized<Read>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Permission::Read)?;
     let c = load(&state, &id).await?;
     let list = cstore::replies(&state.services.pool, c.id, 1000)
         .await

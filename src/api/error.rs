@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::domain::refusal::{Refusal, RefusalKind};
 use crate::enqueue::EnqueueError;
 
 #[derive(Debug)]
@@ -71,20 +72,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The one place a refusal's kind becomes an HTTP status.
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        let status = match r.kind {
+            RefusalKind::Invalid => StatusCode::BAD_REQUEST,
+            RefusalKind::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+            RefusalKind::NotFound => StatusCode::NOT_FOUND,
+            RefusalKind::Conflict => StatusCode::CONFLICT,
+            RefusalKind::Forbidden => StatusCode::FORBIDDEN,
+        };
+        ApiError {
+            status,
+            code: r.code,
+            field: r.field,
+            message: r.message,
+        }
+    }
+}
+
 impl From<EnqueueError> for ApiError {
     fn from(e: EnqueueError) -> ApiError {
         match e {
-            EnqueueError::Refused {
-                status,
-                code,
-                field,
-                message,
-            } => ApiError {
-                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                code,
-                field: (!field.is_empty()).then_some(field),
-                message,
-            },
+            EnqueueError::Refused(r) => r.into(),
             other => ApiError::internal(other),
         }
     }

@@ -18,13 +18,16 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::app::Services;
-use crate::domain::DeliveryMode;
+use crate::domain::decision::TemplateStatus;
 use crate::domain::phone;
 use crate::domain::tier::Tier;
+use crate::domain::{Category, DeliveryMode};
 use crate::enqueue::{self, Accepted, Request};
-use crate::store::{self, ConsentEvent, Sender, Template};
+use crate::store::{self, ConsentEvent, Sender, Status, Template};
 
-use auth::{Caller, KeyCache, Permission, Role};
+use auth::{
+    AnyKey, Authorized, Caller, KeyCache, ManageKeys, Operate, Role, SendMessages, WriteConsent,
+};
 use error::{ApiError, parse_json};
 
 #[derive(Clone)]
@@ -33,12 +36,6 @@ pub struct ApiState {
     pub keys: KeyCache,
     /// Recent campaign completion rates, fed by progress reads.
     pub rates: crate::campaigns::RateTracker,
-}
-
-impl ApiState {
-    async fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        self.keys.authenticate(&self.services.pool, headers).await
-    }
 }
 
 pub fn router(services: Services) -> Router {
@@ -112,22 +109,27 @@ fn scoped_key(caller: &Caller, key: &str) -> String {
 }
 
 /// The Cloud API's success shape, with pregon's message id where Meta would put its wamid.
+/// `message_status` takes only the Cloud API's own values (SDKs parse it as an enum); pregon's
+/// state of the message is in `pregon_status`.
 fn accepted_body(a: &Accepted) -> Value {
     json!({
         "messaging_product": "whatsapp",
         "contacts": [{"input": a.input, "wa_id": a.wa_id}],
-        "messages": [{"id": a.id.to_string(), "message_status": "queued"}]
+        "messages": [{
+            "id": a.id.to_string(),
+            "message_status": "accepted",
+            "pregon_status": Status::Queued.as_str(),
+        }]
     })
 }
 
 async fn send_message(
     State(state): State<ApiState>,
+    caller: Authorized<SendMessages>,
     Path(phone_number_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
-    caller.require(Permission::Send)?;
     caller.require_sender(&phone_number_id)?;
     let body: Value = parse_json(&body)?;
     let header_key = match headers.get("idempotency-key") {
@@ -173,12 +175,11 @@ struct Batch {
 
 async fn send_batch(
     State(state): State<ApiState>,
+    caller: Authorized<SendMessages>,
     Path(phone_number_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
-    caller.require(Permission::Send)?;
     caller.require_sender(&phone_number_id)?;
     let batch: Batch = parse_json(&body)?;
     let max = state.services.config.batch_max_items;
@@ -236,10 +237,9 @@ async fn send_batch(
 
 async fn get_message(
     State(state): State<ApiState>,
+    caller: Authorized<AnyKey>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
     let id: Uuid = id
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_id", Some("id"), "message ids are UUIDs"))?;
@@ -275,10 +275,9 @@ struct SenderBody {
 
 async fn put_sender(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _caller: Authorized<Operate>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Permission::Operate)?;
     let b: SenderBody = parse_json(&body)?;
     if b.phone_number_id.is_empty() || !b.phone_number_id.chars().all(|c| c.is_ascii_alphanumeric())
     {
@@ -366,9 +365,8 @@ async fn put_sender(
 
 async fn list_senders(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Authorized<AnyKey>,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
     let senders: Vec<Sender> = store::list_senders(&state.services.pool)
         .await
         .map_err(ApiError::internal)?
@@ -380,27 +378,21 @@ async fn list_senders(
 
 async fn pause_sender(
     State(state): State<ApiState>,
+    _caller: Authorized<Operate>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    set_paused(state, id, headers, true).await
+    set_paused(state, id, true).await
 }
 
 async fn resume_sender(
     State(state): State<ApiState>,
+    _caller: Authorized<Operate>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    set_paused(state, id, headers, false).await
+    set_paused(state, id, false).await
 }
 
-async fn set_paused(
-    state: ApiState,
-    id: String,
-    headers: HeaderMap,
-    paused: bool,
-) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Permission::Operate)?;
+async fn set_paused(state: ApiState, id: String, paused: bool) -> Result<Response, ApiError> {
     if state
         .services
         .catalog
@@ -441,10 +433,9 @@ struct TemplateBody {
 
 async fn put_template(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _caller: Authorized<Operate>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?.require(Permission::Operate)?;
     let b: TemplateBody = parse_json(&body)?;
     if b.name.is_empty()
         || !b
@@ -465,17 +456,13 @@ async fn put_template(
             "language is a code like es_MX",
         ));
     }
-    let category = b.category.to_ascii_lowercase();
-    if !matches!(
-        category.as_str(),
-        "marketing" | "utility" | "authentication"
-    ) {
+    let Some(category) = Category::of_template(&b.category) else {
         return Err(ApiError::bad_request(
             "invalid_field",
             Some("category"),
             "category is marketing, utility or authentication",
         ));
-    }
+    };
     let parameters = match (&b.components, b.parameters) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -520,8 +507,8 @@ async fn put_template(
         parameters,
         status: b
             .status
-            .unwrap_or_else(|| "APPROVED".into())
-            .to_ascii_uppercase(),
+            .as_deref()
+            .map_or(TemplateStatus::Approved, TemplateStatus::parse),
     };
     state
         .services
@@ -533,9 +520,8 @@ async fn put_template(
 
 async fn list_templates(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _caller: Authorized<AnyKey>,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?;
     let templates = store::list_templates(&state.services.pool)
         .await
         .map_err(ApiError::internal)?;
@@ -555,11 +541,9 @@ struct ConsentBody {
 
 async fn post_consent(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Authorized<WriteConsent>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
-    caller.require(Permission::Consent)?;
     let b: ConsentBody = parse_json(&body)?;
     let recipient = phone_field(&b.recipient, "recipient")?;
     if !matches!(b.purpose.as_str(), "marketing" | "utility") {
@@ -612,10 +596,9 @@ async fn post_consent(
 
 async fn get_consent(
     State(state): State<ApiState>,
+    _caller: Authorized<AnyKey>,
     Path(recipient): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?;
     let recipient = phone_field(&recipient, "recipient")?;
     let history = store::consent_history(&state.services.pool, &recipient)
         .await
@@ -646,13 +629,9 @@ struct ApiKeyBody {
 
 async fn post_api_key(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _caller: Authorized<ManageKeys>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state
-        .caller(&headers)
-        .await?
-        .require(Permission::ManageKeys)?;
     let b: ApiKeyBody = parse_json(&body)?;
     let role = Role::parse(&b.role).ok_or_else(|| {
         ApiError::bad_request(

@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -11,7 +11,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::ApiState;
-use super::auth::{Caller, Permission, Role, generate_secret};
+use super::auth::{
+    AnyKey, Authorized, Caller, ManageSubscriptions, Operate, Role, generate_secret,
+};
 use super::error::{ApiError, parse_json};
 use crate::events::EVENT_TYPES;
 use crate::store::events as stored;
@@ -40,11 +42,9 @@ struct SubscriptionBody {
 
 async fn create(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    caller: Authorized<ManageSubscriptions>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
-    caller.require(Permission::Subscriptions)?;
     let b: SubscriptionBody = parse_json(&body)?;
     let url = reqwest::Url::parse(&b.url)
         .ok()
@@ -102,8 +102,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
-async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
+async fn list(
+    State(state): State<ApiState>,
+    caller: Authorized<AnyKey>,
+) -> Result<Response, ApiError> {
     let scope = (caller.role != Role::Admin).then_some(caller.key_id);
     let subs = stored::list_subscriptions(&state.services.pool, scope)
         .await
@@ -132,21 +134,18 @@ async fn owned(
 
 async fn show(
     State(state): State<ApiState>,
+    caller: Authorized<AnyKey>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
     let sub = owned(&state, &caller, &id).await?;
     Ok(Json(json!(sub)).into_response())
 }
 
 async fn remove(
     State(state): State<ApiState>,
+    caller: Authorized<ManageSubscriptions>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
-    caller.require(Permission::Subscriptions)?;
     let sub = owned(&state, &caller, &id).await?;
     stored::delete_subscription(&state.services.pool, sub.id)
         .await
@@ -161,11 +160,10 @@ struct DeliveriesQuery {
 
 async fn deliveries(
     State(state): State<ApiState>,
+    caller: Authorized<AnyKey>,
     Path(id): Path<String>,
     Query(q): Query<DeliveriesQuery>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
     let sub = owned(&state, &caller, &id).await?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
@@ -183,10 +181,9 @@ async fn deliveries(
 
 async fn get_suppression(
     State(state): State<ApiState>,
+    _caller: Authorized<AnyKey>,
     Path(raw): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.caller(&headers).await?;
     let recipient = super::phone_field(&raw, "recipient")?;
     match suppression(&state.services.pool, &recipient)
         .await
@@ -202,11 +199,9 @@ async fn get_suppression(
 
 async fn lift_suppression(
     State(state): State<ApiState>,
+    _caller: Authorized<Operate>,
     Path(raw): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
-    caller.require(Permission::Operate)?;
     let recipient = super::phone_field(&raw, "recipient")?;
     let had = state
         .services

@@ -172,8 +172,8 @@ async fn measure(config: Config, args: &BenchArgs) -> Result<(), AppError> {
             parameters: Vec::new(),
             name: "order_update".into(),
             language: "es_MX".into(),
-            category: "utility".into(),
-            status: "APPROVED".into(),
+            category: crate::domain::Category::Utility,
+            status: crate::domain::decision::TemplateStatus::Approved,
         })
         .await?;
     // Wait for the simulator to answer before the clock starts.

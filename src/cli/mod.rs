@@ -1,6 +1,8 @@
 //! `pregon campaign …`, `pregon contacts …`, `pregon consent export`, `pregon templates sync`: thin
 //! clients of the HTTP API (so they obey the same roles and checks), plus a live progress bar.
 
+pub mod commands;
+
 use std::io::Write;
 use std::time::Duration;
 

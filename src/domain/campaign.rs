@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Category;
-use super::decision::{Consent, ConsentAction};
+use super::DeliveryMode;
+use super::decision::{Consent, Facts, recipient_verdict};
+use super::reason::Reason;
 
 // -- template parameters --------------------------------------------------------------------
 
@@ -265,17 +267,18 @@ pub fn exclusion(
     consent: &Consent,
     suppressed: bool,
 ) -> Option<Exclusion> {
-    if suppressed {
-        return Some(Exclusion::Suppressed);
-    }
-    let purpose = match category {
-        Category::Marketing => consent.marketing,
-        _ => consent.utility,
+    let facts = Facts {
+        category,
+        free_form: false,
+        delivery: DeliveryMode::AtMostOnce,
     };
-    match purpose {
-        Some(ConsentAction::OptOut) => return Some(Exclusion::OptedOut),
-        None if category == Category::Marketing => return Some(Exclusion::NoOptIn),
-        _ => {}
+    // A campaign sends templates and counts no window: the recipient verdict alone decides.
+    if let Some(reason) = recipient_verdict(&facts, consent, false, suppressed) {
+        return Some(match reason {
+            Reason::RecipientSuppressed => Exclusion::Suppressed,
+            Reason::NoMarketingOptIn => Exclusion::NoOptIn,
+            _ => Exclusion::OptedOut,
+        });
     }
     if category == Category::Marketing && country == "US" {
         // Meta has not delivered marketing templates to +1 (US) numbers since 2025-04-01.
@@ -495,13 +498,72 @@ pub enum Action {
     Cancel,
 }
 
+/// Where a campaign is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignState {
+    Draft,
+    /// Launched with a start time still to come.
+    Scheduled,
+    Running,
+    Paused,
+    Completed,
+    Cancelled,
+}
+
+impl CampaignState {
+    pub const ALL: [CampaignState; 6] = [
+        CampaignState::Draft,
+        CampaignState::Scheduled,
+        CampaignState::Running,
+        CampaignState::Paused,
+        CampaignState::Completed,
+        CampaignState::Cancelled,
+    ];
+
+    /// The stable code stored in PostgreSQL, mirrored to Redis and returned by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CampaignState::Draft => "draft",
+            CampaignState::Scheduled => "scheduled",
+            CampaignState::Running => "running",
+            CampaignState::Paused => "paused",
+            CampaignState::Completed => "completed",
+            CampaignState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<CampaignState> {
+        CampaignState::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    /// Nothing more will be sent.
+    pub fn is_final(self) -> bool {
+        matches!(self, CampaignState::Completed | CampaignState::Cancelled)
+    }
+}
+
+impl std::fmt::Display for CampaignState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for CampaignState {
+    type Error = String;
+    fn try_from(raw: String) -> Result<CampaignState, String> {
+        CampaignState::parse(&raw).ok_or_else(|| format!("unknown campaign state {raw}"))
+    }
+}
+
 /// The state an action leads to, or why it is not allowed from `state`.
-pub fn transition(state: &str, action: Action) -> Result<&'static str, String> {
+pub fn transition(state: CampaignState, action: Action) -> Result<CampaignState, String> {
+    use CampaignState::*;
     match (state, action) {
-        ("draft", Action::Launch) => Ok("running"),
-        ("scheduled" | "running", Action::Pause) => Ok("paused"),
-        ("paused", Action::Resume) => Ok("running"),
-        ("draft" | "scheduled" | "running" | "paused", Action::Cancel) => Ok("cancelled"),
+        (Draft, Action::Launch) => Ok(Running),
+        (Scheduled | Running, Action::Pause) => Ok(Paused),
+        (Paused, Action::Resume) => Ok(Running),
+        (Draft | Scheduled | Running | Paused, Action::Cancel) => Ok(Cancelled),
         (_, Action::Launch) => Err(format!("a {state} campaign cannot be launched again")),
         (_, Action::Pause) => Err(format!("a {state} campaign cannot be paused")),
         (_, Action::Resume) => Err(format!("a {state} campaign cannot be resumed")),
@@ -512,6 +574,7 @@ pub fn transition(state: &str, action: Action) -> Result<&'static str, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::decision::ConsentAction;
     use chrono::TimeZone;
 
     fn components() -> Value {
@@ -732,13 +795,26 @@ mod tests {
 
     #[test]
     fn campaigns_launch_once_and_move_only_forward() {
-        assert_eq!(transition("draft", Action::Launch), Ok("running"));
-        assert!(transition("running", Action::Launch).is_err());
-        assert!(transition("completed", Action::Launch).is_err());
-        assert_eq!(transition("running", Action::Pause), Ok("paused"));
-        assert_eq!(transition("paused", Action::Resume), Ok("running"));
-        assert!(transition("running", Action::Resume).is_err());
-        assert_eq!(transition("paused", Action::Cancel), Ok("cancelled"));
-        assert!(transition("cancelled", Action::Cancel).is_err());
+        use CampaignState::*;
+        assert_eq!(transition(Draft, Action::Launch), Ok(Running));
+        assert!(transition(Running, Action::Launch).is_err());
+        assert!(transition(Completed, Action::Launch).is_err());
+        assert_eq!(transition(Running, Action::Pause), Ok(Paused));
+        assert_eq!(transition(Paused, Action::Resume), Ok(Running));
+        assert!(transition(Running, Action::Resume).is_err());
+        assert_eq!(transition(Paused, Action::Cancel), Ok(Cancelled));
+        assert!(transition(Cancelled, Action::Cancel).is_err());
+    }
+
+    #[test]
+    fn campaign_states_read_back_from_their_codes() {
+        for state in CampaignState::ALL {
+            assert_eq!(CampaignState::parse(state.as_str()), Some(state));
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                serde_json::json!(state.as_str())
+            );
+        }
+        assert_eq!(CampaignState::try_from("done".to_string()).ok(), None);
     }
 }

@@ -4,10 +4,10 @@
 //! The same consent and window rules answer the enqueue-time check, so a message refused at
 //! enqueue is refused for the same reason a worker would skip it.
 
-use std::time::Duration;
-
 use super::Category;
 use super::DeliveryMode;
+use super::campaign::CampaignState;
+use super::reason::Reason;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quality {
@@ -78,6 +78,36 @@ impl TemplateStatus {
             other => TemplateStatus::NotApproved(other.to_string()),
         }
     }
+
+    /// Meta's spelling, as stored in the registry and mirrored to Redis; a status read from
+    /// there reads back to the same value.
+    pub fn as_str(&self) -> &str {
+        match self {
+            TemplateStatus::Approved => "APPROVED",
+            TemplateStatus::Paused => "PAUSED",
+            TemplateStatus::Disabled => "DISABLED",
+            TemplateStatus::NotApproved(other) => other,
+            TemplateStatus::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl From<String> for TemplateStatus {
+    fn from(raw: String) -> TemplateStatus {
+        TemplateStatus::parse(&raw)
+    }
+}
+
+impl std::fmt::Display for TemplateStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for TemplateStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +119,33 @@ pub struct SenderState {
     pub paused: bool,
     /// Marketing held after a spam-rate answer (131048) until a moment that has not yet come.
     pub marketing_paused: bool,
+}
+
+impl SenderState {
+    /// Why the sender may send nothing now: paused, or not CONNECTED (as far as Redis knows).
+    pub fn unavailable(&self) -> Option<Reason> {
+        (!self.connected || self.paused).then_some(Reason::SenderUnavailable)
+    }
+
+    /// Why the sender may send no marketing now: quality RED, or a spam-rate hold (131048).
+    pub fn marketing_held(&self) -> Option<Reason> {
+        if self.quality == Quality::Red {
+            Some(Reason::SenderQualityRed)
+        } else if self.marketing_paused {
+            Some(Reason::MarketingPaused)
+        } else {
+            None
+        }
+    }
+
+    /// Every hold on messages of `category`, most fundamental first: the lane holds of the send
+    /// decision, and the causes of a campaign's auto-pause.
+    pub fn holds(&self, category: Category) -> impl Iterator<Item = Reason> {
+        let marketing = (category == Category::Marketing)
+            .then(|| self.marketing_held())
+            .flatten();
+        self.unavailable().into_iter().chain(marketing)
+    }
 }
 
 /// Everything the decision needs, read from Redis in one round trip.
@@ -106,6 +163,9 @@ pub struct Snapshot {
     pub claimed: bool,
     /// The state of the message's campaign, if it has one.
     pub campaign: CampaignGate,
+    /// This message holds the probe of a paused template: it is sent to learn whether Meta still
+    /// refuses the template (one message per recheck interval, not all of them).
+    pub template_probe: bool,
 }
 
 /// What a campaign's state means for its messages in the lanes.
@@ -121,12 +181,12 @@ pub enum CampaignGate {
 }
 
 impl CampaignGate {
-    /// From the campaign state mirrored in Redis; an unknown or missing state lets messages go
-    /// (the campaign runner mirrors the state again within a second).
-    pub fn from_state(state: Option<&str>) -> CampaignGate {
+    /// From the campaign state mirrored in Redis; a missing state lets messages go (the
+    /// campaign runner mirrors the state again within a second).
+    pub fn from_state(state: Option<CampaignState>) -> CampaignGate {
         match state {
-            Some("paused") => CampaignGate::Paused,
-            Some("cancelled" | "completed") => CampaignGate::Stopped,
+            Some(CampaignState::Paused) => CampaignGate::Paused,
+            Some(s) if s.is_final() => CampaignGate::Stopped,
             _ => CampaignGate::Open,
         }
     }
@@ -139,110 +199,24 @@ pub struct Facts {
     pub delivery: DeliveryMode,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkipReason {
-    Suppressed,
-    OptedOut,
-    NoMarketingOptIn,
-    OutsideServiceWindow,
-}
-
-impl SkipReason {
-    pub fn code(self) -> &'static str {
-        match self {
-            SkipReason::Suppressed => "recipient_suppressed",
-            SkipReason::OptedOut => "recipient_opted_out",
-            SkipReason::NoMarketingOptIn => "no_marketing_opt_in",
-            SkipReason::OutsideServiceWindow => "outside_customer_service_window",
-        }
-    }
-
-    pub fn message(self) -> &'static str {
-        match self {
-            SkipReason::Suppressed => {
-                "Meta reported this number is not on WhatsApp (131026); it is suppressed"
-            }
-            SkipReason::OptedOut => "the recipient opted out of this kind of message",
-            SkipReason::NoMarketingOptIn => {
-                "marketing messages need a recorded opt-in from the recipient"
-            }
-            SkipReason::OutsideServiceWindow => {
-                "free-form messages need an open 24 h customer-service window; send a template"
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FailReason {
-    /// The process died during the HTTP call and the caller asked for at-most-once.
-    OutcomeUnknown,
-    TemplateUnknown,
-    TemplateDisabled,
-    TemplateNotApproved(String),
-}
-
-impl FailReason {
-    pub fn code(&self) -> &'static str {
-        match self {
-            FailReason::OutcomeUnknown => "send_outcome_unknown",
-            FailReason::TemplateUnknown => "unknown_template",
-            FailReason::TemplateDisabled => "template_disabled",
-            FailReason::TemplateNotApproved(_) => "template_not_approved",
-        }
-    }
-}
-
-/// Reasons to stop pulling from a lane for a while without touching the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HoldReason {
-    SenderUnavailable,
-    QualityRed,
-    MarketingPaused,
-}
-
-impl HoldReason {
-    pub fn code(self) -> &'static str {
-        match self {
-            HoldReason::SenderUnavailable => "sender_unavailable",
-            HoldReason::QualityRed => "sender_quality_red",
-            HoldReason::MarketingPaused => "marketing_paused",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeferReason {
-    TemplatePaused,
-    TierExhausted,
-    RecipientMarketingCap,
-    PairRate,
-}
-
-impl DeferReason {
-    pub fn code(self) -> &'static str {
-        match self {
-            DeferReason::TemplatePaused => "template_paused",
-            DeferReason::TierExhausted => "messaging_limit_reached",
-            DeferReason::RecipientMarketingCap => "recipient_marketing_cap",
-            DeferReason::PairRate => "pair_rate",
-        }
-    }
-}
-
-/// How long a paused template's messages wait before they are looked at again.
-pub const TEMPLATE_PAUSE_RECHECK: Duration = Duration::from_secs(300);
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     AlreadySent(String),
     Send {
         counts_against_tier: bool,
     },
-    Skip(SkipReason),
-    Fail(FailReason),
-    Hold(HoldReason),
-    Defer(DeferReason, Duration),
+    /// The recipient may not get this message: a final `skipped`.
+    Skip(Reason),
+    /// The message can never be sent as it is: a final `failed`, with detail for the error text.
+    Fail {
+        reason: Reason,
+        detail: Option<String>,
+    },
+    /// Stop pulling from the lane for a while without touching the message.
+    Hold(Reason),
+    /// The template is paused: the message waits for it (`template_pause_recheck`), unless it is
+    /// the one that may probe whether Meta still refuses it.
+    TemplatePaused,
     /// The campaign is paused: give the message back to it, unsent.
     ReturnToCampaign,
     /// The campaign is cancelled: the message will not be sent.
@@ -253,18 +227,18 @@ pub enum Decision {
 ///
 /// An opt-out blocks everything but the recipient's own conversation: a free-form reply inside a
 /// window they opened is always allowed.
-pub fn consent_verdict(facts: &Facts, consent: &Consent, window_open: bool) -> Option<SkipReason> {
+pub fn consent_verdict(facts: &Facts, consent: &Consent, window_open: bool) -> Option<Reason> {
     if facts.free_form {
-        return (!window_open).then_some(SkipReason::OutsideServiceWindow);
+        return (!window_open).then_some(Reason::OutsideServiceWindow);
     }
     match facts.category {
         Category::Marketing => match consent.marketing {
             Some(ConsentAction::OptIn) => None,
-            Some(ConsentAction::OptOut) => Some(SkipReason::OptedOut),
-            None => Some(SkipReason::NoMarketingOptIn),
+            Some(ConsentAction::OptOut) => Some(Reason::RecipientOptedOut),
+            None => Some(Reason::NoMarketingOptIn),
         },
         Category::Utility | Category::Authentication | Category::Service => {
-            (consent.utility == Some(ConsentAction::OptOut)).then_some(SkipReason::OptedOut)
+            (consent.utility == Some(ConsentAction::OptOut)).then_some(Reason::RecipientOptedOut)
         }
     }
 }
@@ -276,11 +250,15 @@ pub fn recipient_verdict(
     consent: &Consent,
     window_open: bool,
     suppressed: bool,
-) -> Option<SkipReason> {
+) -> Option<Reason> {
     if suppressed && !window_open {
-        return Some(SkipReason::Suppressed);
+        return Some(Reason::RecipientSuppressed);
     }
     consent_verdict(facts, consent, window_open)
+}
+
+fn fail(reason: Reason, detail: Option<String>) -> Decision {
+    Decision::Fail { reason, detail }
 }
 
 pub fn decide(snapshot: &Snapshot, facts: &Facts) -> Decision {
@@ -288,15 +266,18 @@ pub fn decide(snapshot: &Snapshot, facts: &Facts) -> Decision {
         return Decision::AlreadySent(wamid.clone());
     }
     if snapshot.claimed && facts.delivery == DeliveryMode::AtMostOnce {
-        return Decision::Fail(FailReason::OutcomeUnknown);
+        return Decision::Fail {
+            reason: Reason::SendOutcomeUnknown,
+            detail: None,
+        };
     }
     match snapshot.campaign {
         CampaignGate::Open => {}
         CampaignGate::Paused => return Decision::ReturnToCampaign,
         CampaignGate::Stopped => return Decision::Cancel,
     }
-    if !snapshot.sender.connected || snapshot.sender.paused {
-        return Decision::Hold(HoldReason::SenderUnavailable);
+    if let Some(reason) = snapshot.sender.unavailable() {
+        return Decision::Hold(reason);
     }
     if let Some(skip) = recipient_verdict(
         facts,
@@ -309,23 +290,22 @@ pub fn decide(snapshot: &Snapshot, facts: &Facts) -> Decision {
     if let Some(status) = &snapshot.template {
         match status {
             TemplateStatus::Approved => {}
-            TemplateStatus::Paused => {
-                return Decision::Defer(DeferReason::TemplatePaused, TEMPLATE_PAUSE_RECHECK);
-            }
-            TemplateStatus::Disabled => return Decision::Fail(FailReason::TemplateDisabled),
-            TemplateStatus::Unknown => return Decision::Fail(FailReason::TemplateUnknown),
+            TemplateStatus::Paused if snapshot.template_probe => {}
+            TemplateStatus::Paused => return Decision::TemplatePaused,
+            TemplateStatus::Disabled => return fail(Reason::TemplateDisabled, None),
+            TemplateStatus::Unknown => return fail(Reason::TemplateUnknown, None),
             TemplateStatus::NotApproved(s) => {
-                return Decision::Fail(FailReason::TemplateNotApproved(s.clone()));
+                return fail(
+                    Reason::TemplateNotApproved,
+                    Some(format!("template status {s}")),
+                );
             }
         }
     }
-    if facts.category == Category::Marketing {
-        if snapshot.sender.quality == Quality::Red {
-            return Decision::Hold(HoldReason::QualityRed);
-        }
-        if snapshot.sender.marketing_paused {
-            return Decision::Hold(HoldReason::MarketingPaused);
-        }
+    if facts.category == Category::Marketing
+        && let Some(reason) = snapshot.sender.marketing_held()
+    {
+        return Decision::Hold(reason);
     }
     Decision::Send {
         counts_against_tier: !snapshot.window_open,
@@ -354,6 +334,7 @@ mod tests {
             sent_wamid: None,
             claimed: false,
             campaign: CampaignGate::Open,
+            template_probe: false,
         }
     }
 
@@ -369,12 +350,16 @@ mod tests {
         s.sent_wamid = Some("wamid.1".into());
         assert_eq!(decide(&s, &f), Decision::AlreadySent("wamid.1".into()));
         assert_eq!(
-            CampaignGate::from_state(Some("paused")),
+            CampaignGate::from_state(Some(CampaignState::Paused)),
             CampaignGate::Paused
         );
         assert_eq!(
-            CampaignGate::from_state(Some("running")),
+            CampaignGate::from_state(Some(CampaignState::Running)),
             CampaignGate::Open
+        );
+        assert_eq!(
+            CampaignGate::from_state(Some(CampaignState::Completed)),
+            CampaignGate::Stopped
         );
         assert_eq!(CampaignGate::from_state(None), CampaignGate::Open);
     }
@@ -385,7 +370,7 @@ mod tests {
         s.suppressed = true;
         assert_eq!(
             decide(&s, &facts(Category::Utility, false)),
-            Decision::Skip(SkipReason::Suppressed)
+            Decision::Skip(Reason::RecipientSuppressed)
         );
         s.window_open = true;
         assert!(matches!(
@@ -420,10 +405,13 @@ mod tests {
         s.consent.marketing = None;
         assert_eq!(
             decide(&s, &MARKETING),
-            Decision::Skip(SkipReason::NoMarketingOptIn)
+            Decision::Skip(Reason::NoMarketingOptIn)
         );
         s.consent.marketing = Some(ConsentAction::OptOut);
-        assert_eq!(decide(&s, &MARKETING), Decision::Skip(SkipReason::OptedOut));
+        assert_eq!(
+            decide(&s, &MARKETING),
+            Decision::Skip(Reason::RecipientOptedOut)
+        );
     }
 
     #[test]
@@ -436,7 +424,7 @@ mod tests {
         s.template = Some(TemplateStatus::Approved);
         assert_eq!(
             decide(&s, &facts(Category::Utility, false)),
-            Decision::Skip(SkipReason::OptedOut)
+            Decision::Skip(Reason::RecipientOptedOut)
         );
         s.template = None;
         s.window_open = true;
@@ -454,7 +442,7 @@ mod tests {
         s.template = None;
         assert_eq!(
             decide(&s, &facts(Category::Service, true)),
-            Decision::Skip(SkipReason::OutsideServiceWindow)
+            Decision::Skip(Reason::OutsideServiceWindow)
         );
     }
 
@@ -476,7 +464,7 @@ mod tests {
         s.sender.quality = Quality::Red;
         assert_eq!(
             decide(&s, &MARKETING),
-            Decision::Hold(HoldReason::QualityRed)
+            Decision::Hold(Reason::SenderQualityRed)
         );
         assert_eq!(
             decide(&s, &facts(Category::Utility, false)),
@@ -487,39 +475,72 @@ mod tests {
         s.sender.connected = false;
         assert_eq!(
             decide(&s, &facts(Category::Utility, false)),
-            Decision::Hold(HoldReason::SenderUnavailable)
+            Decision::Hold(Reason::SenderUnavailable)
         );
         let mut s = healthy();
         s.sender.marketing_paused = true;
         assert_eq!(
             decide(&s, &MARKETING),
-            Decision::Hold(HoldReason::MarketingPaused)
+            Decision::Hold(Reason::MarketingPaused)
         );
+        // The same rule names a campaign's auto-pause causes.
+        s.sender.quality = Quality::Red;
+        s.sender.paused = true;
+        assert_eq!(
+            s.sender.holds(Category::Marketing).collect::<Vec<_>>(),
+            [Reason::SenderUnavailable, Reason::SenderQualityRed]
+        );
+        assert_eq!(
+            s.sender.holds(Category::Utility).collect::<Vec<_>>(),
+            [Reason::SenderUnavailable]
+        );
+        assert_eq!(healthy().sender.holds(Category::Marketing).count(), 0);
+    }
+
+    #[test]
+    fn template_statuses_read_back_from_what_is_stored() {
+        for raw in [
+            "APPROVED",
+            "PAUSED",
+            "DISABLED",
+            "PENDING",
+            "REJECTED",
+            "IN_APPEAL",
+        ] {
+            assert_eq!(TemplateStatus::parse(raw).as_str(), raw);
+        }
+        assert_eq!(
+            TemplateStatus::parse("reinstated"),
+            TemplateStatus::Approved
+        );
+        assert_eq!(TemplateStatus::parse("paused").to_string(), "PAUSED");
     }
 
     #[test]
     fn template_status_decides() {
         let mut s = healthy();
         s.template = Some(TemplateStatus::Paused);
+        assert_eq!(decide(&s, &MARKETING), Decision::TemplatePaused);
+        s.template_probe = true;
         assert_eq!(
             decide(&s, &MARKETING),
-            Decision::Defer(DeferReason::TemplatePaused, TEMPLATE_PAUSE_RECHECK)
+            Decision::Send {
+                counts_against_tier: true
+            }
         );
+        s.template_probe = false;
         s.template = Some(TemplateStatus::Disabled);
-        assert_eq!(
-            decide(&s, &MARKETING),
-            Decision::Fail(FailReason::TemplateDisabled)
-        );
+        assert_eq!(decide(&s, &MARKETING), fail(Reason::TemplateDisabled, None));
         s.template = Some(TemplateStatus::parse("REJECTED"));
         assert_eq!(
             decide(&s, &MARKETING),
-            Decision::Fail(FailReason::TemplateNotApproved("REJECTED".into()))
+            fail(
+                Reason::TemplateNotApproved,
+                Some("template status REJECTED".into())
+            )
         );
         s.template = Some(TemplateStatus::Unknown);
-        assert_eq!(
-            decide(&s, &MARKETING),
-            Decision::Fail(FailReason::TemplateUnknown)
-        );
+        assert_eq!(decide(&s, &MARKETING), fail(Reason::TemplateUnknown, None));
     }
 
     #[test]
@@ -534,7 +555,7 @@ mod tests {
         s.claimed = true;
         assert_eq!(
             decide(&s, &MARKETING),
-            Decision::Fail(FailReason::OutcomeUnknown)
+            fail(Reason::SendOutcomeUnknown, None)
         );
         let at_least_once = Facts {
             delivery: DeliveryMode::AtLeastOnce,

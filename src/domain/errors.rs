@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use super::reason::Reason;
+
 /// Why a send did not return a message id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendFailure {
@@ -63,8 +65,8 @@ pub enum Disposition {
     FailMarketingOptOut,
     /// A free-form message outside the service window (131047).
     FailOutsideWindow,
-    /// Per-user marketing cap (131049): try this recipient again no earlier than the pause.
-    DeferRecipient(Duration),
+    /// Per-user marketing cap (131049): try this recipient again a day later.
+    DeferRecipient,
     /// The template is paused (132015): hold its sends.
     HoldTemplate,
     /// The template is disabled (132016): fail its sends.
@@ -92,7 +94,7 @@ pub fn classify(failure: &SendFailure) -> Disposition {
             131026 => Disposition::FailUnreachable,
             131050 => Disposition::FailMarketingOptOut,
             131047 => Disposition::FailOutsideWindow,
-            131049 => Disposition::DeferRecipient(Duration::from_secs(24 * 3600)),
+            131049 => Disposition::DeferRecipient,
             132015 => Disposition::HoldTemplate,
             132016 => Disposition::FailTemplateDisabled,
             0 | 3 | 10 | 190 | 368 | 131005 | 131031 | 131042 | 131045 | 133010 | 130497 => {
@@ -105,23 +107,10 @@ pub fn classify(failure: &SendFailure) -> Disposition {
 }
 
 /// Whether a message that ended failed could succeed if sent again (a campaign's retry-failed):
-/// not when the recipient is unreachable, stopped marketing or opted out, not when the send may
-/// have reached Meta (outcome unknown), and not when the message itself is wrong.
-pub fn worth_retrying(code: Option<i64>, reason: Option<&str>) -> bool {
-    if reason.is_some_and(|r| {
-        matches!(
-            r,
-            "recipient_unreachable"
-                | "recipient_stopped_marketing"
-                | "recipient_opted_out"
-                | "recipient_suppressed"
-                | "no_marketing_opt_in"
-                | "send_outcome_unknown"
-                | "template_disabled"
-                | "template_unknown"
-                | "template_not_approved"
-        )
-    }) {
+/// not when its reason says it cannot ([`Reason::worth_retrying`]), and not when Meta's code says
+/// the recipient or the message itself is the problem.
+pub fn worth_retrying(code: Option<i64>, reason: Option<Reason>) -> bool {
+    if reason.is_some_and(|r| !r.worth_retrying()) {
         return false;
     }
     let Some(code) = code else { return true };
@@ -170,19 +159,22 @@ mod tests {
 
     #[test]
     fn only_failures_that_can_succeed_are_worth_retrying() {
-        assert!(worth_retrying(Some(131000), Some("attempts_exhausted")));
-        assert!(worth_retrying(Some(500), Some("attempts_exhausted")));
-        assert!(worth_retrying(Some(130429), Some("throttled_too_often")));
-        assert!(worth_retrying(None, Some("redelivered_too_often")));
-        assert!(!worth_retrying(Some(131026), Some("recipient_unreachable")));
+        use Reason::*;
+        assert!(worth_retrying(Some(131000), Some(AttemptsExhausted)));
+        assert!(worth_retrying(Some(500), Some(AttemptsExhausted)));
+        assert!(worth_retrying(Some(130429), Some(ThrottledTooOften)));
+        assert!(worth_retrying(None, Some(RedeliveredTooOften)));
+        assert!(!worth_retrying(Some(131026), Some(RecipientUnreachable)));
         assert!(!worth_retrying(Some(131026), None));
         assert!(!worth_retrying(
             Some(131050),
-            Some("recipient_stopped_marketing")
+            Some(RecipientStoppedMarketing)
         ));
-        assert!(!worth_retrying(None, Some("recipient_opted_out")));
-        assert!(!worth_retrying(None, Some("send_outcome_unknown")));
-        assert!(!worth_retrying(Some(132001), Some("rejected_by_cloud_api")));
+        assert!(!worth_retrying(None, Some(RecipientOptedOut)));
+        assert!(!worth_retrying(None, Some(SendOutcomeUnknown)));
+        assert!(!worth_retrying(Some(132001), Some(RejectedByCloudApi)));
+        // Recorded by the decision for a template missing from the registry.
+        assert!(!worth_retrying(None, Reason::parse("unknown_template")));
     }
 
     #[test]
@@ -233,9 +225,7 @@ mod tests {
         }
         assert_eq!(classify(&api(131048)), Disposition::PauseMarketing);
         assert_eq!(classify(&api(132015)), Disposition::HoldTemplate);
-        assert!(
-            matches!(classify(&api(131049)), Disposition::DeferRecipient(d) if d >= Duration::from_secs(86_400))
-        );
+        assert_eq!(classify(&api(131049)), Disposition::DeferRecipient);
     }
 
     #[test]

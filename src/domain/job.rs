@@ -59,6 +59,59 @@ pub enum JobError {
 }
 
 impl SendJob {
+    /// A job as it first enters a lane: no attempt, throttle or deferral yet, due now, at most
+    /// once. A job with a template is a template message; one without is free-form.
+    pub fn new(
+        id: Uuid,
+        sender: String,
+        recipient: String,
+        category: Category,
+        template: Option<TemplateRef>,
+        body: Box<RawValue>,
+        enqueued_at_ms: i64,
+    ) -> SendJob {
+        SendJob {
+            v: JOB_VERSION,
+            id,
+            sender,
+            recipient,
+            category,
+            free_form: template.is_none(),
+            template,
+            delivery: DeliveryMode::AtMostOnce,
+            attempt: 0,
+            throttles: 0,
+            deferrals: 0,
+            enqueued_at_ms,
+            not_before_ms: 0,
+            campaign: None,
+            body,
+        }
+    }
+
+    pub fn with_delivery(mut self, delivery: DeliveryMode) -> SendJob {
+        self.delivery = delivery;
+        self
+    }
+
+    /// A message of a campaign: handed back when it is paused, cancelled when it is cancelled.
+    pub fn in_campaign(mut self, campaign: Uuid) -> SendJob {
+        self.campaign = Some(campaign);
+        self
+    }
+
+    /// A message going round again with the attempts its row already counts.
+    pub fn with_attempts(mut self, attempt: u32) -> SendJob {
+        self.attempt = attempt;
+        self
+    }
+
+    /// Not to be sent before this instant (ms since the epoch).
+    pub fn not_before(mut self, not_before_ms: i64) -> SendJob {
+        self.not_before_ms = not_before_ms;
+        self
+    }
+
     pub fn lane(&self) -> Lane {
         self.category.lane()
     }
@@ -82,23 +135,15 @@ mod tests {
     use super::*;
 
     pub(crate) fn sample() -> SendJob {
-        SendJob {
-            v: JOB_VERSION,
-            id: Uuid::now_v7(),
-            sender: "1065550001".into(),
-            recipient: "5215512345678".into(),
-            category: Category::Marketing,
-            template: Some(TemplateRef { name: "promo".into(), language: "es_MX".into() }),
-            free_form: false,
-            delivery: DeliveryMode::AtMostOnce,
-            attempt: 0,
-            throttles: 0,
-            deferrals: 0,
-            enqueued_at_ms: 1_700_000_000_000,
-            not_before_ms: 0,
-            campaign: None,
-            body: RawValue::from_string(r#"{"messaging_product":"whatsapp","to":"5215512345678","type":"template","template":{"name":"promo","language":{"code":"es_MX"}}}"#.into()).unwrap(),
-        }
+        SendJob::new(
+            Uuid::now_v7(),
+            "1065550001".into(),
+            "5215512345678".into(),
+            Category::Marketing,
+            Some(TemplateRef { name: "promo".into(), language: "es_MX".into() }),
+            RawValue::from_string(r#"{"messaging_product":"whatsapp","to":"5215512345678","type":"template","template":{"name":"promo","language":{"code":"es_MX"}}}"#.into()).unwrap(),
+            1_700_000_000_000,
+        )
     }
 
     #[test]
@@ -108,6 +153,11 @@ mod tests {
         assert_eq!(back.id, job.id);
         assert_eq!(back.body.get(), job.body.get());
         assert_eq!(back.lane(), Lane::Marketing);
+        assert!(!back.free_form);
+        assert_eq!(
+            (back.attempt, back.not_before_ms, back.campaign),
+            (0, 0, None)
+        );
     }
 
     #[test]

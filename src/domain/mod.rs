@@ -6,11 +6,15 @@
 pub mod campaign;
 pub mod csv;
 pub mod decision;
+pub mod duration;
 pub mod errors;
 pub mod job;
 pub mod message;
 pub mod pacing;
 pub mod phone;
+pub mod policy;
+pub mod reason;
+pub mod refusal;
 pub mod retry;
 pub mod tier;
 pub mod webhook;
@@ -46,11 +50,24 @@ impl Category {
         }
     }
 
+    /// A template's category as Meta names it (any case): marketing, utility or authentication.
+    /// Service is not a template category.
+    pub fn of_template(raw: &str) -> Option<Category> {
+        Category::parse(raw).filter(|c| *c != Category::Service)
+    }
+
     pub fn lane(self) -> Lane {
         match self {
             Category::Marketing => Lane::Marketing,
             _ => Lane::Transactional,
         }
+    }
+}
+
+impl TryFrom<String> for Category {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Category, String> {
+        Category::parse(&raw).ok_or_else(|| format!("unknown category {raw}"))
     }
 }
 

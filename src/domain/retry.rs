@@ -55,7 +55,7 @@ pub fn delay_step(steps: &[Duration], wait: Duration) -> Duration {
 pub fn parse_steps(raw: &str) -> Result<Vec<Duration>, String> {
     let mut steps = raw
         .split(',')
-        .map(|s| crate::config::parse_duration(s.trim()))
+        .map(|s| super::duration::parse_duration(s.trim()))
         .collect::<Result<Vec<_>, _>>()?;
     steps.sort();
     steps.dedup();

@@ -6,6 +6,7 @@
 
 use serde_json::Value;
 
+use super::reason::Reason;
 use super::tier::Tier;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -411,7 +412,7 @@ pub fn template_status(event: &str, title: Option<&str>) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailedStatus {
     /// Record the failure with this reason.
-    Fail(&'static str),
+    Fail(Reason),
     /// 131026: fail, and suppress the recipient when configured.
     Unreachable,
     /// 131050: fail, and record a marketing opt-out.
@@ -425,21 +426,21 @@ pub fn failed_status(code: Option<i64>) -> FailedStatus {
         Some(131026) => FailedStatus::Unreachable,
         Some(131050) => FailedStatus::StoppedMarketing,
         Some(131049) => FailedStatus::RetryAfterCap,
-        Some(131047) => FailedStatus::Fail("outside_customer_service_window"),
-        Some(132015) => FailedStatus::Fail("template_paused"),
-        Some(132016) => FailedStatus::Fail("template_disabled"),
-        Some(130472) => FailedStatus::Fail("experiment_holdout"),
-        _ => FailedStatus::Fail("undelivered"),
+        Some(131047) => FailedStatus::Fail(Reason::OutsideServiceWindow),
+        Some(132015) => FailedStatus::Fail(Reason::TemplatePaused),
+        Some(132016) => FailedStatus::Fail(Reason::TemplateDisabled),
+        Some(130472) => FailedStatus::Fail(Reason::ExperimentHoldout),
+        _ => FailedStatus::Fail(Reason::Undelivered),
     }
 }
 
 impl FailedStatus {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Reason {
         match self {
             FailedStatus::Fail(r) => r,
-            FailedStatus::Unreachable => "recipient_unreachable",
-            FailedStatus::StoppedMarketing => "recipient_stopped_marketing",
-            FailedStatus::RetryAfterCap => "recipient_marketing_cap",
+            FailedStatus::Unreachable => Reason::RecipientUnreachable,
+            FailedStatus::StoppedMarketing => Reason::RecipientStoppedMarketing,
+            FailedStatus::RetryAfterCap => Reason::RecipientMarketingCap,
         }
     }
 }
@@ -732,10 +733,10 @@ mod tests {
         assert_eq!(failed_status(Some(131050)), FailedStatus::StoppedMarketing);
         assert_eq!(failed_status(Some(131049)), FailedStatus::RetryAfterCap);
         assert_eq!(
-            failed_status(Some(131047)).reason(),
+            failed_status(Some(131047)).reason().code(),
             "outside_customer_service_window"
         );
-        assert_eq!(failed_status(None).reason(), "undelivered");
+        assert_eq!(failed_status(None).reason().code(), "undelivered");
     }
 }
 

@@ -8,6 +8,9 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::domain::Category;
+use crate::domain::campaign::CampaignState;
+use crate::domain::reason::Reason;
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
 pub struct Campaign {
@@ -15,7 +18,8 @@ pub struct Campaign {
     pub name: String,
     pub template_name: String,
     pub template_language: String,
-    pub category: String,
+    #[sqlx(try_from = "String")]
+    pub category: Category,
     pub senders: Vec<String>,
     pub audience: Json<Value>,
     pub variables: Json<Value>,
@@ -23,7 +27,8 @@ pub struct Campaign {
     pub quiet_hours: Option<Json<Value>>,
     pub end_by: Option<DateTime<Utc>>,
     pub rate_cap: Option<i32>,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: CampaignState,
     pub paused_by: Option<String>,
     pub pause_causes: Vec<String>,
     pub planned: bool,
@@ -58,7 +63,7 @@ pub async fn insert_campaign(pool: &PgPool, c: &Campaign) -> Result<(), StoreErr
     .bind(&c.name)
     .bind(&c.template_name)
     .bind(&c.template_language)
-    .bind(&c.category)
+    .bind(c.category.as_str())
     .bind(&c.senders)
     .bind(&c.audience)
     .bind(&c.variables)
@@ -97,8 +102,8 @@ pub async fn list_campaigns(pool: &PgPool, limit: i64) -> Result<Vec<Campaign>, 
 /// A state change, made only from one of `from`, recorded in `campaign_events` in the same
 /// transaction. None when the campaign was not in one of those states.
 pub struct StateChange<'a> {
-    pub from: &'a [&'a str],
-    pub to: &'a str,
+    pub from: &'a [CampaignState],
+    pub to: CampaignState,
     pub paused_by: Option<&'a str>,
     pub causes: &'a [String],
     pub event: &'a str,
@@ -120,8 +125,8 @@ pub async fn change_state(
         campaign_columns!()
     ))
     .bind(id)
-    .bind(change.from)
-    .bind(change.to)
+    .bind(change.from.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+    .bind(change.to.as_str())
     .bind(change.paused_by)
     .bind(change.causes)
     .bind(change.event)
@@ -225,7 +230,7 @@ pub async fn plan_chunk(
     .bind(messages.iter().map(|m| m.sender.clone()).collect::<Vec<_>>())
     .bind(messages.iter().map(|m| m.recipient.clone()).collect::<Vec<_>>())
     .bind(messages.iter().map(|m| m.body.clone()).collect::<Vec<_>>())
-    .bind(&campaign.category)
+    .bind(campaign.category.as_str())
     .bind(&campaign.template_name)
     .bind(&campaign.template_language)
     .bind(campaign.id)
@@ -311,12 +316,13 @@ pub async fn handed_between(
     Ok(sqlx::query_as::<_, Handoff>(concat!(
         handoff_columns!(),
         " WHERE campaign_id = $1 AND campaign_seq > $2 AND campaign_seq <= $3
-           AND (status = 'queued' OR (status = 'deferred' AND status_reason = 'quiet_hours'))
+           AND (status = 'queued' OR (status = 'deferred' AND status_reason = $4))
          ORDER BY campaign_seq"
     ))
     .bind(campaign)
     .bind(from)
     .bind(through)
+    .bind(Reason::QuietHours.code())
     .fetch_all(pool)
     .await?)
 }
@@ -339,7 +345,7 @@ pub async fn mark_handed(
         sqlx::query(
             "UPDATE messages SET
                  status = CASE WHEN $2::timestamptz IS NULL THEN 'queued' ELSE 'deferred' END,
-                 status_reason = CASE WHEN $2::timestamptz IS NULL THEN NULL ELSE 'quiet_hours' END,
+                 status_reason = CASE WHEN $2::timestamptz IS NULL THEN NULL ELSE $6 END,
                  not_before = $2, updated_at = now()
              WHERE campaign_id = $1 AND status = 'planned'
                AND campaign_seq > $3 AND campaign_seq <= $4 AND id = ANY($5)",
@@ -349,6 +355,7 @@ pub async fn mark_handed(
         .bind(claimed_after)
         .bind(claimed_through)
         .bind(ids)
+        .bind(Reason::QuietHours.code())
         .execute(&mut *tx)
         .await?;
     }
@@ -409,14 +416,14 @@ pub async fn counts(
 pub async fn cancel_planned(
     pool: &PgPool,
     campaign: Uuid,
-    reason: &str,
+    reason: Reason,
 ) -> Result<u64, StoreError> {
     Ok(sqlx::query(
         "UPDATE messages SET status = 'cancelled', status_reason = $2, updated_at = now()
          WHERE campaign_id = $1 AND status = 'planned'",
     )
     .bind(campaign)
-    .bind(reason)
+    .bind(reason.code())
     .execute(pool)
     .await?
     .rows_affected())
@@ -459,12 +466,13 @@ pub async fn requeue_failed(
     ids: &[Uuid],
 ) -> Result<u64, StoreError> {
     Ok(sqlx::query(
-        "UPDATE messages SET status = 'planned', status_reason = 'retry_requested', not_before = NULL,
+        "UPDATE messages SET status = 'planned', status_reason = $3, not_before = NULL,
              updated_at = now()
          WHERE campaign_id = $1 AND id = ANY($2) AND status = 'failed'",
     )
     .bind(campaign)
     .bind(ids)
+    .bind(Reason::RetryRequested.code())
     .execute(pool)
     .await?
     .rows_affected())

@@ -2,19 +2,29 @@
 //! message. Message writes go through [`MessageWriter`], which batches concurrent writes into one
 //! statement (group commit) and answers each caller once its row is durable.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
+
+use crate::domain::Category;
+use crate::domain::decision::TemplateStatus;
 
 pub mod campaigns;
 pub mod contacts;
 pub mod events;
+mod messages;
 pub mod webhooks;
+mod writer;
+
+pub use messages::{
+    MessageRow, MessageUpdate, NewMessage, Status, count_by_status, find_by_idempotency_key,
+    get_message, insert_refusal,
+};
+pub(crate) use messages::{changed_columns, message_event_json};
+pub use writer::{MessageWriter, Write, WriterConfig, WriterHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -197,8 +207,10 @@ pub async fn set_sender_paused(
 pub struct Template {
     pub name: String,
     pub language: String,
-    pub category: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub category: Category,
+    #[sqlx(try_from = "String")]
+    pub status: TemplateStatus,
     /// Parameter slots the template needs (`body.1`, `header.1`, `button.0.1`, ...).
     #[serde(default)]
     pub parameters: Vec<String>,
@@ -212,8 +224,8 @@ pub async fn upsert_template(pool: &PgPool, t: &Template) -> Result<(), StoreErr
     )
     .bind(&t.name)
     .bind(&t.language)
-    .bind(&t.category)
-    .bind(&t.status)
+    .bind(t.category.as_str())
+    .bind(t.status.as_str())
     .bind(&t.parameters)
     .execute(pool)
     .await?;
@@ -320,443 +332,4 @@ pub async fn find_api_key(pool: &PgPool, hash: &[u8]) -> Result<Option<ApiKey>, 
     .bind(hash)
     .fetch_optional(pool)
     .await?)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Messages
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewMessage {
-    pub id: Uuid,
-    pub idempotency_key: Option<String>,
-    pub api_key_id: Option<Uuid>,
-    pub sender: String,
-    pub recipient: String,
-    pub category: String,
-    pub message_type: String,
-    pub template_name: Option<String>,
-    pub template_language: Option<String>,
-    pub delivery: String,
-    /// The Cloud API body as sent, kept so the message can be sent again later.
-    pub body: String,
-}
-
-/// Message states in the order they may follow one another; a write never moves a message back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// A campaign message written at planning, not yet handed to RabbitMQ (or handed back on pause).
-    Planned,
-    Queued,
-    Deferred,
-    Sent,
-    Failed,
-    Skipped,
-    /// Its campaign was cancelled or reached its end-by time before it was sent.
-    Cancelled,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Planned => "planned",
-            Status::Queued => "queued",
-            Status::Deferred => "deferred",
-            Status::Sent => "sent",
-            Status::Failed => "failed",
-            Status::Skipped => "skipped",
-            Status::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Status::Sent | Status::Failed | Status::Skipped | Status::Cancelled
-        )
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageUpdate {
-    pub id: Uuid,
-    pub status: Status,
-    pub reason: Option<String>,
-    pub wamid: Option<String>,
-    pub attempts: i32,
-    pub error_code: Option<i64>,
-    pub error: Option<String>,
-    pub not_before: Option<DateTime<Utc>>,
-}
-
-impl MessageUpdate {
-    pub fn new(id: Uuid, status: Status, attempts: u32) -> MessageUpdate {
-        MessageUpdate {
-            id,
-            status,
-            reason: None,
-            wamid: None,
-            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
-            error_code: None,
-            error: None,
-            not_before: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
-pub struct MessageRow {
-    pub id: Uuid,
-    pub sender: String,
-    pub recipient: String,
-    pub category: String,
-    pub message_type: String,
-    pub template_name: Option<String>,
-    pub template_language: Option<String>,
-    pub status: String,
-    pub status_reason: Option<String>,
-    pub wamid: Option<String>,
-    pub attempts: i32,
-    pub last_error_code: Option<i64>,
-    pub last_error: Option<String>,
-    pub not_before: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub sent_at: Option<DateTime<Utc>>,
-    pub delivered_at: Option<DateTime<Utc>>,
-    pub read_at: Option<DateTime<Utc>>,
-    pub replied_at: Option<DateTime<Utc>>,
-    pub pricing_type: Option<String>,
-    pub pricing_category: Option<String>,
-}
-
-macro_rules! message_columns {
-    () => {
-        "id, sender, recipient, category, message_type, template_name, template_language, status, status_reason,
-         wamid, attempts, last_error_code, last_error, not_before, created_at, updated_at, sent_at,
-         delivered_at, read_at, replied_at, pricing_type, pricing_category"
-    };
-}
-
-/// The lifecycle event of a changed message row `c`, as JSON (schema `pregon.event.v1`).
-macro_rules! message_event_json {
-    ($type:literal) => {
-        concat!(
-            "jsonb_build_object('schema', 'pregon.event.v1', 'id', gen_random_uuid(), 'type', ",
-            $type,
-            ", 'occurred_at', now(), 'message', jsonb_build_object(
-                'id', c.id, 'sender', c.sender, 'recipient', c.recipient, 'category', c.category,
-                'type', c.message_type, 'template', c.template_name, 'language', c.template_language,
-                'status', c.status, 'reason', c.status_reason, 'wamid', c.wamid, 'attempts', c.attempts,
-                'error_code', c.last_error_code, 'error', c.last_error, 'not_before', c.not_before,
-                'pricing', CASE WHEN c.pricing_type IS NULL THEN NULL ELSE jsonb_build_object(
-                    'model', c.pricing_model, 'type', c.pricing_type, 'category', c.pricing_category,
-                    'billable', c.billable) END))"
-        )
-    };
-}
-pub(crate) use message_event_json;
-
-/// Columns a changed-row CTE returns so [`message_event_json`] can describe it.
-macro_rules! changed_columns {
-    () => {
-        "m.id, m.sender, m.recipient, m.category, m.message_type, m.template_name, m.template_language,
-         m.status, m.status_reason, m.wamid, m.attempts, m.last_error_code, m.last_error, m.not_before,
-         m.pricing_model, m.pricing_type, m.pricing_category, m.billable, m.api_key_id"
-    };
-}
-pub(crate) use changed_columns;
-
-pub async fn get_message(pool: &PgPool, id: Uuid) -> Result<Option<MessageRow>, StoreError> {
-    Ok(sqlx::query_as::<_, MessageRow>(concat!(
-        "SELECT ",
-        message_columns!(),
-        " FROM messages WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?)
-}
-
-pub async fn find_by_idempotency_key(
-    pool: &PgPool,
-    key: &str,
-) -> Result<Option<MessageRow>, StoreError> {
-    Ok(sqlx::query_as::<_, MessageRow>(concat!(
-        "SELECT ",
-        message_columns!(),
-        " FROM messages WHERE idempotency_key = $1"
-    ))
-    .bind(key)
-    .fetch_optional(pool)
-    .await?)
-}
-
-/// Counts of messages by status for one sender (or all), for tests, the demo and the bench.
-pub async fn count_by_status(
-    pool: &PgPool,
-    sender: Option<&str>,
-) -> Result<HashMap<String, i64>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT status, count(*) FROM messages WHERE $1::text IS NULL OR sender = $1 GROUP BY status",
-    )
-    .bind(sender)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
-        .collect())
-}
-
-async fn insert_messages(pool: &PgPool, rows: &[NewMessage]) -> Result<(), StoreError> {
-    fn col<T: Clone>(rows: &[NewMessage], f: impl Fn(&NewMessage) -> T) -> Vec<T> {
-        rows.iter().map(f).collect()
-    }
-    sqlx::query(concat!(
-        "WITH c AS (
-             INSERT INTO messages AS m (id, idempotency_key, api_key_id, sender, recipient, category, message_type,
-                                   template_name, template_language, delivery, body, status)
-             SELECT u.*, 'queued' FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                                    $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) AS u
-             RETURNING ",
-        changed_columns!(),
-        ")
-         INSERT INTO event_outbox (event_type, routing_key, api_key_id, payload)
-         SELECT 'message.queued', 'message.queued.' || c.category, c.api_key_id, ",
-        message_event_json!("'message.queued'"),
-        " FROM c"
-    ))
-    .bind(col(rows, |r| r.id))
-    .bind(col(rows, |r| r.idempotency_key.clone()))
-    .bind(col(rows, |r| r.api_key_id))
-    .bind(col(rows, |r| r.sender.clone()))
-    .bind(col(rows, |r| r.recipient.clone()))
-    .bind(col(rows, |r| r.category.clone()))
-    .bind(col(rows, |r| r.message_type.clone()))
-    .bind(col(rows, |r| r.template_name.clone()))
-    .bind(col(rows, |r| r.template_language.clone()))
-    .bind(col(rows, |r| r.delivery.clone()))
-    .bind(col(rows, |r| r.body.clone()))
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Applies updates in one statement, with a lifecycle event for each row whose state changed. A
-/// final state is never replaced by a non-final one, so a late "deferred" can never hide a "sent",
-/// and what webhooks reported (delivered, read) is never overwritten by the worker.
-async fn update_messages(pool: &PgPool, updates: &[MessageUpdate]) -> Result<(), StoreError> {
-    fn col<T: Clone>(rows: &[MessageUpdate], f: impl Fn(&MessageUpdate) -> T) -> Vec<T> {
-        rows.iter().map(f).collect()
-    }
-    sqlx::query(concat!(
-        "WITH c AS (
-         UPDATE messages m SET
-             status = u.status,
-             status_reason = u.reason,
-             wamid = COALESCE(u.wamid, m.wamid),
-             attempts = GREATEST(m.attempts, u.attempts),
-             last_error_code = COALESCE(u.error_code, m.last_error_code),
-             last_error = COALESCE(u.error, m.last_error),
-             not_before = u.not_before,
-             sent_at = CASE WHEN u.status = 'sent' THEN COALESCE(m.sent_at, now()) ELSE m.sent_at END,
-             updated_at = now()
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[],
-                     $8::timestamptz[])
-              AS u(id, status, reason, wamid, attempts, error_code, error, not_before)
-              JOIN messages old ON old.id = u.id
-         WHERE m.id = u.id
-           AND m.status NOT IN ('delivered', 'read', 'cancelled')
-           AND (m.status NOT IN ('sent', 'failed', 'skipped') OR u.status IN ('sent', 'failed', 'skipped'))
-         RETURNING ",
-        changed_columns!(),
-        ", old.status AS old_status)
-         INSERT INTO event_outbox (event_type, routing_key, api_key_id, payload)
-         SELECT 'message.' || c.status, 'message.' || c.status || '.' || c.category, c.api_key_id, ",
-        message_event_json!("'message.' || c.status"),
-        " FROM c WHERE c.status IS DISTINCT FROM c.old_status AND c.status <> 'planned'"
-    ))
-    .bind(col(updates, |u| u.id))
-    .bind(col(updates, |u| u.status.as_str().to_string()))
-    .bind(col(updates, |u| u.reason.clone()))
-    .bind(col(updates, |u| u.wamid.clone()))
-    .bind(col(updates, |u| u.attempts))
-    .bind(col(updates, |u| u.error_code))
-    .bind(col(updates, |u| u.error.clone()))
-    .bind(col(updates, |u| u.not_before))
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-pub async fn insert_refusal(
-    pool: &PgPool,
-    code: &str,
-    field: Option<&str>,
-    reason: &str,
-    payload: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO ingest_refusals (code, field, reason, payload) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(code)
-    .bind(field)
-    .bind(reason)
-    .bind(payload)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Group-commit writer
-
-pub enum Write {
-    Insert(Vec<NewMessage>),
-    Update(MessageUpdate),
-}
-
-struct Pending {
-    write: Write,
-    done: oneshot::Sender<Result<(), StoreError>>,
-}
-
-/// Batches message writes from many tasks into few statements. `write` returns once the rows are
-/// committed, so callers can acknowledge RabbitMQ or answer HTTP knowing the record is durable.
-#[derive(Clone)]
-pub struct MessageWriter {
-    tx: mpsc::Sender<Pending>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct WriterConfig {
-    pub batch_size: usize,
-    pub linger: Duration,
-}
-
-impl MessageWriter {
-    /// Starts the writer task. It runs until [`WriterHandle::close`] (or until every
-    /// `MessageWriter` clone is dropped), and flushes what it was given before it ends.
-    pub fn spawn(pool: PgPool, config: WriterConfig) -> (MessageWriter, WriterHandle) {
-        let (tx, rx) = mpsc::channel(config.batch_size * 4);
-        let (close, closed) = oneshot::channel();
-        let join = tokio::spawn(run_writer(pool, rx, closed, config));
-        (MessageWriter { tx }, WriterHandle { close, join })
-    }
-
-    pub async fn write(&self, write: Write) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Pending { write, done })
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        wait.await.unwrap_or(Err(StoreError::WriterGone))
-    }
-
-    pub async fn insert(&self, rows: Vec<NewMessage>) -> Result<(), StoreError> {
-        self.write(Write::Insert(rows)).await
-    }
-
-    pub async fn update(&self, update: MessageUpdate) -> Result<(), StoreError> {
-        self.write(Write::Update(update)).await
-    }
-}
-
-/// Stops a writer after it has flushed everything already handed to it.
-pub struct WriterHandle {
-    close: oneshot::Sender<()>,
-    join: tokio::task::JoinHandle<()>,
-}
-
-impl WriterHandle {
-    pub async fn close(self) {
-        let _ = self.close.send(());
-        let _ = self.join.await;
-    }
-}
-
-async fn run_writer(
-    pool: PgPool,
-    mut rx: mpsc::Receiver<Pending>,
-    mut closed: oneshot::Receiver<()>,
-    config: WriterConfig,
-) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(config.batch_size);
-    let mut closing = false;
-    loop {
-        let first = tokio::select! {
-            biased;
-            p = rx.recv() => p,
-            asked = &mut closed, if !closing => {
-                closing = true;
-                // Asked to close: take no new writes; those already queued are still flushed.
-                // A dropped handle only means nobody will ask: run until the writers are gone.
-                if asked.is_ok() {
-                    rx.close();
-                }
-                continue;
-            }
-        };
-        let Some(first) = first else { break };
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + config.linger;
-        while batch.len() < config.batch_size {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(p)) => batch.push(p),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        flush(&pool, &mut batch).await;
-    }
-}
-
-async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) {
-    let mut inserts = Vec::new();
-    // Keep only the last update per message: one statement cannot update a row twice.
-    let mut updates: Vec<MessageUpdate> = Vec::new();
-    let mut position: HashMap<Uuid, usize> = HashMap::new();
-    for pending in batch.iter() {
-        match &pending.write {
-            Write::Insert(rows) => inserts.extend(rows.iter().cloned()),
-            Write::Update(u) => match position.get(&u.id) {
-                Some(&i) => updates[i] = u.clone(),
-                None => {
-                    position.insert(u.id, updates.len());
-                    updates.push(u.clone());
-                }
-            },
-        }
-    }
-    let mut result = Ok(());
-    if !inserts.is_empty() {
-        result = insert_messages(pool, &inserts).await;
-        if let Err(e) = &result
-            && e.is_unique_violation()
-            && batch.len() > 1
-        {
-            // One caller's duplicate key must not fail its neighbours: write one by one.
-            return flush_one_by_one(pool, batch).await;
-        }
-    }
-    if result.is_ok() && !updates.is_empty() {
-        result = update_messages(pool, &updates).await;
-    }
-    if let Err(e) = &result {
-        tracing::error!(error = %e, rows = batch.len(), "message batch write failed");
-    }
-    for pending in batch.drain(..) {
-        let _ = pending
-            .done
-            .send(result.as_ref().map(|_| ()).map_err(StoreError::for_callers));
-    }
-}
-
-async fn flush_one_by_one(pool: &PgPool, batch: &mut Vec<Pending>) {
-    for pending in batch.drain(..) {
-        let result = match &pending.write {
-            Write::Insert(rows) => insert_messages(pool, rows).await,
-            Write::Update(u) => update_messages(pool, std::slice::from_ref(u)).await,
-        };
-        let _ = pending.done.send(result.map_err(|e| e.for_callers()));
-    }
 }

@@ -193,7 +193,7 @@ pub async fn insert_statuses(
     .bind(statuses.iter().map(|s| s.error_code).collect::<Vec<_>>())
     .bind(col(&|s| s.error_title.clone()))
     .bind(col(&|s| {
-        (s.status == "failed").then(|| failed_status(s.error_code).reason().to_string())
+        (s.status == "failed").then(|| failed_status(s.error_code).reason().code().to_string())
     }))
     .bind(statuses.iter().map(|s| s.pricing.clone()).collect::<Vec<_>>())
     .fetch_all(pool)

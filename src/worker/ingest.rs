@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::app::{Services, Shutdown};
 use crate::domain::DeliveryMode;
+use crate::domain::refusal::{Refusal, RefusalKind};
 use crate::enqueue::{self, EnqueueError, Request};
 use crate::store;
 
@@ -50,7 +51,7 @@ async fn consume(services: &Services, stop: &mut Shutdown) -> Result<(), crate::
     let (channel, mut consumer) = crate::queue::consume(
         &services.amqp,
         &services.names.ingest(),
-        &format!("{}-ingest", super::worker_id()),
+        &format!("{}-ingest", super::owner()),
         prefetch,
     )
     .await?;
@@ -146,19 +147,18 @@ async fn handle(services: &Services, data: &[u8]) -> bool {
         Ok(_) => true,
         // The same key is being enqueued right now by another delivery: try again shortly, when
         // it will be answered as a replay instead of refused.
-        Err(EnqueueError::Refused { status: 409, .. }) => false,
-        Err(EnqueueError::Refused {
+        Err(EnqueueError::Refused(r)) if r.kind == RefusalKind::Conflict => false,
+        Err(EnqueueError::Refused(Refusal {
             code,
             field,
             message,
             ..
-        }) => {
+        })) => {
             // Fields of the Cloud API body live under `message` in the envelope.
-            let field = match field.as_str() {
-                "" => None,
-                "phone_number_id" => Some(field),
-                _ => Some(format!("message.{field}")),
-            };
+            let field = field.map(|f| match f.as_str() {
+                "phone_number_id" => f,
+                _ => format!("message.{f}"),
+            });
             refuse(code, field, message).await
         }
         Err(e) => {

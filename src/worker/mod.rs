@@ -2,6 +2,7 @@
 //! consumes the direct-ingest queue, runs webhook processing, the event relay and callback
 //! deliveries beside them, and keeps lane-depth and tier-usage gauges current.
 
+mod campaigns;
 mod ingest;
 pub mod pacing;
 mod sender;
@@ -22,21 +23,31 @@ struct Running {
     handle: JoinHandle<Result<(), WorkerError>>,
 }
 
-/// A name unique to this worker process, used as lease owner and consumer tag.
-pub fn worker_id() -> String {
-    format!(
-        "worker-{}-{}",
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    )
+/// The lease owner and consumer-tag prefix of this process's worker tasks.
+pub fn owner() -> String {
+    format!("worker-{}", crate::instance_id())
+}
+
+/// The work beside dispatching that only needs PostgreSQL and RabbitMQ: webhook processing, the
+/// event relay and HTTP callbacks (also run alone by tests about webhooks).
+pub fn spawn_event_tasks(services: &Services, stop: &Shutdown) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(crate::webhooks::run(services.clone(), stop.clone())),
+        tokio::spawn(crate::events::run_relay(services.clone(), stop.clone())),
+        tokio::spawn(crate::events::run_callbacks(services.clone(), stop.clone())),
+    ]
 }
 
 pub async fn run(services: Services, mut stop: Shutdown) -> Result<(), WorkerError> {
-    let owner = worker_id();
+    let owner = owner();
     let config = services.config.clone();
     let ingest = tokio::spawn(ingest::run(services.clone(), stop.clone()));
-    let mut background = crate::events::spawn_background(&services, &stop);
-    background.push(crate::campaigns::spawn_runner(&services, &stop));
+    let mut background = spawn_event_tasks(&services, &stop);
+    background.push(tokio::spawn(campaigns::run(
+        services.clone(),
+        owner.clone(),
+        stop.clone(),
+    )));
     let mut running: HashMap<String, Running> = HashMap::new();
     let tick = (config.lease_ttl.0 / 3)
         .min(config.sender_refresh.0)

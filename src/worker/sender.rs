@@ -16,12 +16,14 @@ use tokio::time::Instant;
 
 use crate::app::{Services, Shutdown};
 use crate::domain::Lane;
-use crate::domain::decision::{self, CampaignGate, Decision, DeferReason, Facts};
-use crate::domain::errors::{Disposition, SendFailure, classify};
+use crate::domain::decision::{self, CampaignGate, Decision, Facts, TemplateStatus};
+use crate::domain::errors::SendFailure;
 use crate::domain::job::SendJob;
-use crate::domain::retry::{delay_step, pair_rate_backoff};
+use crate::domain::policy::{self, Effect, Outcome, Spent};
+use crate::domain::reason::Reason;
 use crate::queue::{self, QueueError};
 use crate::state::{Reservation, StateError, now_ms};
+use crate::store::webhooks::TemplateField;
 use crate::store::{ConsentEvent, MessageUpdate, PauseSource, Sender, Status, StoreError};
 
 use super::pacing::Pacer;
@@ -80,7 +82,7 @@ impl Shared {
             return *gate;
         }
         let gate = match self.services.state.campaign_state(campaign).await {
-            Ok(state) => CampaignGate::from_state(state.as_deref()),
+            Ok(state) => CampaignGate::from_state(state),
             // The snapshot reads it again before any send.
             Err(_) => CampaignGate::Open,
         };
@@ -211,8 +213,8 @@ pub async fn run(
         if queue::redeliveries(&delivery.properties) >= queue::REDELIVERY_LIMIT {
             // Processes keep dying with this message in hand: stop the cycle, keep the evidence.
             tracing::error!(id = %job.id, "message redelivered too often; dead-lettering it");
-            let mut update = MessageUpdate::new(job.id, Status::Failed, job.attempt);
-            update.reason = Some("redelivered_too_often".into());
+            let update = MessageUpdate::new(job.id, Status::Failed, job.attempt)
+                .because(Reason::RedeliveredTooOften);
             exhaust(&shared, delivery, &job, update).await;
             continue;
         }
@@ -281,7 +283,7 @@ async fn process(
         if wait > Duration::from_secs(30) {
             let mut job = job;
             job.not_before_ms = now_ms() + wait.as_millis() as i64;
-            redelay(shared, delivery, job, wait, Some(DeferReason::PairRate)).await;
+            redelay(shared, delivery, job, wait, Some(Reason::PairRate)).await;
         } else {
             let tx = retry_tx.clone();
             tokio::spawn(async move {
@@ -314,7 +316,7 @@ async fn process(
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "Redis unavailable; holding the lane");
-            hold(shared, lanes, lane, delivery, job, "state_unavailable");
+            hold(shared, lanes, lane, delivery, job, Reason::StateUnavailable);
             return;
         }
     };
@@ -323,23 +325,42 @@ async fn process(
         free_form: job.free_form,
         delivery: job.delivery,
     };
-    match decision::decide(&snapshot, &facts) {
+    let mut snapshot = snapshot;
+    let mut decision = decision::decide(&snapshot, &facts);
+    if decision == Decision::TemplatePaused
+        && let Some(template) = &job.template
+    {
+        // One message per recheck interval, across all workers, finds out whether Meta still
+        // refuses the template; the others wait without being sent.
+        let every = services.config.template_pause_recheck.0;
+        match services
+            .state
+            .claim_template_probe(&template.name, &template.language, every)
+            .await
+        {
+            Ok(true) => {
+                snapshot.template_probe = true;
+                decision = decision::decide(&snapshot, &facts);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not claim the template probe"),
+        }
+    }
+    let probe = snapshot.template_probe;
+    match decision {
         Decision::AlreadySent(wamid) => {
             let mut update = MessageUpdate::new(job.id, Status::Sent, job.attempt.max(1));
             update.wamid = Some(wamid);
             finish(shared, delivery, &job, update, "sent").await;
         }
         Decision::Skip(reason) => {
-            let mut update = MessageUpdate::new(job.id, Status::Skipped, job.attempt);
-            update.reason = Some(reason.code().into());
+            let update = MessageUpdate::new(job.id, Status::Skipped, job.attempt).because(reason);
             finish(shared, delivery, &job, update, "skipped").await;
         }
-        Decision::Fail(reason) => {
-            let mut update = MessageUpdate::new(job.id, Status::Failed, job.attempt);
-            update.reason = Some(reason.code().into());
-            if let decision::FailReason::TemplateNotApproved(status) = &reason {
-                update.error = Some(format!("template status {status}"));
-            }
+        Decision::Fail { reason, detail } => {
+            let mut update =
+                MessageUpdate::new(job.id, Status::Failed, job.attempt).because(reason);
+            update.error = detail;
             services
                 .metrics
                 .failures
@@ -347,18 +368,17 @@ async fn process(
                 .inc();
             finish(shared, delivery, &job, update, "failed").await;
         }
-        Decision::Hold(reason) => hold(shared, lanes, lane, delivery, job, reason.code()),
+        Decision::Hold(reason) => hold(shared, lanes, lane, delivery, job, reason),
         Decision::ReturnToCampaign => {
             settle_for_campaign(shared, delivery, &job, CampaignGate::Paused).await
         }
         Decision::Cancel => {
             settle_for_campaign(shared, delivery, &job, CampaignGate::Stopped).await
         }
-        Decision::Defer(DeferReason::TemplatePaused, _) => {
-            let wait = services.config.template_pause_recheck.0;
-            defer(shared, delivery, job, DeferReason::TemplatePaused, wait).await
+        Decision::TemplatePaused => {
+            let wait = services.derived.post_send.template_pause_recheck;
+            defer(shared, delivery, job, Reason::TemplatePaused, wait, None).await
         }
-        Decision::Defer(reason, wait) => defer(shared, delivery, job, reason, wait).await,
         Decision::Send {
             counts_against_tier,
         } => {
@@ -401,14 +421,22 @@ async fn process(
                     };
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        send(&shared, delivery, job).await;
+                        send(&shared, delivery, job, probe).await;
                         drop(permit);
                     });
                 }
                 Ok(Reservation::TierFull { frees_at_ms }) => {
                     let wait =
                         Duration::from_millis(u64::try_from(frees_at_ms - now_ms()).unwrap_or(0));
-                    defer(shared, delivery, job, DeferReason::TierExhausted, wait).await;
+                    defer(
+                        shared,
+                        delivery,
+                        job,
+                        Reason::MessagingLimitReached,
+                        wait,
+                        None,
+                    )
+                    .await;
                 }
                 Ok(Reservation::AlreadyClaimed) => {
                     tracing::warn!(id = %job.id, "send already claimed by another delivery; dropping this copy");
@@ -416,7 +444,7 @@ async fn process(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Redis unavailable; holding the lane");
-                    hold(shared, lanes, lane, delivery, job, "state_unavailable");
+                    hold(shared, lanes, lane, delivery, job, Reason::StateUnavailable);
                 }
             }
         }
@@ -432,11 +460,10 @@ async fn settle_for_campaign(
     gate: CampaignGate,
 ) {
     let (status, reason, outcome) = match gate {
-        CampaignGate::Stopped => (Status::Cancelled, "campaign_cancelled", "cancelled"),
-        _ => (Status::Planned, "campaign_paused", "returned"),
+        CampaignGate::Stopped => (Status::Cancelled, Reason::CampaignCancelled, "cancelled"),
+        _ => (Status::Planned, Reason::CampaignPaused, "returned"),
     };
-    let mut update = MessageUpdate::new(job.id, status, job.attempt);
-    update.reason = Some(reason.into());
+    let update = MessageUpdate::new(job.id, status, job.attempt).because(reason);
     finish(shared, delivery, job, update, outcome).await;
 }
 
@@ -450,21 +477,22 @@ fn hold(
     lane: Lane,
     delivery: Delivery,
     job: SendJob,
-    reason: &str,
+    reason: Reason,
 ) {
     shared
         .services
         .metrics
         .holds
-        .with_label_values(&[shared.id.as_str(), reason])
+        .with_label_values(&[shared.id.as_str(), reason.code()])
         .inc();
     let state = &mut lanes[lane.index()];
     state.held = Some((delivery, job));
     state.hold_until = Some(Instant::now() + shared.services.config.hold_recheck.0);
 }
 
-/// Sends one message and acts on the answer. Runs concurrently, bounded per sender.
-async fn send(shared: &Shared, delivery: Delivery, job: SendJob) {
+/// Sends one message and acts on the answer. Runs concurrently, bounded per sender. A `probe`
+/// is the one message let through to a paused template: accepted, it shows the pause is over.
+async fn send(shared: &Shared, delivery: Delivery, job: SendJob, probe: bool) {
     let services = &shared.services;
     let started = std::time::Instant::now();
     let sender = shared.sender();
@@ -482,6 +510,15 @@ async fn send(shared: &Shared, delivery: Delivery, job: SendJob) {
                 .observe(started.elapsed().as_secs_f64());
             if let Err(e) = services.state.mark_sent(job.id, &accepted.wamid).await {
                 tracing::warn!(id = %job.id, error = %e, "could not mark the message sent in Redis");
+            }
+            if probe {
+                mark_template(
+                    shared,
+                    &job,
+                    &TemplateStatus::Approved,
+                    "a probe was accepted",
+                )
+                .await;
             }
             let latency = (now_ms() - job.enqueued_at_ms).max(0) as f64 / 1000.0;
             services.metrics.enqueue_to_accepted.observe(latency);
@@ -504,169 +541,152 @@ async fn send(shared: &Shared, delivery: Delivery, job: SendJob) {
     }
 }
 
+/// Carries out what the post-send policy decided about a failed send.
 async fn on_failure(shared: &Shared, delivery: Delivery, mut job: SendJob, failure: SendFailure) {
     let services = &shared.services;
-    let config = &services.config;
-    let attempts = job.attempt + 1;
+    let spent = Spent {
+        attempts: job.attempt,
+        throttles: job.throttles,
+    };
+    let decided = policy::after_failure(
+        &failure,
+        spent,
+        &services.derived.post_send,
+        fastrand::f64(),
+    );
+    tracing::debug!(id = %job.id, %failure, ?decided, "send failed");
+    if let Some(effect) = &decided.effect {
+        carry_out(shared, &job, &failure, effect).await;
+    }
     let label = failure.label();
-    let disposition = classify(&failure);
-    tracing::debug!(id = %job.id, %failure, ?disposition, "send failed");
-    let failed = |reason: &str| {
-        let mut update = MessageUpdate::new(job.id, Status::Failed, attempts);
-        update.reason = Some(reason.to_string());
+    let recorded = |status, attempts, reason: Option<Reason>| {
+        let mut update = MessageUpdate::new(job.id, status, attempts);
+        update.reason = reason.map(|r| r.code().to_string());
         update.error_code = Some(failure.code());
         update.error = Some(failure.to_string());
         update
     };
-    match disposition {
-        Disposition::Retry | Disposition::ThrottleApp | Disposition::RetryAfter(_) => {
-            if attempts >= config.max_attempts {
-                exhaust(shared, delivery, &job, failed("attempts_exhausted")).await;
-                return;
-            }
-            let wait = match disposition {
-                Disposition::RetryAfter(d) => d,
-                Disposition::ThrottleApp => Duration::from_secs(60),
-                _ => services.derived.backoff.delay(attempts, fastrand::f64()),
-            };
+    match decided.outcome {
+        Outcome::Retry {
+            wait,
+            reason,
+            attempts,
+            throttles,
+        } => {
             services.metrics.retries.with_label_values(&[&label]).inc();
+            let update = recorded(Status::Queued, attempts, Some(reason));
             job.attempt = attempts;
+            job.throttles = throttles;
             job.not_before_ms = now_ms() + wait.as_millis() as i64;
-            let mut update = MessageUpdate::new(job.id, Status::Queued, attempts);
-            update.error_code = Some(failure.code());
-            update.error = Some(failure.to_string());
-            update.reason = Some("retrying".into());
-            retry_later(shared, delivery, job, wait, update).await;
+            park(shared, delivery, job, wait, Some(update)).await;
         }
-        Disposition::ThrottleSender | Disposition::ThrottleRecipient => {
-            job.throttles += 1;
-            if job.throttles > config.max_throttles {
-                exhaust(shared, delivery, &job, failed("throttled_too_often")).await;
-                return;
-            }
-            services.metrics.retries.with_label_values(&[&label]).inc();
-            let wait = if disposition == Disposition::ThrottleSender {
-                shared.pacer.slow_down();
-                Duration::from_secs(1)
-            } else {
-                pair_rate_backoff(job.throttles)
-            };
+        Outcome::Defer {
+            wait,
+            reason,
+            attempts,
+        } => {
             job.attempt = attempts;
-            job.not_before_ms = now_ms() + wait.as_millis() as i64;
-            let mut update = MessageUpdate::new(job.id, Status::Queued, attempts);
-            update.error_code = Some(failure.code());
-            update.error = Some(failure.to_string());
-            update.reason = Some("throttled".into());
-            retry_later(shared, delivery, job, wait, update).await;
+            defer(shared, delivery, job, reason, wait, Some(&failure)).await;
         }
-        Disposition::DeferRecipient(wait) => {
-            job.attempt = attempts;
-            defer(
-                shared,
-                delivery,
-                job,
-                DeferReason::RecipientMarketingCap,
-                wait,
-            )
-            .await;
+        Outcome::PutBack { wait } => {
+            // Not the message's fault: no attempt spent, nothing recorded against it.
+            let update = MessageUpdate::new(job.id, Status::Queued, job.attempt);
+            park(shared, delivery, job, wait, Some(update)).await;
         }
-        Disposition::HoldTemplate => {
-            job.attempt = attempts;
-            defer(
-                shared,
-                delivery,
-                job,
-                DeferReason::TemplatePaused,
-                services.config.template_pause_recheck.0,
-            )
-            .await;
+        Outcome::Exhaust { reason, attempts } => {
+            let update = recorded(Status::Failed, attempts, Some(reason));
+            exhaust(shared, delivery, &job, update).await;
         }
-        Disposition::StopSender => {
-            let id = shared.id.clone();
+        Outcome::Fail { reason, attempts } => {
+            services.metrics.failures.with_label_values(&[&label]).inc();
+            let update = recorded(Status::Failed, attempts, Some(reason));
+            finish(shared, delivery, &job, update, "failed").await;
+        }
+    }
+}
+
+/// A failure's effect beyond its message. A failed effect is logged: the message's own outcome
+/// is recorded regardless, and the next answer from Meta brings the effect again.
+async fn carry_out(shared: &Shared, job: &SendJob, failure: &SendFailure, effect: &Effect) {
+    let services = &shared.services;
+    let id = &shared.id;
+    match effect {
+        Effect::SlowDownSender => shared.pacer.slow_down(),
+        Effect::PauseSender => {
             tracing::error!(sender = %id, %failure, "account-level error: pausing the sender; its messages stay queued");
             if let Err(e) = services
-                .set_sender_paused(&id, true, Some(&failure.to_string()), PauseSource::CloudApi)
+                .set_sender_paused(id, true, Some(&failure.to_string()), PauseSource::CloudApi)
                 .await
             {
                 tracing::error!(sender = %id, error = %e, "could not pause the sender");
             }
-            // Not the message's fault: put it back without spending an attempt.
-            let wait = services.config.hold_recheck.0;
-            let update = MessageUpdate::new(job.id, Status::Queued, job.attempt);
-            retry_later(shared, delivery, job, wait, update).await;
         }
-        Disposition::PauseMarketing => {
-            let until = now_ms() + config.marketing_pause_on_spam.0.as_millis() as i64;
-            tracing::error!(sender = %shared.id, "spam rate limit (131048): holding marketing");
-            if let Err(e) = services
-                .state
-                .pause_marketing_until(&shared.id, until)
-                .await
-            {
+        Effect::HoldMarketing(hold) => {
+            tracing::error!(sender = %id, "spam rate limit (131048): holding marketing");
+            let until = now_ms() + hold.as_millis() as i64;
+            if let Err(e) = services.state.pause_marketing_until(id, until).await {
                 tracing::error!(error = %e, "could not hold marketing");
             }
-            let update = MessageUpdate::new(job.id, Status::Queued, job.attempt);
-            retry_later(
-                shared,
-                delivery,
-                job,
-                services.config.hold_recheck.0,
-                update,
-            )
-            .await;
         }
-        Disposition::FailMarketingOptOut => {
+        Effect::OptOutMarketing => {
             let event = ConsentEvent {
                 recipient: job.recipient.clone(),
                 purpose: "marketing".into(),
                 action: "opt_out".into(),
                 source: "whatsapp".into(),
-                evidence: Some(format!("Cloud API error 131050 on message {}", job.id)),
+                evidence: Some(format!(
+                    "Cloud API error {} on message {}",
+                    failure.code(),
+                    job.id
+                )),
                 actor: Some("pregon".into()),
             };
             if let Err(e) = services.record_consent(&[event]).await {
                 tracing::error!(error = %e, "could not record the marketing opt-out");
             }
-            services.metrics.failures.with_label_values(&[&label]).inc();
-            finish(
-                shared,
-                delivery,
-                &job,
-                failed("recipient_stopped_marketing"),
-                "failed",
-            )
-            .await;
         }
-        Disposition::FailUnreachable => {
-            if services.config.suppress_unreachable
-                && let Err(e) = services
-                    .suppress(
-                        &job.recipient,
-                        &format!("Cloud API error {} on message {}", failure.code(), job.id),
-                    )
-                    .await
-            {
+        Effect::SuppressRecipient => {
+            let evidence = format!("Cloud API error {} on message {}", failure.code(), job.id);
+            if let Err(e) = services.suppress(&job.recipient, &evidence).await {
                 tracing::error!(error = %e, "could not suppress the unreachable recipient");
             }
-            services.metrics.failures.with_label_values(&[&label]).inc();
-            finish(
-                shared,
-                delivery,
-                &job,
-                failed("recipient_unreachable"),
-                "failed",
-            )
-            .await;
         }
-        Disposition::Fail | Disposition::FailOutsideWindow | Disposition::FailTemplateDisabled => {
-            let reason = match disposition {
-                Disposition::FailOutsideWindow => "outside_customer_service_window",
-                Disposition::FailTemplateDisabled => "template_disabled",
-                _ => "rejected_by_cloud_api",
-            };
-            services.metrics.failures.with_label_values(&[&label]).inc();
-            finish(shared, delivery, &job, failed(reason), "failed").await;
+        Effect::MarkTemplate(status) => {
+            mark_template(shared, job, status, &failure.to_string()).await;
         }
+    }
+}
+
+/// Marks the job's template in the registry and Redis, unless this process already knows it so
+/// (a burst of answers to the requests in flight would otherwise write it once each).
+async fn mark_template(shared: &Shared, job: &SendJob, status: &TemplateStatus, why: &str) {
+    let Some(template) = &job.template else {
+        return;
+    };
+    let services = &shared.services;
+    let value = status.as_str();
+    if let Ok(Some(known)) = services
+        .catalog
+        .template(&template.name, &template.language)
+        .await
+        && known.status == *status
+    {
+        return;
+    }
+    tracing::warn!(template = %template.name, language = %template.language, status = value, why, "template status from a send's answer");
+    match services
+        .update_template(
+            &template.name,
+            &template.language,
+            TemplateField::Status,
+            value,
+            Some(why),
+            None,
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "could not record the template's status"),
     }
 }
 
@@ -694,12 +714,15 @@ async fn finish(
     }
 }
 
+/// Parks a job until `wait` has passed and records it deferred, with the Cloud API's answer
+/// when a send's failure caused it.
 async fn defer(
     shared: &Shared,
     delivery: Delivery,
     mut job: SendJob,
-    reason: DeferReason,
+    reason: Reason,
     wait: Duration,
+    failure: Option<&SendFailure>,
 ) {
     shared
         .services
@@ -709,43 +732,45 @@ async fn defer(
         .inc();
     job.deferrals += 1;
     job.not_before_ms = now_ms() + wait.as_millis() as i64;
-    redelay(shared, delivery, job, wait, Some(reason)).await;
+    let mut update = deferred(&job, reason);
+    if let Some(failure) = failure {
+        update.error_code = Some(failure.code());
+        update.error = Some(failure.to_string());
+    }
+    count_deferred(shared, &job);
+    park(shared, delivery, job, wait, Some(update)).await;
 }
 
-/// Parks a job in the delay queue closest to `wait`, recording it as deferred when a reason is
-/// given, then acknowledges the original delivery.
+fn deferred(job: &SendJob, reason: Reason) -> MessageUpdate {
+    let mut update = MessageUpdate::new(job.id, Status::Deferred, job.attempt).because(reason);
+    update.not_before = chrono::DateTime::from_timestamp_millis(job.not_before_ms);
+    update
+}
+
+fn count_deferred(shared: &Shared, job: &SendJob) {
+    shared
+        .services
+        .metrics
+        .outcome("deferred", &shared.id, job.category.as_str());
+}
+
+/// Parks a job in the delay queue closest to `wait` (recorded as deferred when a reason is
+/// given), then acknowledges the original delivery.
 async fn redelay(
     shared: &Shared,
     delivery: Delivery,
     job: SendJob,
     wait: Duration,
-    reason: Option<DeferReason>,
+    reason: Option<Reason>,
 ) {
-    let update = reason.map(|r| {
-        let mut u = MessageUpdate::new(job.id, Status::Deferred, job.attempt);
-        u.reason = Some(r.code().into());
-        u.not_before = chrono::DateTime::from_timestamp_millis(job.not_before_ms);
-        u
-    });
+    let update = reason.map(|r| deferred(&job, r));
     if reason.is_some() {
-        shared
-            .services
-            .metrics
-            .outcome("deferred", &shared.id, job.category.as_str());
+        count_deferred(shared, &job);
     }
     park(shared, delivery, job, wait, update).await;
 }
 
-async fn retry_later(
-    shared: &Shared,
-    delivery: Delivery,
-    job: SendJob,
-    wait: Duration,
-    update: MessageUpdate,
-) {
-    park(shared, delivery, job, wait, Some(update)).await;
-}
-
+/// Puts the job in the delay queue closest to `wait`, records the update, then acknowledges.
 async fn park(
     shared: &Shared,
     delivery: Delivery,
@@ -754,12 +779,14 @@ async fn park(
     update: Option<MessageUpdate>,
 ) {
     let services = &shared.services;
-    let step = delay_step(&services.derived.delay_steps, wait);
-    let key = services.names.lane_key(&job.sender, job.lane());
-    if let Err(e) = services
-        .publisher
-        .publish(&services.names.delay(step), &key, &job.encode())
-        .await
+    if let Err(e) = queue::park(
+        &services.publisher,
+        &services.names,
+        &services.derived.delay_steps,
+        &job,
+        wait,
+    )
+    .await
     {
         tracing::error!(id = %job.id, error = %e, "could not park the message; requeueing");
         requeue(&delivery).await;

@@ -552,3 +552,101 @@ async fn a_business_portfolio_shares_one_messaging_limit() {
     );
     env.cleanup_senders(&[a, b]).await;
 }
+
+/// A 132015 answer pauses the template for every message of it at once (registry, Redis, the
+/// catalog), records the code on the message, and while it lasts only one message per recheck
+/// probes the Cloud API; once Meta accepts the template again, the probe releases them all.
+#[tokio::test]
+async fn a_paused_template_answer_holds_every_message_of_it() {
+    let mut env = Env::start(Options {
+        tweak: |c| c.template_pause_recheck = pregon::config::HumanDuration(Duration::from_secs(1)),
+        ..Options::default()
+    })
+    .await;
+    let sender = "1065550215";
+    env.sender(sender, json!("unlimited"), 80).await;
+    env.template("promo_paused", "utility").await;
+    // Meta paused the template and pregon has not been told by webhook.
+    let paused = json!({"name": "promo_paused", "language": "es_MX", "status": "PAUSED"});
+    env.sim("/_sim/templates", paused).await;
+    let rs = recipients(30, 215);
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for r in &rs {
+            ids.push(enqueue(&env, sender, template_body(r, "promo_paused")).await);
+        }
+        ids
+    };
+    env.start_worker();
+    env.eventually(
+        "every message deferred",
+        Duration::from_secs(20),
+        async || {
+            for id in &ids {
+                let m = env.message(id).await;
+                if m["status"] != "deferred" || m["status_reason"] != "template_paused" {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let registry = env
+        .services
+        .state
+        .template_status("promo_paused", "es_MX")
+        .await
+        .unwrap();
+    assert_eq!(registry.as_deref(), Some("PAUSED"), "Redis mirror");
+    let (_, templates) = env.get("/v1/templates").await;
+    let listed = templates["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "promo_paused")
+        .cloned()
+        .unwrap();
+    assert_eq!(listed["status"], "PAUSED", "{listed}");
+    let mut coded = 0;
+    for id in &ids {
+        if env.message(id).await["last_error_code"] == 132015 {
+            coded += 1;
+        }
+    }
+    assert!(
+        coded >= 1,
+        "no message recorded the 132015 it was refused with"
+    );
+
+    // While paused: one probe per recheck interval, not every message at every recheck.
+    let refused = |attempts: &[pregon::simulator::Attempt]| {
+        attempts.iter().filter(|a| a.code == 132015).count()
+    };
+    let before = refused(&env.attempts(sender).await);
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = refused(&env.attempts(sender).await) - before;
+    let allowed = started.elapsed().as_secs() as usize + 2;
+    assert!(
+        during <= allowed,
+        "{during} refused sends in {:?} while paused (at most {allowed})",
+        started.elapsed()
+    );
+    assert!(env.received(sender).await.is_empty());
+
+    // Meta lifts the pause (no webhook): the next probe is accepted and releases the rest.
+    let approved = json!({"name": "promo_paused", "language": "es_MX", "status": "APPROVED"});
+    env.sim("/_sim/templates", approved).await;
+    env.wait_counts(sender, Duration::from_secs(60), |c| {
+        c.get("sent") == Some(&30)
+    })
+    .await;
+    let received = env.received(sender).await;
+    assert_eq!(received.len(), 30);
+    assert_eq!(
+        received.iter().map(|r| &r.to).collect::<HashSet<_>>().len(),
+        30
+    );
+    env.cleanup().await;
+}

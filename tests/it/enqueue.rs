@@ -208,6 +208,9 @@ async fn api_keys_and_roles() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["messaging_product"], "whatsapp");
     assert_eq!(body["contacts"][0]["wa_id"], to.as_str());
+    // Only the Cloud API's own values in `message_status` (SDKs parse it as an enum).
+    assert_eq!(body["messages"][0]["message_status"], "accepted", "{body}");
+    assert_eq!(body["messages"][0]["pregon_status"], "queued", "{body}");
     let id = body["messages"][0]["id"].as_str().unwrap().to_string();
     let (status, message) = env
         .request(

@@ -151,7 +151,7 @@ impl Env {
     /// tests about webhooks that need no sends.
     pub fn start_background(&mut self) {
         let (stop, signal) = shutdown_channel();
-        let tasks = pregon::events::spawn_background(&self.services, &signal);
+        let tasks = pregon::worker::spawn_event_tasks(&self.services, &signal);
         let handle = tokio::spawn(async move {
             for t in tasks {
                 t.await.unwrap();

@@ -704,7 +704,7 @@ async fn template_webhooks_pause_release_disable_and_recategorise() {
             .template("promo", "es_MX")
             .await
             .unwrap();
-        s.filter(|t| t.status == "PAUSED").map(|_| ())
+        s.filter(|t| t.status.as_str() == "PAUSED").map(|_| ())
     })
     .await;
     let held = enqueue(&env, sender, template_body(&to[0], "promo")).await;
@@ -763,7 +763,7 @@ async fn template_webhooks_pause_release_disable_and_recategorise() {
             .template("promo", "es_MX")
             .await
             .unwrap();
-        s.filter(|t| t.status == "DISABLED").map(|_| ())
+        s.filter(|t| t.status.as_str() == "DISABLED").map(|_| ())
     })
     .await;
     let (code, answer) = env

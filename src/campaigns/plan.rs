@@ -1,0 +1,213 @@
+//! Checking recipients, shared by the estimate and planning: number, duplicates, consent and
+//! suppression, the US rule, the variables, and which sender of the pool each recipient sticks to.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use crate::app::Services;
+use crate::domain::campaign::{self, ContactView, Exclusion, SenderCapacity, VariableMap};
+use crate::domain::decision::Consent;
+use crate::domain::{Category, phone};
+use crate::state::StateError;
+use crate::store::Template;
+use crate::store::campaigns::Campaign;
+
+use super::*;
+
+// -- checking recipients (shared by the estimate and planning) ---------------------------------
+
+/// What planning needs to know about a campaign, read once.
+pub(crate) struct Plan {
+    pub(crate) audience: Audience,
+    pub(crate) category: Category,
+    pub(crate) template: Template,
+    pub(crate) mapping: VariableMap,
+    /// What each sender can still do today, read once.
+    pub(crate) capacities: Vec<(String, SenderCapacity)>,
+    /// Sender pool with weights (remaining tier capacity).
+    pub(crate) pool: Vec<(String, f64)>,
+}
+
+/// The verdict on one audience member: a message to write, or why not.
+pub(crate) enum Verdict {
+    Send {
+        seq: i64,
+        recipient: String,
+        country: &'static str,
+        body: Value,
+        sender: String,
+    },
+    Excluded {
+        seq: i64,
+        input: String,
+        reason: Exclusion,
+    },
+}
+
+impl Verdict {
+    fn seq(&self) -> i64 {
+        match self {
+            Verdict::Send { seq, .. } | Verdict::Excluded { seq, .. } => *seq,
+        }
+    }
+}
+
+/// Checks a page of candidates: number, duplicates (explicit lists), consent and suppression (the
+/// worker's own Redis copy), the US rule, and the variables.
+pub(crate) async fn check_page(
+    services: &Services,
+    plan: &Plan,
+    page: Vec<Candidate>,
+    seen: &mut HashSet<String>,
+) -> Result<Vec<Verdict>, StateError> {
+    let mut verdicts = Vec::with_capacity(page.len());
+    let mut valid: Vec<(Candidate, phone::PhoneNumber)> = Vec::with_capacity(page.len());
+    // Contacts are unique by number (a unique index), so only an explicit list can repeat one;
+    // tracking a contact audience would hold every recipient in memory (80 MB a million).
+    let explicit = matches!(plan.audience, Audience::Numbers(_));
+    for candidate in page {
+        match phone::normalize(&candidate.input) {
+            Err(_) => verdicts.push(Verdict::Excluded {
+                seq: candidate.seq,
+                input: candidate.input,
+                reason: Exclusion::InvalidNumber,
+            }),
+            Ok(number) => {
+                if explicit && !seen.insert(number.digits().to_string()) {
+                    verdicts.push(Verdict::Excluded {
+                        seq: candidate.seq,
+                        input: candidate.input,
+                        reason: Exclusion::Duplicate,
+                    });
+                } else {
+                    valid.push((candidate, number));
+                }
+            }
+        }
+    }
+    let recipients: Vec<&str> = valid.iter().map(|(_, n)| n.digits()).collect();
+    let states = services.state.audience_states(&recipients).await?;
+    let empty = json!({});
+    for ((candidate, number), (consent, suppressed)) in valid.into_iter().zip(states) {
+        let verdict = check_one(plan, &candidate, &number, &consent, suppressed, &empty);
+        verdicts.push(verdict);
+    }
+    // In audience order, so the exclusion report reads like the list it came from.
+    verdicts.sort_by_key(Verdict::seq);
+    Ok(verdicts)
+}
+
+pub(crate) fn check_one(
+    plan: &Plan,
+    candidate: &Candidate,
+    number: &phone::PhoneNumber,
+    consent: &Consent,
+    suppressed: bool,
+    empty: &Value,
+) -> Verdict {
+    let excluded = |reason| Verdict::Excluded {
+        seq: candidate.seq,
+        input: number.digits().to_string(),
+        reason,
+    };
+    if let Some(reason) = campaign::exclusion(plan.category, number.country(), consent, suppressed)
+    {
+        return excluded(reason);
+    }
+    let contact = candidate.contact.as_ref();
+    let view = ContactView {
+        phone: number.digits(),
+        name: contact.and_then(|c| c.name.as_deref()),
+        language: contact.and_then(|c| c.language.as_deref()),
+        country: number.country(),
+        attributes: contact.map(|c| &c.attributes.0).unwrap_or(empty),
+    };
+    let components =
+        match campaign::render_components(&plan.template.parameters, &plan.mapping, &view) {
+            Ok(c) => c,
+            Err(_) => return excluded(Exclusion::MissingVariable),
+        };
+    let sender = campaign::pick_sender(number.digits(), &plan.pool)
+        .unwrap_or_default()
+        .to_string();
+    Verdict::Send {
+        seq: candidate.seq,
+        recipient: number.digits().to_string(),
+        country: number.country(),
+        body: campaign::message_body(
+            number.digits(),
+            &plan.template.name,
+            &plan.template.language,
+            components,
+        ),
+        sender,
+    }
+}
+
+/// What each sender of a pool can still do today.
+pub(crate) async fn capacities(
+    services: &Services,
+    senders: &[String],
+) -> Result<Vec<(String, SenderCapacity)>, CampaignError> {
+    let mut out = Vec::with_capacity(senders.len());
+    for id in senders {
+        let Some(sender) = services.catalog.sender(id).await? else {
+            continue;
+        };
+        let (counter, tier) = services.tier_counter(&sender);
+        let limit = u64::try_from(tier.limit()).ok();
+        let used = services.state.tier_usage(&counter).await?;
+        out.push((
+            id.clone(),
+            SenderCapacity {
+                mps: u32::try_from(sender.mps).unwrap_or(80),
+                remaining: limit.map(|l| l.saturating_sub(used)),
+                daily: limit,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+pub(crate) async fn plan_of(services: &Services, c: &Campaign) -> Result<Plan, CampaignError> {
+    let template = services
+        .catalog
+        .template(&c.template_name, &c.template_language)
+        .await?
+        .ok_or_else(|| {
+            invalid(
+                RefusalKind::Rejected,
+                "unknown_template",
+                "template.name",
+                format!(
+                    "template {} ({}) is not registered",
+                    c.template_name, c.template_language
+                ),
+            )
+        })?;
+    let audience = Audience::parse(&c.audience.0)?;
+    let mapping: VariableMap = serde_json::from_value(c.variables.0.clone()).map_err(|e| {
+        invalid(
+            RefusalKind::Invalid,
+            "invalid_field",
+            "variables",
+            e.to_string(),
+        )
+    })?;
+    let capacities = capacities(services, &c.senders).await?;
+    // Even a full sender keeps a sliver of weight: its recipients wait for its window instead of
+    // moving to another number.
+    let pool = capacities
+        .iter()
+        .map(|(id, cap)| (id.clone(), campaign::capacity_weight(cap).max(1.0)))
+        .collect();
+    Ok(Plan {
+        audience,
+        category: c.category,
+        template,
+        mapping,
+        capacities,
+        pool,
+    })
+}

@@ -1,0 +1,140 @@
+//! Progress of a campaign from its counter rows: counts by state and reason, send rate and ETA.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::app::Services;
+use crate::store::campaigns::{self as cstore, Campaign};
+
+use super::*;
+
+pub(crate) fn count_map(rows: &[(String, String, i64)]) -> HashMap<String, i64> {
+    let mut map = HashMap::new();
+    for (status, _, n) in rows {
+        *map.entry(status.clone()).or_default() += n;
+    }
+    map
+}
+
+// -- progress ----------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub campaign: Campaign,
+    pub counts: BTreeMap<String, Value>,
+    pub total: i64,
+    pub done: i64,
+    pub rate_per_second: Option<f64>,
+    pub eta_seconds: Option<u64>,
+    pub events: Vec<cstore::CampaignEvent>,
+}
+
+/// Counts by state (deferred, failed, skipped, cancelled and excluded broken down by reason or
+/// code), the recent rate and what remains.
+pub async fn progress(
+    services: &Services,
+    id: Uuid,
+    rates: &RateTracker,
+) -> Result<Option<Progress>, CampaignError> {
+    let Some(c) = cstore::get_campaign(&services.pool, id).await? else {
+        return Ok(None);
+    };
+    let rows = cstore::counts(&services.pool, id).await?;
+    let totals = count_map(&rows);
+    let mut counts: BTreeMap<String, Value> = BTreeMap::new();
+    for (status, detail, n) in &rows {
+        if matches!(
+            status.as_str(),
+            "deferred" | "failed" | "skipped" | "cancelled" | "excluded"
+        ) {
+            let entry = counts
+                .entry(status.clone())
+                .or_insert_with(|| json!({"total": 0, "by_reason": {}}));
+            entry["by_reason"][if detail.is_empty() {
+                "unknown"
+            } else {
+                detail.as_str()
+            }] = json!(n);
+        }
+    }
+    for (status, n) in &totals {
+        match counts.get_mut(status) {
+            Some(entry) => entry["total"] = json!(n),
+            None => {
+                counts.insert(status.clone(), json!(n));
+            }
+        }
+    }
+    let get = |s: &str| totals.get(s).copied().unwrap_or(0);
+    // Messages (not exclusions); delivered and read have been sent.
+    let total = [
+        "planned",
+        "queued",
+        "deferred",
+        "sent",
+        "delivered",
+        "read",
+        "failed",
+        "skipped",
+        "cancelled",
+    ]
+    .iter()
+    .map(|s| get(s))
+    .sum::<i64>();
+    let done = total - get("planned") - get("queued") - get("deferred");
+    let rate = rates.observe(id, done);
+    let remaining = total - done;
+    // While the audience is still being planned the total is what is planned so far: no ETA.
+    let eta = match rate {
+        _ if !c.planned && c.state == CampaignState::Running => None,
+        Some(r) if r > 0.0 => Some((remaining as f64 / r).ceil() as u64),
+        _ if remaining == 0 => Some(0),
+        _ => None,
+    };
+    let events = cstore::campaign_events(&services.pool, id).await?;
+    Ok(Some(Progress {
+        campaign: c,
+        counts,
+        total,
+        done,
+        rate_per_second: rate,
+        eta_seconds: eta,
+        events,
+    }))
+}
+
+/// Recent completion rate per campaign, from the progress reads themselves (each API process keeps
+/// its own samples: a read costs no extra query).
+/// Progress samples per campaign: when, and how many were done.
+type Samples = HashMap<Uuid, std::collections::VecDeque<(std::time::Instant, i64)>>;
+
+#[derive(Clone, Default)]
+pub struct RateTracker {
+    samples: Arc<std::sync::Mutex<Samples>>,
+}
+
+impl RateTracker {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn observe(&self, id: Uuid, done: i64) -> Option<f64> {
+        let now = std::time::Instant::now();
+        let mut all = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let samples = all.entry(id).or_default();
+        samples.push_back((now, done));
+        while samples.len() > 2
+            && samples
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > Self::WINDOW)
+        {
+            samples.pop_front();
+        }
+        let (t0, d0) = *samples.front()?;
+        let elapsed = now.duration_since(t0).as_secs_f64();
+        (elapsed >= 0.5).then(|| ((done - d0).max(0) as f64 / elapsed * 10.0).round() / 10.0)
+    }
+}

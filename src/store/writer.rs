@@ -1,0 +1,165 @@
+//! The group-commit writer: message inserts and updates from many tasks, batched into few
+//! statements; each caller waits for its own commit.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::StoreError;
+use super::messages::{MessageUpdate, NewMessage, insert_messages, update_messages};
+
+// ---------------------------------------------------------------------------------------------
+// Group-commit writer
+
+pub enum Write {
+    Insert(Vec<NewMessage>),
+    Update(MessageUpdate),
+}
+
+struct Pending {
+    write: Write,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Batches message writes from many tasks into few statements. `write` returns once the rows are
+/// committed, so callers can acknowledge RabbitMQ or answer HTTP knowing the record is durable.
+#[derive(Clone)]
+pub struct MessageWriter {
+    tx: mpsc::Sender<Pending>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    pub batch_size: usize,
+    pub linger: Duration,
+}
+
+impl MessageWriter {
+    /// Starts the writer task. It runs until [`WriterHandle::close`] (or until every
+    /// `MessageWriter` clone is dropped), and flushes what it was given before it ends.
+    pub fn spawn(pool: PgPool, config: WriterConfig) -> (MessageWriter, WriterHandle) {
+        let (tx, rx) = mpsc::channel(config.batch_size * 4);
+        let (close, closed) = oneshot::channel();
+        let join = tokio::spawn(run_writer(pool, rx, closed, config));
+        (MessageWriter { tx }, WriterHandle { close, join })
+    }
+
+    pub async fn write(&self, write: Write) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Pending { write, done })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        wait.await.unwrap_or(Err(StoreError::WriterGone))
+    }
+
+    pub async fn insert(&self, rows: Vec<NewMessage>) -> Result<(), StoreError> {
+        self.write(Write::Insert(rows)).await
+    }
+
+    pub async fn update(&self, update: MessageUpdate) -> Result<(), StoreError> {
+        self.write(Write::Update(update)).await
+    }
+}
+
+/// Stops a writer after it has flushed everything already handed to it.
+pub struct WriterHandle {
+    close: oneshot::Sender<()>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl WriterHandle {
+    pub async fn close(self) {
+        let _ = self.close.send(());
+        let _ = self.join.await;
+    }
+}
+
+async fn run_writer(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<Pending>,
+    mut closed: oneshot::Receiver<()>,
+    config: WriterConfig,
+) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(config.batch_size);
+    let mut closing = false;
+    loop {
+        let first = tokio::select! {
+            biased;
+            p = rx.recv() => p,
+            asked = &mut closed, if !closing => {
+                closing = true;
+                // Asked to close: take no new writes; those already queued are still flushed.
+                // A dropped handle only means nobody will ask: run until the writers are gone.
+                if asked.is_ok() {
+                    rx.close();
+                }
+                continue;
+            }
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + config.linger;
+        while batch.len() < config.batch_size {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(p)) => batch.push(p),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        flush(&pool, &mut batch).await;
+    }
+}
+
+async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) {
+    let mut inserts = Vec::new();
+    // Keep only the last update per message: one statement cannot update a row twice.
+    let mut updates: Vec<MessageUpdate> = Vec::new();
+    let mut position: HashMap<Uuid, usize> = HashMap::new();
+    for pending in batch.iter() {
+        match &pending.write {
+            Write::Insert(rows) => inserts.extend(rows.iter().cloned()),
+            Write::Update(u) => match position.get(&u.id) {
+                Some(&i) => updates[i] = u.clone(),
+                None => {
+                    position.insert(u.id, updates.len());
+                    updates.push(u.clone());
+                }
+            },
+        }
+    }
+    let mut result = Ok(());
+    if !inserts.is_empty() {
+        result = insert_messages(pool, &inserts).await;
+        if let Err(e) = &result
+            && e.is_unique_violation()
+            && batch.len() > 1
+        {
+            // One caller's duplicate key must not fail its neighbours: write one by one.
+            return flush_one_by_one(pool, batch).await;
+        }
+    }
+    if result.is_ok() && !updates.is_empty() {
+        result = update_messages(pool, &updates).await;
+    }
+    if let Err(e) = &result {
+        tracing::error!(error = %e, rows = batch.len(), "message batch write failed");
+    }
+    for pending in batch.drain(..) {
+        let _ = pending
+            .done
+            .send(result.as_ref().map(|_| ()).map_err(StoreError::for_callers));
+    }
+}
+
+async fn flush_one_by_one(pool: &PgPool, batch: &mut Vec<Pending>) {
+    for pending in batch.drain(..) {
+        let result = match &pending.write {
+            Write::Insert(rows) => insert_messages(pool, rows).await,
+            Write::Update(u) => update_messages(pool, std::slice::from_ref(u)).await,
+        };
+        let _ = pending.done.send(result.map_err(|e| e.for_callers()));
+    }
+}
