@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::catalog::Catalog;
 use crate::config::{Config, ConfigError, Derived};
-use crate::domain::decision::{ConsentAction, TemplateStatus};
+use crate::domain::decision::{ConsentAction, SenderStatus, TemplateStatus};
 use crate::domain::tier::Tier;
 use crate::metrics::Metrics;
 use crate::queue::{self, Names, Publisher, QueueError};
@@ -135,7 +135,7 @@ impl Services {
                 &sender.phone_number_id,
                 &SenderMirror {
                     status: sender.status.clone(),
-                    quality: sender.quality.clone(),
+                    quality: sender.quality,
                     paused: sender.paused,
                 },
             )
@@ -264,7 +264,7 @@ impl Services {
         )
         .await?;
         if let Some(sender) = self.reload_sender(phone_number_id).await? {
-            let unable = sender.paused || sender.status != "CONNECTED";
+            let unable = sender.paused || sender.status != SenderStatus::Connected;
             self.metrics
                 .sender_paused
                 .with_label_values(&[phone_number_id])

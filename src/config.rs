@@ -264,7 +264,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "throttle_cooldown",
-        "how long a sender stays slowed down after 130429",
+        "after 130429 the sender's cap halves at most once per this; it then grows back a twentieth of its cap per second",
     ),
     (
         "marketing_pause_on_spam",
@@ -355,7 +355,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "template_pause_recheck",
-        "how often messages of a PAUSED template are looked at again",
+        "how often messages of a PAUSED template are looked at again; one of them probes the Cloud API each time",
     ),
     (
         "campaign_poll",

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::app::Services;
+use crate::domain::MessageStatus;
 use crate::domain::decision::{Facts, TemplateStatus, recipient_verdict};
 use crate::domain::job::{SendJob, TemplateRef};
 use crate::domain::message::{self, MessageKind};
@@ -17,7 +18,7 @@ use crate::domain::refusal::{Refusal, RefusalKind};
 use crate::domain::{Category, DeliveryMode};
 use crate::queue::QueueError;
 use crate::state::{StateError, now_ms};
-use crate::store::{MessageUpdate, NewMessage, Status, StoreError};
+use crate::store::{MessageUpdate, NewMessage, StoreError};
 
 /// Why a request was not queued. `Refused` is the caller's to fix; the others are ours.
 #[derive(Debug, thiserror::Error)]
@@ -337,7 +338,7 @@ pub async fn enqueue_many(
             }
             Err(e) => {
                 tracing::error!(id = %p.row.id, error = %e, "publish failed; marking the message failed");
-                let mut update = MessageUpdate::new(p.row.id, Status::Failed, 0)
+                let mut update = MessageUpdate::new(p.row.id, MessageStatus::Failed, 0)
                     .because(Reason::EnqueuePublishFailed);
                 update.error = Some(e.to_string());
                 let _ = services.writer.update(update).await;

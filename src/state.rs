@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use crate::domain::campaign::CampaignState;
 use crate::domain::decision::{
-    CampaignGate, Consent, ConsentAction, Quality, SenderState, Snapshot, TemplateStatus,
+    CampaignGate, Consent, ConsentAction, Quality, SenderState, SenderStatus, Snapshot,
+    TemplateStatus,
 };
 use crate::domain::job::TemplateRef;
 use crate::domain::tier::TIER_WINDOW;
@@ -41,8 +42,8 @@ pub struct State {
 /// The sender fields the worker decides on, mirrored from PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SenderMirror {
-    pub status: String,
-    pub quality: String,
+    pub status: SenderStatus,
+    pub quality: Quality,
     pub paused: bool,
 }
 
@@ -124,7 +125,7 @@ fn redis_glob_escape(raw: &str) -> String {
 /// reads it: one reading for the send path and a campaign's health check.
 fn sender_state((status, quality, paused, until): SenderHash) -> SenderState {
     SenderState {
-        connected: status.as_deref() == Some("CONNECTED"),
+        connected: status.as_deref().map(SenderStatus::parse) == Some(SenderStatus::Connected),
         quality: Quality::parse(quality.as_deref().unwrap_or("")),
         paused: paused.as_deref() == Some("1"),
         marketing_paused: until.is_some_and(|u| u > now_ms()),

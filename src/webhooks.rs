@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::app::{AppError, Services, Shutdown};
+use crate::domain::MessageStatus;
 use crate::domain::job::{SendJob, TemplateRef};
 use crate::domain::phone;
 use crate::domain::policy::RECIPIENT_MARKETING_CAP_WAIT;
@@ -18,7 +19,7 @@ use crate::domain::{Category, DeliveryMode};
 use crate::enqueue;
 use crate::state::now_ms;
 use crate::store::webhooks::{self as stored, TemplateField};
-use crate::store::{self, ConsentEvent, MessageUpdate, Status, StoreError};
+use crate::store::{self, ConsentEvent, MessageUpdate, StoreError};
 
 /// Events a processor takes at once.
 const CLAIM_BATCH: i64 = 32;
@@ -239,8 +240,13 @@ async fn settle_statuses(services: &Services, ids: &[i64]) -> Result<(), AppErro
                     record_opt_out(services, recipient, "whatsapp", &evidence, None).await?;
                 }
             }
-            FailedStatus::RetryAfterCap => match (row.message_id, row.message_status.as_deref()) {
-                (Some(id), Some("sent")) => resend_after_cap(services, id).await?,
+            FailedStatus::RetryAfterCap => match (
+                row.message_id,
+                row.message_status.as_deref().map(MessageStatus::parse),
+            ) {
+                (Some(id), Some(Some(MessageStatus::Sent))) => {
+                    resend_after_cap(services, id).await?
+                }
                 (Some(_), Some(_)) => {}
                 _ => waiting.push(row.id),
             },
@@ -305,7 +311,7 @@ async fn resend_after_cap(services: &Services, id: uuid::Uuid) -> Result<(), App
         RECIPIENT_MARKETING_CAP_WAIT,
     )
     .await?;
-    let mut update = MessageUpdate::new(id, Status::Deferred, attempts);
+    let mut update = MessageUpdate::new(id, MessageStatus::Deferred, attempts);
     update.reason = Some(FailedStatus::RetryAfterCap.reason().code().into());
     update.error_code = Some(131049);
     update.not_before = chrono::DateTime::from_timestamp_millis(not_before_ms);

@@ -18,12 +18,13 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::app::Services;
-use crate::domain::decision::TemplateStatus;
+use crate::domain::MessageStatus;
+use crate::domain::decision::{Quality, SenderStatus, TemplateStatus};
 use crate::domain::phone;
 use crate::domain::tier::Tier;
 use crate::domain::{Category, DeliveryMode};
 use crate::enqueue::{self, Accepted, Request};
-use crate::store::{self, ConsentEvent, Sender, Status, Template};
+use crate::store::{self, ConsentEvent, Sender, Template};
 
 use auth::{
     AnyKey, Authorized, Caller, KeyCache, ManageKeys, Operate, Role, SendMessages, WriteConsent,
@@ -118,7 +119,7 @@ fn accepted_body(a: &Accepted) -> Value {
         "messages": [{
             "id": a.id.to_string(),
             "message_status": "accepted",
-            "pregon_status": Status::Queued.as_str(),
+            "pregon_status": MessageStatus::Queued.as_str(),
         }]
     })
 }
@@ -343,11 +344,11 @@ async fn put_sender(
         business_portfolio_id: b.business_portfolio_id,
         display_phone_number: b.display_phone_number,
         tier: tier.limit(),
-        quality,
+        quality: Quality::parse(&quality),
         status: b
             .status
-            .unwrap_or_else(|| "CONNECTED".into())
-            .to_ascii_uppercase(),
+            .as_deref()
+            .map_or(SenderStatus::Connected, SenderStatus::parse),
         paused: false,
         paused_reason: None,
         mps,

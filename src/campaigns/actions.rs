@@ -24,16 +24,7 @@ pub async fn act(
     action: campaign::Action,
     actor: &str,
 ) -> Result<Campaign, CampaignError> {
-    let current = cstore::get_campaign(&services.pool, id)
-        .await?
-        .ok_or_else(|| {
-            invalid(
-                RefusalKind::NotFound,
-                "unknown_campaign",
-                "id",
-                format!("no campaign {id}"),
-            )
-        })?;
+    let current = existing(services, id).await?;
     let to = campaign::transition(current.state, action)
         .map_err(|e| invalid(RefusalKind::Conflict, "invalid_state", "state", e))?;
     let (to, event) = match action {
@@ -95,16 +86,7 @@ pub async fn retry_failed(
     id: Uuid,
     actor: &str,
 ) -> Result<RetryOutcome, CampaignError> {
-    let c = cstore::get_campaign(&services.pool, id)
-        .await?
-        .ok_or_else(|| {
-            invalid(
-                RefusalKind::NotFound,
-                "unknown_campaign",
-                "id",
-                format!("no campaign {id}"),
-            )
-        })?;
+    let c = existing(services, id).await?;
     if !matches!(
         c.state,
         CampaignState::Running | CampaignState::Paused | CampaignState::Completed
@@ -163,4 +145,18 @@ pub async fn retry_failed(
             .await?;
     }
     Ok(outcome)
+}
+
+/// The campaign, or a refusal naming the id.
+async fn existing(services: &Services, id: Uuid) -> Result<Campaign, CampaignError> {
+    cstore::get_campaign(&services.pool, id)
+        .await?
+        .ok_or_else(|| {
+            invalid(
+                RefusalKind::NotFound,
+                "unknown_campaign",
+                "id",
+                format!("no campaign {id}"),
+            )
+        })
 }

@@ -12,6 +12,10 @@ use crate::app::Services;
 use crate::store::campaigns::{self as cstore, Campaign};
 
 use super::*;
+use crate::domain::MessageStatus;
+
+/// The pseudo-state the counter rows give to a campaign's exclusions.
+const EXCLUDED: &str = "excluded";
 
 pub(crate) fn count_map(rows: &[(String, String, i64)]) -> HashMap<String, i64> {
     let mut map = HashMap::new();
@@ -48,10 +52,18 @@ pub async fn progress(
     let totals = count_map(&rows);
     let mut counts: BTreeMap<String, Value> = BTreeMap::new();
     for (status, detail, n) in &rows {
-        if matches!(
-            status.as_str(),
-            "deferred" | "failed" | "skipped" | "cancelled" | "excluded"
-        ) {
+        // Open and final states that carry a reason, and the campaign's exclusions.
+        let with_reasons = match MessageStatus::parse(status) {
+            Some(s) => matches!(
+                s,
+                MessageStatus::Deferred
+                    | MessageStatus::Failed
+                    | MessageStatus::Skipped
+                    | MessageStatus::Cancelled
+            ),
+            None => status == EXCLUDED,
+        };
+        if with_reasons {
             let entry = counts
                 .entry(status.clone())
                 .or_insert_with(|| json!({"total": 0, "by_reason": {}}));
@@ -72,21 +84,16 @@ pub async fn progress(
     }
     let get = |s: &str| totals.get(s).copied().unwrap_or(0);
     // Messages (not exclusions); delivered and read have been sent.
-    let total = [
-        "planned",
-        "queued",
-        "deferred",
-        "sent",
-        "delivered",
-        "read",
-        "failed",
-        "skipped",
-        "cancelled",
-    ]
-    .iter()
-    .map(|s| get(s))
-    .sum::<i64>();
-    let done = total - get("planned") - get("queued") - get("deferred");
+    let total = MessageStatus::ALL
+        .iter()
+        .map(|s| get(s.as_str()))
+        .sum::<i64>();
+    let open = MessageStatus::ALL
+        .iter()
+        .filter(|s| !s.is_final())
+        .map(|s| get(s.as_str()))
+        .sum::<i64>();
+    let done = total - open;
     let rate = rates.observe(id, done);
     let remaining = total - done;
     // While the audience is still being planned the total is what is planned so far: no ETA.

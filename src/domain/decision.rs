@@ -9,24 +9,100 @@ use super::DeliveryMode;
 use super::campaign::CampaignState;
 use super::reason::Reason;
 
+/// A phone number's quality rating as Meta reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quality {
     Green,
     Yellow,
     Red,
+    /// Not rated yet (`NA`).
+    NotAvailable,
     Unknown,
 }
 
 impl Quality {
+    /// Meta's spellings, including the webhook's HIGH / MEDIUM / LOW.
     pub fn parse(raw: &str) -> Quality {
         match raw.to_ascii_uppercase().as_str() {
             "GREEN" | "HIGH" => Quality::Green,
             "YELLOW" | "MEDIUM" => Quality::Yellow,
             "RED" | "LOW" => Quality::Red,
+            "NA" => Quality::NotAvailable,
             _ => Quality::Unknown,
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Green => "GREEN",
+            Quality::Yellow => "YELLOW",
+            Quality::Red => "RED",
+            Quality::NotAvailable => "NA",
+            Quality::Unknown => "UNKNOWN",
+        }
+    }
 }
+
+/// A phone number's status as Meta reports it; only a CONNECTED number sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderStatus {
+    Connected,
+    Disconnected,
+    Flagged,
+    Restricted,
+    Banned,
+    /// Any other status Meta reports (PENDING, MIGRATED, …), kept as given.
+    Other(String),
+}
+
+impl SenderStatus {
+    pub fn parse(raw: &str) -> SenderStatus {
+        match raw.to_ascii_uppercase().as_str() {
+            "CONNECTED" => SenderStatus::Connected,
+            "DISCONNECTED" => SenderStatus::Disconnected,
+            "FLAGGED" => SenderStatus::Flagged,
+            "RESTRICTED" => SenderStatus::Restricted,
+            "BANNED" => SenderStatus::Banned,
+            other => SenderStatus::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            SenderStatus::Connected => "CONNECTED",
+            SenderStatus::Disconnected => "DISCONNECTED",
+            SenderStatus::Flagged => "FLAGGED",
+            SenderStatus::Restricted => "RESTRICTED",
+            SenderStatus::Banned => "BANNED",
+            SenderStatus::Other(other) => other,
+        }
+    }
+}
+
+/// Stored and mirrored values read back as these enums, and serialise as Meta spells them.
+macro_rules! meta_spelled {
+    ($($t:ty),*) => {$(
+        impl From<String> for $t {
+            fn from(raw: String) -> $t {
+                <$t>::parse(&raw)
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+meta_spelled!(Quality, SenderStatus, TemplateStatus);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsentAction {
@@ -89,24 +165,6 @@ impl TemplateStatus {
             TemplateStatus::NotApproved(other) => other,
             TemplateStatus::Unknown => "UNKNOWN",
         }
-    }
-}
-
-impl From<String> for TemplateStatus {
-    fn from(raw: String) -> TemplateStatus {
-        TemplateStatus::parse(&raw)
-    }
-}
-
-impl std::fmt::Display for TemplateStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl serde::Serialize for TemplateStatus {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
     }
 }
 
@@ -495,6 +553,21 @@ mod tests {
             [Reason::SenderUnavailable]
         );
         assert_eq!(healthy().sender.holds(Category::Marketing).count(), 0);
+    }
+
+    #[test]
+    fn sender_quality_and_status_read_back_from_what_is_stored() {
+        for raw in ["GREEN", "YELLOW", "RED", "NA", "UNKNOWN"] {
+            assert_eq!(Quality::parse(raw).as_str(), raw);
+        }
+        assert_eq!(Quality::parse("low"), Quality::Red);
+        for raw in ["CONNECTED", "FLAGGED", "RESTRICTED", "BANNED", "PENDING"] {
+            assert_eq!(SenderStatus::parse(raw).as_str(), raw);
+        }
+        assert_eq!(
+            serde_json::to_value(SenderStatus::parse("connected")).unwrap(),
+            "CONNECTED"
+        );
     }
 
     #[test]

@@ -98,6 +98,77 @@ impl Lane {
     }
 }
 
+/// Where a message is. Writes move it forward only: from a final state it never goes back to a
+/// non-final one, and Meta's statuses only move a sent message on (sent → delivered → read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageStatus {
+    /// A campaign message written at planning, not yet handed to RabbitMQ (or handed back on pause).
+    Planned,
+    Queued,
+    Deferred,
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+    Skipped,
+    /// Its campaign was cancelled or reached its end-by time before it was sent.
+    Cancelled,
+}
+
+impl MessageStatus {
+    pub const ALL: [MessageStatus; 9] = [
+        MessageStatus::Planned,
+        MessageStatus::Queued,
+        MessageStatus::Deferred,
+        MessageStatus::Sent,
+        MessageStatus::Delivered,
+        MessageStatus::Read,
+        MessageStatus::Failed,
+        MessageStatus::Skipped,
+        MessageStatus::Cancelled,
+    ];
+
+    /// The stable code stored in PostgreSQL and returned by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Planned => "planned",
+            MessageStatus::Queued => "queued",
+            MessageStatus::Deferred => "deferred",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Skipped => "skipped",
+            MessageStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<MessageStatus> {
+        MessageStatus::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    /// Nothing more will be attempted (delivered and read are sent messages Meta reported on).
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            MessageStatus::Planned | MessageStatus::Queued | MessageStatus::Deferred
+        )
+    }
+}
+
+impl TryFrom<String> for MessageStatus {
+    type Error = String;
+    fn try_from(raw: String) -> Result<MessageStatus, String> {
+        MessageStatus::parse(&raw).ok_or_else(|| format!("unknown message status {raw}"))
+    }
+}
+
+impl serde::Serialize for MessageStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// What to do when the outcome of a send is unknown (the process died during the HTTP call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -116,5 +187,30 @@ impl DeliveryMode {
             "at_least_once" | "at-least-once" => Some(DeliveryMode::AtLeastOnce),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_statuses_read_back_and_only_three_are_open() {
+        for status in MessageStatus::ALL {
+            assert_eq!(MessageStatus::parse(status.as_str()), Some(status));
+        }
+        let open: Vec<_> = MessageStatus::ALL
+            .into_iter()
+            .filter(|s| !s.is_final())
+            .collect();
+        assert_eq!(
+            open,
+            [
+                MessageStatus::Planned,
+                MessageStatus::Queued,
+                MessageStatus::Deferred
+            ]
+        );
+        assert!(MessageStatus::try_from("lost".to_string()).is_err());
     }
 }

@@ -8,6 +8,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::domain::MessageStatus;
 use crate::domain::reason::Reason;
 
 // ---------------------------------------------------------------------------------------------
@@ -29,45 +30,10 @@ pub struct NewMessage {
     pub body: String,
 }
 
-/// Message states in the order they may follow one another; a write never moves a message back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// A campaign message written at planning, not yet handed to RabbitMQ (or handed back on pause).
-    Planned,
-    Queued,
-    Deferred,
-    Sent,
-    Failed,
-    Skipped,
-    /// Its campaign was cancelled or reached its end-by time before it was sent.
-    Cancelled,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Planned => "planned",
-            Status::Queued => "queued",
-            Status::Deferred => "deferred",
-            Status::Sent => "sent",
-            Status::Failed => "failed",
-            Status::Skipped => "skipped",
-            Status::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Status::Sent | Status::Failed | Status::Skipped | Status::Cancelled
-        )
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageUpdate {
     pub id: Uuid,
-    pub status: Status,
+    pub status: MessageStatus,
     pub reason: Option<String>,
     pub wamid: Option<String>,
     pub attempts: i32,
@@ -77,7 +43,7 @@ pub struct MessageUpdate {
 }
 
 impl MessageUpdate {
-    pub fn new(id: Uuid, status: Status, attempts: u32) -> MessageUpdate {
+    pub fn new(id: Uuid, status: MessageStatus, attempts: u32) -> MessageUpdate {
         MessageUpdate {
             id,
             status,
@@ -106,7 +72,8 @@ pub struct MessageRow {
     pub message_type: String,
     pub template_name: Option<String>,
     pub template_language: Option<String>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: MessageStatus,
     pub status_reason: Option<String>,
     pub wamid: Option<String>,
     pub attempts: i32,

@@ -10,7 +10,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::domain::Category;
-use crate::domain::decision::TemplateStatus;
+use crate::domain::decision::{Quality, SenderStatus, TemplateStatus};
 
 pub mod campaigns;
 pub mod contacts;
@@ -20,8 +20,8 @@ pub mod webhooks;
 mod writer;
 
 pub use messages::{
-    MessageRow, MessageUpdate, NewMessage, Status, count_by_status, find_by_idempotency_key,
-    get_message, insert_refusal,
+    MessageRow, MessageUpdate, NewMessage, count_by_status, find_by_idempotency_key, get_message,
+    insert_refusal,
 };
 pub(crate) use messages::{changed_columns, message_event_json};
 pub use writer::{MessageWriter, Write, WriterConfig, WriterHandle};
@@ -112,8 +112,10 @@ pub struct Sender {
     pub business_portfolio_id: String,
     pub display_phone_number: Option<String>,
     pub tier: i64,
-    pub quality: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub quality: Quality,
+    #[sqlx(try_from = "String")]
+    pub status: SenderStatus,
     pub paused: bool,
     pub paused_reason: Option<String>,
     pub mps: i32,
@@ -143,8 +145,8 @@ pub async fn upsert_sender(pool: &PgPool, s: &Sender) -> Result<Sender, StoreErr
     .bind(&s.business_portfolio_id)
     .bind(&s.display_phone_number)
     .bind(s.tier)
-    .bind(&s.quality)
-    .bind(&s.status)
+    .bind(s.quality.as_str())
+    .bind(s.status.as_str())
     .bind(s.paused)
     .bind(&s.paused_reason)
     .bind(s.mps)

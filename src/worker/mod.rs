@@ -4,6 +4,7 @@
 
 mod campaigns;
 mod ingest;
+mod outcomes;
 pub mod pacing;
 mod sender;
 

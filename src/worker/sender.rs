@@ -10,22 +10,23 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::app::{Services, Shutdown};
 use crate::domain::Lane;
+use crate::domain::MessageStatus;
 use crate::domain::decision::{self, CampaignGate, Decision, Facts, TemplateStatus};
-use crate::domain::errors::SendFailure;
 use crate::domain::job::SendJob;
-use crate::domain::policy::{self, Effect, Outcome, Spent};
 use crate::domain::reason::Reason;
 use crate::queue::{self, QueueError};
 use crate::state::{Reservation, StateError, now_ms};
-use crate::store::webhooks::TemplateField;
-use crate::store::{ConsentEvent, MessageUpdate, PauseSource, Sender, Status, StoreError};
+use crate::store::{MessageUpdate, Sender, StoreError};
 
+use super::outcomes::{
+    ack, dead_letter_undecodable, defer, exhaust, finish, mark_template, on_failure, redelay,
+    settle_for_campaign,
+};
 use super::pacing::Pacer;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,14 +56,14 @@ struct LaneState {
 }
 
 /// What a send task needs, shared by all of one sender's tasks.
-struct Shared {
-    services: Services,
+pub(super) struct Shared {
+    pub(super) services: Services,
     /// The sender's phone_number_id: fixed for the life of the loop.
-    id: String,
+    pub(super) id: String,
     /// The sender as last read from the catalog: tier, token and cap may change while it runs.
-    sender: std::sync::RwLock<Arc<Sender>>,
-    pacer: Pacer,
-    owner: String,
+    pub(super) sender: std::sync::RwLock<Arc<Sender>>,
+    pub(super) pacer: Pacer,
+    pub(super) owner: String,
     /// Campaign states read recently, so a paused campaign's messages leave the lane without
     /// waiting for a pacing slot (and without a Redis read per message).
     campaign_gates:
@@ -97,7 +98,7 @@ impl Shared {
         gate
     }
 
-    fn sender(&self) -> Arc<Sender> {
+    pub(super) fn sender(&self) -> Arc<Sender> {
         self.sender
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -213,7 +214,7 @@ pub async fn run(
         if queue::redeliveries(&delivery.properties) >= queue::REDELIVERY_LIMIT {
             // Processes keep dying with this message in hand: stop the cycle, keep the evidence.
             tracing::error!(id = %job.id, "message redelivered too often; dead-lettering it");
-            let update = MessageUpdate::new(job.id, Status::Failed, job.attempt)
+            let update = MessageUpdate::new(job.id, MessageStatus::Failed, job.attempt)
                 .because(Reason::RedeliveredTooOften);
             exhaust(&shared, delivery, &job, update).await;
             continue;
@@ -349,17 +350,18 @@ async fn process(
     let probe = snapshot.template_probe;
     match decision {
         Decision::AlreadySent(wamid) => {
-            let mut update = MessageUpdate::new(job.id, Status::Sent, job.attempt.max(1));
+            let mut update = MessageUpdate::new(job.id, MessageStatus::Sent, job.attempt.max(1));
             update.wamid = Some(wamid);
             finish(shared, delivery, &job, update, "sent").await;
         }
         Decision::Skip(reason) => {
-            let update = MessageUpdate::new(job.id, Status::Skipped, job.attempt).because(reason);
+            let update =
+                MessageUpdate::new(job.id, MessageStatus::Skipped, job.attempt).because(reason);
             finish(shared, delivery, &job, update, "skipped").await;
         }
         Decision::Fail { reason, detail } => {
             let mut update =
-                MessageUpdate::new(job.id, Status::Failed, job.attempt).because(reason);
+                MessageUpdate::new(job.id, MessageStatus::Failed, job.attempt).because(reason);
             update.error = detail;
             services
                 .metrics
@@ -451,22 +453,6 @@ async fn process(
     }
 }
 
-/// A paused campaign's message goes back to it unsent (queued again on resume); a cancelled
-/// campaign's message is cancelled.
-async fn settle_for_campaign(
-    shared: &Shared,
-    delivery: Delivery,
-    job: &SendJob,
-    gate: CampaignGate,
-) {
-    let (status, reason, outcome) = match gate {
-        CampaignGate::Stopped => (Status::Cancelled, Reason::CampaignCancelled, "cancelled"),
-        _ => (Status::Planned, Reason::CampaignPaused, "returned"),
-    };
-    let update = MessageUpdate::new(job.id, status, job.attempt).because(reason);
-    finish(shared, delivery, job, update, outcome).await;
-}
-
 fn tier_budget(limit: i64) -> Option<u64> {
     u64::try_from(limit).ok().filter(|b| *b > 0)
 }
@@ -522,7 +508,7 @@ async fn send(shared: &Shared, delivery: Delivery, job: SendJob, probe: bool) {
             }
             let latency = (now_ms() - job.enqueued_at_ms).max(0) as f64 / 1000.0;
             services.metrics.enqueue_to_accepted.observe(latency);
-            let mut update = MessageUpdate::new(job.id, Status::Sent, attempts);
+            let mut update = MessageUpdate::new(job.id, MessageStatus::Sent, attempts);
             update.wamid = Some(accepted.wamid);
             finish(shared, delivery, &job, update, "sent").await;
         }
@@ -539,319 +525,4 @@ async fn send(shared: &Shared, delivery: Delivery, job: SendJob, probe: bool) {
             on_failure(shared, delivery, job, failure).await;
         }
     }
-}
-
-/// Carries out what the post-send policy decided about a failed send.
-async fn on_failure(shared: &Shared, delivery: Delivery, mut job: SendJob, failure: SendFailure) {
-    let services = &shared.services;
-    let spent = Spent {
-        attempts: job.attempt,
-        throttles: job.throttles,
-    };
-    let decided = policy::after_failure(
-        &failure,
-        spent,
-        &services.derived.post_send,
-        fastrand::f64(),
-    );
-    tracing::debug!(id = %job.id, %failure, ?decided, "send failed");
-    if let Some(effect) = &decided.effect {
-        carry_out(shared, &job, &failure, effect).await;
-    }
-    let label = failure.label();
-    let recorded = |status, attempts, reason: Option<Reason>| {
-        let mut update = MessageUpdate::new(job.id, status, attempts);
-        update.reason = reason.map(|r| r.code().to_string());
-        update.error_code = Some(failure.code());
-        update.error = Some(failure.to_string());
-        update
-    };
-    match decided.outcome {
-        Outcome::Retry {
-            wait,
-            reason,
-            attempts,
-            throttles,
-        } => {
-            services.metrics.retries.with_label_values(&[&label]).inc();
-            let update = recorded(Status::Queued, attempts, Some(reason));
-            job.attempt = attempts;
-            job.throttles = throttles;
-            job.not_before_ms = now_ms() + wait.as_millis() as i64;
-            park(shared, delivery, job, wait, Some(update)).await;
-        }
-        Outcome::Defer {
-            wait,
-            reason,
-            attempts,
-        } => {
-            job.attempt = attempts;
-            defer(shared, delivery, job, reason, wait, Some(&failure)).await;
-        }
-        Outcome::PutBack { wait } => {
-            // Not the message's fault: no attempt spent, nothing recorded against it.
-            let update = MessageUpdate::new(job.id, Status::Queued, job.attempt);
-            park(shared, delivery, job, wait, Some(update)).await;
-        }
-        Outcome::Exhaust { reason, attempts } => {
-            let update = recorded(Status::Failed, attempts, Some(reason));
-            exhaust(shared, delivery, &job, update).await;
-        }
-        Outcome::Fail { reason, attempts } => {
-            services.metrics.failures.with_label_values(&[&label]).inc();
-            let update = recorded(Status::Failed, attempts, Some(reason));
-            finish(shared, delivery, &job, update, "failed").await;
-        }
-    }
-}
-
-/// A failure's effect beyond its message. A failed effect is logged: the message's own outcome
-/// is recorded regardless, and the next answer from Meta brings the effect again.
-async fn carry_out(shared: &Shared, job: &SendJob, failure: &SendFailure, effect: &Effect) {
-    let services = &shared.services;
-    let id = &shared.id;
-    match effect {
-        Effect::SlowDownSender => shared.pacer.slow_down(),
-        Effect::PauseSender => {
-            tracing::error!(sender = %id, %failure, "account-level error: pausing the sender; its messages stay queued");
-            if let Err(e) = services
-                .set_sender_paused(id, true, Some(&failure.to_string()), PauseSource::CloudApi)
-                .await
-            {
-                tracing::error!(sender = %id, error = %e, "could not pause the sender");
-            }
-        }
-        Effect::HoldMarketing(hold) => {
-            tracing::error!(sender = %id, "spam rate limit (131048): holding marketing");
-            let until = now_ms() + hold.as_millis() as i64;
-            if let Err(e) = services.state.pause_marketing_until(id, until).await {
-                tracing::error!(error = %e, "could not hold marketing");
-            }
-        }
-        Effect::OptOutMarketing => {
-            let event = ConsentEvent {
-                recipient: job.recipient.clone(),
-                purpose: "marketing".into(),
-                action: "opt_out".into(),
-                source: "whatsapp".into(),
-                evidence: Some(format!(
-                    "Cloud API error {} on message {}",
-                    failure.code(),
-                    job.id
-                )),
-                actor: Some("pregon".into()),
-            };
-            if let Err(e) = services.record_consent(&[event]).await {
-                tracing::error!(error = %e, "could not record the marketing opt-out");
-            }
-        }
-        Effect::SuppressRecipient => {
-            let evidence = format!("Cloud API error {} on message {}", failure.code(), job.id);
-            if let Err(e) = services.suppress(&job.recipient, &evidence).await {
-                tracing::error!(error = %e, "could not suppress the unreachable recipient");
-            }
-        }
-        Effect::MarkTemplate(status) => {
-            mark_template(shared, job, status, &failure.to_string()).await;
-        }
-    }
-}
-
-/// Marks the job's template in the registry and Redis, unless this process already knows it so
-/// (a burst of answers to the requests in flight would otherwise write it once each).
-async fn mark_template(shared: &Shared, job: &SendJob, status: &TemplateStatus, why: &str) {
-    let Some(template) = &job.template else {
-        return;
-    };
-    let services = &shared.services;
-    let value = status.as_str();
-    if let Ok(Some(known)) = services
-        .catalog
-        .template(&template.name, &template.language)
-        .await
-        && known.status == *status
-    {
-        return;
-    }
-    tracing::warn!(template = %template.name, language = %template.language, status = value, why, "template status from a send's answer");
-    match services
-        .update_template(
-            &template.name,
-            &template.language,
-            TemplateField::Status,
-            value,
-            Some(why),
-            None,
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, "could not record the template's status"),
-    }
-}
-
-/// Records an outcome, then acknowledges; if the record cannot be written the delivery goes back
-/// to the queue (the Redis "sent" marker keeps a redelivery from sending twice).
-async fn finish(
-    shared: &Shared,
-    delivery: Delivery,
-    job: &SendJob,
-    update: MessageUpdate,
-    outcome: &str,
-) {
-    match shared.services.writer.update(update).await {
-        Ok(()) => {
-            shared
-                .services
-                .metrics
-                .outcome(outcome, &shared.id, job.category.as_str());
-            ack(&delivery).await;
-        }
-        Err(e) => {
-            tracing::error!(id = %job.id, error = %e, "could not record the outcome; requeueing");
-            requeue(&delivery).await;
-        }
-    }
-}
-
-/// Parks a job until `wait` has passed and records it deferred, with the Cloud API's answer
-/// when a send's failure caused it.
-async fn defer(
-    shared: &Shared,
-    delivery: Delivery,
-    mut job: SendJob,
-    reason: Reason,
-    wait: Duration,
-    failure: Option<&SendFailure>,
-) {
-    shared
-        .services
-        .metrics
-        .deferrals
-        .with_label_values(&[reason.code()])
-        .inc();
-    job.deferrals += 1;
-    job.not_before_ms = now_ms() + wait.as_millis() as i64;
-    let mut update = deferred(&job, reason);
-    if let Some(failure) = failure {
-        update.error_code = Some(failure.code());
-        update.error = Some(failure.to_string());
-    }
-    count_deferred(shared, &job);
-    park(shared, delivery, job, wait, Some(update)).await;
-}
-
-fn deferred(job: &SendJob, reason: Reason) -> MessageUpdate {
-    let mut update = MessageUpdate::new(job.id, Status::Deferred, job.attempt).because(reason);
-    update.not_before = chrono::DateTime::from_timestamp_millis(job.not_before_ms);
-    update
-}
-
-fn count_deferred(shared: &Shared, job: &SendJob) {
-    shared
-        .services
-        .metrics
-        .outcome("deferred", &shared.id, job.category.as_str());
-}
-
-/// Parks a job in the delay queue closest to `wait` (recorded as deferred when a reason is
-/// given), then acknowledges the original delivery.
-async fn redelay(
-    shared: &Shared,
-    delivery: Delivery,
-    job: SendJob,
-    wait: Duration,
-    reason: Option<Reason>,
-) {
-    let update = reason.map(|r| deferred(&job, r));
-    if reason.is_some() {
-        count_deferred(shared, &job);
-    }
-    park(shared, delivery, job, wait, update).await;
-}
-
-/// Puts the job in the delay queue closest to `wait`, records the update, then acknowledges.
-async fn park(
-    shared: &Shared,
-    delivery: Delivery,
-    job: SendJob,
-    wait: Duration,
-    update: Option<MessageUpdate>,
-) {
-    let services = &shared.services;
-    if let Err(e) = queue::park(
-        &services.publisher,
-        &services.names,
-        &services.derived.delay_steps,
-        &job,
-        wait,
-    )
-    .await
-    {
-        tracing::error!(id = %job.id, error = %e, "could not park the message; requeueing");
-        requeue(&delivery).await;
-        return;
-    }
-    if let Some(update) = update
-        && let Err(e) = services.writer.update(update).await
-    {
-        // The parked copy is authoritative now; the row catches up on its next outcome.
-        tracing::warn!(id = %job.id, error = %e, "could not record the deferral");
-    }
-    ack(&delivery).await;
-}
-
-/// Attempts are used up: keep the job in the dead-letter queue and record the failure.
-async fn exhaust(shared: &Shared, delivery: Delivery, job: &SendJob, update: MessageUpdate) {
-    let services = &shared.services;
-    if let Some(code) = update.error_code {
-        services
-            .metrics
-            .failures
-            .with_label_values(&[&code.to_string()])
-            .inc();
-    }
-    if let Err(e) = services
-        .publisher
-        .publish(&services.names.dead(), "", &job.encode())
-        .await
-    {
-        tracing::error!(id = %job.id, error = %e, "could not dead-letter; requeueing");
-        requeue(&delivery).await;
-        return;
-    }
-    finish(shared, delivery, job, update, "failed").await;
-}
-
-async fn dead_letter_undecodable(shared: &Shared, delivery: Delivery, error: &str) {
-    tracing::error!(error, "undecodable job; moving it to the dead-letter queue");
-    let services = &shared.services;
-    services
-        .metrics
-        .failures
-        .with_label_values(&["undecodable_job"])
-        .inc();
-    match services
-        .publisher
-        .publish(&services.names.dead(), "", &delivery.data)
-        .await
-    {
-        Ok(()) => ack(&delivery).await,
-        Err(_) => requeue(&delivery).await,
-    }
-}
-
-async fn ack(delivery: &Delivery) {
-    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-        tracing::warn!(error = %e, "ack failed; RabbitMQ will redeliver and the send claim prevents a duplicate");
-    }
-}
-
-async fn requeue(delivery: &Delivery) {
-    let _ = delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        })
-        .await;
 }

@@ -4,8 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pregon::domain::MessageStatus;
 use pregon::simulator::SimConfig;
-use pregon::store::{self, MessageUpdate, NewMessage, Status};
+use pregon::store::{self, MessageUpdate, NewMessage};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -58,7 +59,7 @@ async fn recorded_sends(env: &Env, sender: &str, n: usize, seed: u32) -> Vec<(St
     let mut out = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let wamid = format!("wamid.it-{seed}-{i}");
-        let mut update = MessageUpdate::new(row.id, Status::Sent, 1);
+        let mut update = MessageUpdate::new(row.id, MessageStatus::Sent, 1);
         update.wamid = Some(wamid.clone());
         env.services.writer.update(update).await.unwrap();
         out.push((row.id.to_string(), wamid));
@@ -256,7 +257,7 @@ async fn statuses_out_of_order_duplicated_or_early_end_in_the_right_state() {
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (other_id, _) = &sends[1];
-    let mut update = MessageUpdate::new(other_id.parse().unwrap(), Status::Sent, 2);
+    let mut update = MessageUpdate::new(other_id.parse().unwrap(), MessageStatus::Sent, 2);
     update.wamid = Some(early.into());
     env.services.writer.update(update).await.unwrap();
     env.eventually(
