@@ -89,6 +89,13 @@ struct SimArgs {
     /// Share of requests answered with HTTP 500 (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
+    /// Share of accepted sends answered only after --late-ms (a slow Cloud API: the message was
+    /// sent, the caller's request times out).
+    #[arg(long, default_value_t = 0.0)]
+    late_rate: f64,
+    /// How long a late answer (or a timeout fault) is held, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    late_ms: u64,
     /// Refuse templates the simulator was not told about (132001).
     #[arg(long)]
     strict_templates: bool,
@@ -200,6 +207,8 @@ async fn run(command: Command, config: Config) -> Result<(), AppError> {
                 default_tier: args.tier,
                 latency: std::time::Duration::from_millis(args.latency_ms),
                 error_rate: args.error_rate,
+                late_rate: args.late_rate,
+                timeout_fault: std::time::Duration::from_millis(args.late_ms),
                 strict_templates: args.strict_templates,
                 webhook_url: args.webhook_url,
                 app_secret: args.app_secret,

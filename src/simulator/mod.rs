@@ -43,8 +43,12 @@ pub struct SimConfig {
     pub app_secret: String,
     pub delivered_after: Duration,
     pub read_ratio: f64,
-    /// How long a "timeout" fault holds the request before dropping it.
+    /// How long a "timeout" fault holds the request before dropping it, and a "late" one before
+    /// answering.
     pub timeout_fault: Duration,
+    /// Share of accepted sends answered only after `timeout_fault` (a slow Cloud API), for chaos
+    /// runs.
+    pub late_rate: f64,
 }
 
 impl Default for SimConfig {
@@ -62,6 +66,7 @@ impl Default for SimConfig {
             delivered_after: Duration::from_millis(200),
             read_ratio: 0.5,
             timeout_fault: Duration::from_secs(30),
+            late_rate: 0.0,
         }
     }
 }
@@ -109,7 +114,9 @@ pub struct Fault {
     pub phone_number_id: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
-    /// `http_500`, `timeout` or `error` (a Cloud API error with `code`).
+    /// `http_500`, `timeout` (held, then dropped unprocessed), `late` (accepted and recorded like
+    /// any send, but answered only after `timeout_fault`: the caller cannot know it was sent) or
+    /// `error` (a Cloud API error with `code`).
     pub kind: String,
     #[serde(default)]
     pub code: Option<i64>,
@@ -258,7 +265,11 @@ async fn send(
     if !state.config.latency.is_zero() {
         tokio::time::sleep(state.config.latency).await;
     }
-    let verdict = decide(&state, &phone_number_id, &message);
+    let (verdict, late) = decide(&state, &phone_number_id, &message);
+    if late && matches!(verdict, Verdict::Accept { .. }) {
+        // Recorded and reported as sent; only the answer is late.
+        tokio::time::sleep(state.config.timeout_fault).await;
+    }
     match verdict {
         Verdict::Timeout => {
             tokio::time::sleep(state.config.timeout_fault).await;
@@ -331,8 +342,9 @@ async fn send(
     }
 }
 
-/// Applies Meta's rules in order, atomically per request, and records the outcome.
-fn decide(state: &SimState, phone_number_id: &str, message: &Value) -> Verdict {
+/// Applies Meta's rules in order, atomically per request, and records the outcome; also says
+/// whether the answer is to be late (a `late` fault or `late_rate`).
+fn decide(state: &SimState, phone_number_id: &str, message: &Value) -> (Verdict, bool) {
     let mut sim = state.lock();
     let now = Instant::now();
     let at_us = now.duration_since(sim.started).as_micros() as u64;
@@ -346,6 +358,8 @@ fn decide(state: &SimState, phone_number_id: &str, message: &Value) -> Verdict {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    let late = take_fault(&mut sim, phone_number_id, &to, |f| f.kind == "late").is_some()
+        || (sim.config.late_rate > 0.0 && fastrand::f64() < sim.config.late_rate);
     let verdict = evaluate(&mut sim, phone_number_id, &to, &kind, message, now);
     let code = match &verdict {
         Verdict::Accept { .. } => 0,
@@ -386,7 +400,30 @@ fn decide(state: &SimState, phone_number_id: &str, message: &Value) -> Verdict {
             callback_data,
         });
     }
-    verdict
+    (verdict, late)
+}
+
+/// Takes one use of the first fault for this number and recipient that `wanted` accepts.
+fn take_fault(
+    sim: &mut Sim,
+    phone_number_id: &str,
+    to: &str,
+    wanted: impl Fn(&Fault) -> bool,
+) -> Option<Fault> {
+    let i = sim.faults.iter().position(|f| {
+        f.phone_number_id
+            .as_deref()
+            .is_none_or(|p| p == phone_number_id)
+            && f.to.as_deref().is_none_or(|t| t == to)
+            && wanted(f)
+    })?;
+    let fault = sim.faults[i].clone();
+    if fault.count <= 1 {
+        sim.faults.remove(i);
+    } else {
+        sim.faults[i].count -= 1;
+    }
+    Some(fault)
 }
 
 fn evaluate(
@@ -397,18 +434,7 @@ fn evaluate(
     message: &Value,
     now: Instant,
 ) -> Verdict {
-    if let Some(i) = sim.faults.iter().position(|f| {
-        f.phone_number_id
-            .as_deref()
-            .is_none_or(|p| p == phone_number_id)
-            && f.to.as_deref().is_none_or(|t| t == to)
-    }) {
-        let fault = sim.faults[i].clone();
-        if fault.count <= 1 {
-            sim.faults.remove(i);
-        } else {
-            sim.faults[i].count -= 1;
-        }
+    if let Some(fault) = take_fault(sim, phone_number_id, to, |f| f.kind != "late") {
         return match fault.kind.as_str() {
             "timeout" => Verdict::Timeout,
             "http_500" => Verdict::Refuse(
@@ -811,13 +837,13 @@ async fn open_window(State(state): State<SimState>, body: Bytes) -> Response {
 
 async fn add_fault(State(state): State<SimState>, body: Bytes) -> Response {
     match serde_json::from_slice::<Fault>(&body) {
-        Ok(f) if matches!(f.kind.as_str(), "timeout" | "http_500" | "error") => {
+        Ok(f) if matches!(f.kind.as_str(), "timeout" | "late" | "http_500" | "error") => {
             state.lock().faults.push(f);
             StatusCode::NO_CONTENT.into_response()
         }
         _ => (
             StatusCode::BAD_REQUEST,
-            "expected {kind: timeout|http_500|error, code?, count?, phone_number_id?, to?}",
+            "expected {kind: timeout|late|http_500|error, code?, count?, phone_number_id?, to?}",
         )
             .into_response(),
     }

@@ -117,3 +117,50 @@ async fn status_webhooks_are_signed_and_shaped_like_metas() {
     assert!(delivered["id"].as_str().unwrap().starts_with("wamid."));
     env.cleanup().await;
 }
+
+/// A `late` fault: the message is accepted and recorded like any send, but the answer comes only
+/// after the caller's timeout, so the caller cannot tell it was sent (a slow Cloud API).
+#[tokio::test]
+async fn a_late_answer_is_a_send_the_caller_never_hears_of() {
+    let env = Env::start(Options {
+        sim: SimConfig {
+            timeout_fault: Duration::from_secs(3),
+            ..SimConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let sender = "1065550501";
+    let to = recipients(1, 51)[0].clone();
+    env.sim(
+        "/_sim/faults",
+        json!({"phone_number_id": sender, "to": to, "kind": "late"}),
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let url = format!("{}/v26.0/{sender}/messages", env.sim_url);
+    let answer = http
+        .post(&url)
+        .bearer_auth("token")
+        .json(&template_body(&to, "order_update"))
+        .send()
+        .await;
+    assert!(answer.as_ref().is_err_and(|e| e.is_timeout()), "{answer:?}");
+    let received = env.received(sender).await;
+    assert_eq!(received.len(), 1, "the late send was still made");
+    assert_eq!(received[0].to, to);
+    // The fault was used once: the next send is answered at once.
+    let answer = http
+        .post(&url)
+        .bearer_auth("token")
+        .json(&template_body(&to, "order_update"))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+    assert_eq!(env.received(sender).await.len(), 2);
+    env.cleanup().await;
+}
