@@ -110,15 +110,19 @@ impl CloudApi {
             .await
             .map_err(transport_failure)?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(transport_failure)?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| match transport_failure(e) {
+                // The status line came: the request certainly reached Meta.
+                SendFailure::Connect(why) => SendFailure::AnswerLost(why),
+                other => other,
+            })?;
         if status == 200 {
-            let parsed: SendResponse =
-                serde_json::from_slice(&bytes).map_err(|_| SendFailure::Http(status))?;
-            let message = parsed
-                .messages
-                .into_iter()
-                .next()
-                .ok_or(SendFailure::Http(status))?;
+            // Meta accepted it; without its wamid the outcome is still unknown to pregon.
+            let unreadable = || SendFailure::AnswerLost("a 200 without a message id".into());
+            let parsed: SendResponse = serde_json::from_slice(&bytes).map_err(|_| unreadable())?;
+            let message = parsed.messages.into_iter().next().ok_or_else(unreadable)?;
             return Ok(Accepted {
                 wamid: message.id,
                 message_status: message.message_status,
@@ -199,11 +203,15 @@ pub fn percent_encode(raw: &str) -> String {
     out
 }
 
+/// What a transport error says about whether the request reached Meta: a failed connection
+/// (connect timeouts included) means it did not; anything later means it may have.
 fn transport_failure(e: reqwest::Error) -> SendFailure {
-    if e.is_timeout() {
+    if e.is_connect() {
+        SendFailure::Connect(e.to_string())
+    } else if e.is_timeout() {
         SendFailure::Timeout
     } else {
-        SendFailure::Connect(e.to_string())
+        SendFailure::AnswerLost(e.to_string())
     }
 }
 

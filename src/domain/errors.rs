@@ -18,8 +18,14 @@ pub enum SendFailure {
     },
     #[error("HTTP {0} without a Cloud API error body")]
     Http(u16),
+    /// The request was sent and no answer came in time: Meta may have accepted it.
     #[error("request timed out")]
     Timeout,
+    /// The exchange broke after the request may have reached Meta (a reset connection, a body
+    /// lost or unreadable after a 200): Meta may have accepted it.
+    #[error("answer lost: {0}")]
+    AnswerLost(String),
+    /// No connection was made: the request never reached Meta.
     #[error("connection failed: {0}")]
     Connect(String),
 }
@@ -30,7 +36,7 @@ impl SendFailure {
         match self {
             SendFailure::Api { code, .. } => *code,
             SendFailure::Http(status) => i64::from(*status),
-            SendFailure::Timeout | SendFailure::Connect(_) => 0,
+            SendFailure::Timeout | SendFailure::AnswerLost(_) | SendFailure::Connect(_) => 0,
         }
     }
 
@@ -39,6 +45,7 @@ impl SendFailure {
             SendFailure::Api { code, .. } => code.to_string(),
             SendFailure::Http(status) => format!("http_{status}"),
             SendFailure::Timeout => "timeout".into(),
+            SendFailure::AnswerLost(_) => "answer_lost".into(),
             SendFailure::Connect(_) => "connect".into(),
         }
     }
@@ -49,6 +56,8 @@ impl SendFailure {
 pub enum Disposition {
     /// Try again later with exponential backoff and jitter; counts against the attempt budget.
     Retry,
+    /// The request may have reached Meta and no answer says what became of it.
+    OutcomeUnknown,
     /// The number's throughput cap was hit: slow the sender down and retry.
     ThrottleSender,
     /// Too many messages to this recipient: retry this recipient only, after 4^n seconds.
@@ -79,7 +88,8 @@ pub enum Disposition {
 
 pub fn classify(failure: &SendFailure) -> Disposition {
     match failure {
-        SendFailure::Timeout | SendFailure::Connect(_) => Disposition::Retry,
+        SendFailure::Timeout | SendFailure::AnswerLost(_) => Disposition::OutcomeUnknown,
+        SendFailure::Connect(_) => Disposition::Retry,
         SendFailure::Http(status) => classify_http(*status),
         SendFailure::Api {
             code, http_status, ..
@@ -190,7 +200,7 @@ mod tests {
             assert_eq!(classify(&api(code)), Disposition::Retry, "{code}");
         }
         assert_eq!(classify(&SendFailure::Http(503)), Disposition::Retry);
-        assert_eq!(classify(&SendFailure::Timeout), Disposition::Retry);
+        // Never sent: safe to send again.
         assert_eq!(
             classify(&SendFailure::Connect("refused".into())),
             Disposition::Retry
@@ -198,6 +208,15 @@ mod tests {
         assert_eq!(
             classify(&api(131057)),
             Disposition::RetryAfter(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn a_request_that_may_have_reached_meta_has_an_unknown_outcome() {
+        assert_eq!(classify(&SendFailure::Timeout), Disposition::OutcomeUnknown);
+        assert_eq!(
+            classify(&SendFailure::AnswerLost("reset".into())),
+            Disposition::OutcomeUnknown
         );
     }
 

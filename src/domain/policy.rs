@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use super::DeliveryMode;
 use super::decision::TemplateStatus;
 use super::errors::{Disposition, SendFailure, classify};
 use super::reason::Reason;
@@ -99,13 +100,21 @@ pub enum Effect {
 pub struct AfterFailure {
     pub outcome: Outcome,
     pub effect: Option<Effect>,
+    /// The request may have reached Meta: the attempt's send claim stays, so no redelivery of
+    /// this attempt sends it again. Otherwise the claim is released.
+    pub may_have_sent: bool,
 }
 
 /// The one place that decides what a failed send means. `unit` is a random number in `[0, 1)`
 /// for the backoff's jitter, passed in so the rule stays pure.
+///
+/// A failure whose request may have reached Meta (a timeout, a lost answer) is recorded
+/// `send_outcome_unknown` when the caller asked for at most once (the default), and retried only
+/// when it asked for at least once.
 pub fn after_failure(
     failure: &SendFailure,
     spent: Spent,
+    delivery: DeliveryMode,
     limits: &Limits,
     unit: f64,
 ) -> AfterFailure {
@@ -113,8 +122,32 @@ pub fn after_failure(
     let only = |outcome| AfterFailure {
         outcome,
         effect: None,
+        may_have_sent: false,
     };
     match classify(failure) {
+        Disposition::OutcomeUnknown => {
+            let outcome = match delivery {
+                DeliveryMode::AtMostOnce => Outcome::Fail {
+                    reason: Reason::SendOutcomeUnknown,
+                    attempts,
+                },
+                DeliveryMode::AtLeastOnce if attempts >= limits.max_attempts => Outcome::Exhaust {
+                    reason: Reason::AttemptsExhausted,
+                    attempts,
+                },
+                DeliveryMode::AtLeastOnce => Outcome::Retry {
+                    wait: limits.backoff.delay(attempts, unit),
+                    reason: Reason::Retrying,
+                    attempts,
+                    throttles: spent.throttles,
+                },
+            };
+            AfterFailure {
+                outcome,
+                effect: None,
+                may_have_sent: true,
+            }
+        }
         disposition @ (Disposition::Retry
         | Disposition::ThrottleApp
         | Disposition::RetryAfter(_)) => {
@@ -157,6 +190,7 @@ pub fn after_failure(
                     throttles,
                 },
                 effect,
+                may_have_sent: false,
             }
         }
         Disposition::DeferRecipient => only(Outcome::Defer {
@@ -171,6 +205,7 @@ pub fn after_failure(
                 attempts,
             },
             effect: Some(Effect::MarkTemplate(TemplateStatus::Paused)),
+            may_have_sent: false,
         },
         Disposition::FailTemplateDisabled => AfterFailure {
             outcome: Outcome::Fail {
@@ -178,18 +213,21 @@ pub fn after_failure(
                 attempts,
             },
             effect: Some(Effect::MarkTemplate(TemplateStatus::Disabled)),
+            may_have_sent: false,
         },
         Disposition::StopSender => AfterFailure {
             outcome: Outcome::PutBack {
                 wait: limits.hold_recheck,
             },
             effect: Some(Effect::PauseSender),
+            may_have_sent: false,
         },
         Disposition::PauseMarketing => AfterFailure {
             outcome: Outcome::PutBack {
                 wait: limits.hold_recheck,
             },
             effect: Some(Effect::HoldMarketing(limits.marketing_pause_on_spam)),
+            may_have_sent: false,
         },
         Disposition::FailMarketingOptOut => AfterFailure {
             outcome: Outcome::Fail {
@@ -197,6 +235,7 @@ pub fn after_failure(
                 attempts,
             },
             effect: Some(Effect::OptOutMarketing),
+            may_have_sent: false,
         },
         Disposition::FailUnreachable => AfterFailure {
             outcome: Outcome::Fail {
@@ -206,6 +245,7 @@ pub fn after_failure(
             effect: limits
                 .suppress_unreachable
                 .then_some(Effect::SuppressRecipient),
+            may_have_sent: false,
         },
         Disposition::FailOutsideWindow => only(Outcome::Fail {
             reason: Reason::OutsideServiceWindow,
@@ -296,7 +336,7 @@ mod tests {
             ),
             (api(131000), LAST_ATTEMPT, exhausted(8), None),
             (
-                SendFailure::Timeout,
+                SendFailure::Connect("refused".into()),
                 FRESH,
                 retry(first_backoff, Reason::Retrying, 1, 0),
                 None,
@@ -427,12 +467,63 @@ mod tests {
             ),
         ];
         for (failure, spent, outcome, effect) in table {
-            let got = after_failure(&failure, spent, &l, 1.0);
-            assert_eq!(
-                got,
-                AfterFailure { outcome, effect },
-                "{failure} after {spent:?}"
-            );
+            // Known answers are treated alike whatever delivery the caller asked for.
+            for delivery in [DeliveryMode::AtMostOnce, DeliveryMode::AtLeastOnce] {
+                let got = after_failure(&failure, spent, delivery, &l, 1.0);
+                let expected = AfterFailure {
+                    outcome: outcome.clone(),
+                    effect: effect.clone(),
+                    may_have_sent: false,
+                };
+                assert_eq!(got, expected, "{failure} after {spent:?}, {delivery:?}");
+            }
+        }
+    }
+
+    /// A request that may have reached Meta is never sent again unless the caller asked for at
+    /// least once; either way its send claim stays.
+    #[test]
+    fn unknown_outcomes_by_delivery_and_budget() {
+        let l = limits();
+        let first_backoff = l.backoff.delay(1, 1.0);
+        let lost = SendFailure::AnswerLost("connection reset".into());
+        let table = [
+            (
+                SendFailure::Timeout,
+                FRESH,
+                DeliveryMode::AtMostOnce,
+                fail(Reason::SendOutcomeUnknown, 1),
+            ),
+            (
+                lost.clone(),
+                LAST_ATTEMPT,
+                DeliveryMode::AtMostOnce,
+                fail(Reason::SendOutcomeUnknown, 8),
+            ),
+            (
+                SendFailure::Timeout,
+                FRESH,
+                DeliveryMode::AtLeastOnce,
+                retry(first_backoff, Reason::Retrying, 1, 0),
+            ),
+            (
+                lost,
+                LAST_ATTEMPT,
+                DeliveryMode::AtLeastOnce,
+                Outcome::Exhaust {
+                    reason: Reason::AttemptsExhausted,
+                    attempts: 8,
+                },
+            ),
+        ];
+        for (failure, spent, delivery, outcome) in table {
+            let got = after_failure(&failure, spent, delivery, &l, 1.0);
+            let expected = AfterFailure {
+                outcome,
+                effect: None,
+                may_have_sent: true,
+            };
+            assert_eq!(got, expected, "{failure} after {spent:?}, {delivery:?}");
         }
     }
 
@@ -442,7 +533,7 @@ mod tests {
             suppress_unreachable: false,
             ..limits()
         };
-        let got = after_failure(&api(131026), FRESH, &l, 0.5);
+        let got = after_failure(&api(131026), FRESH, DeliveryMode::AtMostOnce, &l, 0.5);
         assert_eq!(got.effect, None);
         assert_eq!(got.outcome, fail(Reason::RecipientUnreachable, 1));
     }
@@ -455,7 +546,8 @@ mod tests {
                 attempts: 3,
                 throttles: 0,
             };
-            let Outcome::Retry { wait, .. } = after_failure(&api(1), spent, &l, unit).outcome
+            let Outcome::Retry { wait, .. } =
+                after_failure(&api(1), spent, DeliveryMode::AtMostOnce, &l, unit).outcome
             else {
                 panic!("a transient error is retried");
             };
@@ -472,7 +564,7 @@ mod tests {
                 attempts: 1,
                 throttles,
             };
-            let got = after_failure(&api(131056), spent, &l, 0.0);
+            let got = after_failure(&api(131056), spent, DeliveryMode::AtLeastOnce, &l, 0.0);
             assert_eq!(
                 got.outcome,
                 retry(

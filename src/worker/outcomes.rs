@@ -56,10 +56,18 @@ pub(super) async fn on_failure(
     let decided = policy::after_failure(
         &failure,
         spent,
+        job.delivery,
         &services.derived.post_send,
         fastrand::f64(),
     );
     tracing::debug!(id = %job.id, %failure, ?decided, "send failed");
+    // A known answer that is not a send: a redelivery may try this attempt again. A request that
+    // may have reached Meta keeps its claim, so no redelivery of this attempt sends it twice.
+    if !decided.may_have_sent
+        && let Err(e) = services.state.release_claim(job.id, job.attempt).await
+    {
+        tracing::warn!(id = %job.id, error = %e, "could not release the send claim");
+    }
     if let Some(effect) = &decided.effect {
         carry_out(shared, &job, &failure, effect).await;
     }

@@ -518,10 +518,6 @@ async fn send(shared: &Shared, delivery: Delivery, job: SendJob, probe: bool) {
                 .cloud_api_duration
                 .with_label_values(&["error"])
                 .observe(started.elapsed().as_secs_f64());
-            // The answer is known and it is not a send: a redelivery may try this attempt again.
-            if let Err(e) = services.state.release_claim(job.id, job.attempt).await {
-                tracing::warn!(id = %job.id, error = %e, "could not release the send claim");
-            }
             on_failure(shared, delivery, job, failure).await;
         }
     }

@@ -650,3 +650,74 @@ async fn a_paused_template_answer_holds_every_message_of_it() {
     );
     env.cleanup().await;
 }
+
+/// A slow Cloud API: the send is accepted but answered after pregon's HTTP timeout. At most once
+/// (the default) records it `send_outcome_unknown` and never sends it again; at least once, as
+/// the caller asked, sends it again.
+#[tokio::test]
+async fn a_send_answered_after_the_timeout_is_not_sent_again_at_most_once() {
+    let mut env = Env::start(Options {
+        sim: SimConfig {
+            timeout_fault: Duration::from_secs(3),
+            ..SimConfig::default()
+        },
+        tweak: |c| c.http_timeout = pregon::config::HumanDuration(Duration::from_secs(1)),
+        ..Options::default()
+    })
+    .await;
+    let sender = "1065550216";
+    env.sender(sender, json!("unlimited"), 80).await;
+    env.template("order_update", "utility").await;
+    let rs = recipients(6, 216);
+    for late in &rs[..2] {
+        env.sim(
+            "/_sim/faults",
+            json!({"phone_number_id": sender, "to": late, "kind": "late"}),
+        )
+        .await;
+    }
+    let at_most_once = enqueue(&env, sender, template_body(&rs[0], "order_update")).await;
+    let answer: Value = env
+        .http
+        .post(format!("{}/v1/{sender}/messages", env.api_url))
+        .bearer_auth(&env.admin_key)
+        .header("X-Pregon-Delivery", "at-least-once")
+        .json(&template_body(&rs[1], "order_update"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let at_least_once = answer["messages"][0]["id"].as_str().unwrap().to_string();
+    for r in &rs[2..] {
+        enqueue(&env, sender, template_body(r, "order_update")).await;
+    }
+    env.start_worker();
+    env.wait_counts(sender, Duration::from_secs(60), |c| {
+        c.get("sent") == Some(&5) && c.get("failed") == Some(&1)
+    })
+    .await;
+    let m = env.message(&at_most_once).await;
+    assert_eq!(m["status"], "failed", "{m}");
+    assert_eq!(m["status_reason"], "send_outcome_unknown", "{m}");
+    assert_eq!(env.message(&at_least_once).await["status"], "sent");
+    // Let any send still in the lanes land before counting what the Cloud API received.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let received = env.received(sender).await;
+    let times = |to: &String| received.iter().filter(|r| &r.to == to).count();
+    assert_eq!(
+        times(&rs[0]),
+        1,
+        "at most once: the late send is never repeated"
+    );
+    assert_eq!(
+        times(&rs[1]),
+        2,
+        "at least once: sent again after the timeout"
+    );
+    for r in &rs[2..] {
+        assert_eq!(times(r), 1);
+    }
+    env.cleanup().await;
+}
