@@ -123,7 +123,9 @@ async fn prepare(services: &Services, request: &Request) -> Result<Prepared, Enq
         delivery: request.delivery,
     };
     let id = Uuid::now_v7();
-    let body = RawValue::from_string(validated.body.to_string()).map_err(|e| {
+    let mut body = validated.body;
+    message::tag_with_id(&mut body, &id.to_string());
+    let body = RawValue::from_string(body.to_string()).map_err(|e| {
         refused(
             RefusalKind::Invalid,
             "invalid_body",

@@ -198,6 +198,7 @@ async fn apply_statuses(services: &Services, statuses: &[&StatusUpdate]) -> Resu
         count(services, &format!("status_{}", metric_status(&s.status)));
     }
     let ids = stored::insert_statuses(&services.pool, statuses).await?;
+    reconcile(services).await?;
     settle_statuses(services, &ids).await
 }
 
@@ -210,8 +211,26 @@ fn metric_status(status: &str) -> &str {
 
 /// Statuses that came before their message's send was recorded, now that it is.
 async fn apply_waiting_statuses(services: &Services) -> Result<(), AppError> {
+    reconcile(services).await?;
     let ids = stored::unapplied_with_message(&services.pool, 1000).await?;
     settle_statuses(services, &ids).await
+}
+
+/// Sends recorded `send_outcome_unknown` that Meta's statuses show were made: they become sent.
+async fn reconcile(services: &Services) -> Result<(), AppError> {
+    let reconciled = stored::reconcile_unknown_outcomes(&services.pool).await?;
+    if reconciled > 0 {
+        tracing::info!(
+            reconciled,
+            "unknown send outcomes confirmed by Meta's statuses"
+        );
+        services
+            .metrics
+            .webhook_updates
+            .with_label_values(&["unknown_outcome_reconciled"])
+            .inc_by(reconciled);
+    }
+    Ok(())
 }
 
 /// Takes the consequences of failed statuses, folds all of them into their messages, and marks

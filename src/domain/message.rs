@@ -34,6 +34,20 @@ pub struct ValidatedMessage {
     pub body: Value,
 }
 
+/// Puts pregon's message id in the body's `biz_opaque_callback_data` (which Meta echoes in every
+/// status of the message) unless the caller set one: a send whose answer was lost can then still
+/// be matched to Meta's statuses. A caller's own value is kept as it is.
+pub fn tag_with_id(body: &mut Value, message_id: &str) {
+    if let Some(obj) = body.as_object_mut()
+        && !obj.contains_key("biz_opaque_callback_data")
+    {
+        obj.insert(
+            "biz_opaque_callback_data".into(),
+            Value::String(message_id.to_string()),
+        );
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageKind {
     Template { name: String, language: String },
@@ -737,5 +751,15 @@ mod tests {
         );
         let err = validate(&json!([1, 2])).unwrap_err();
         assert_eq!(err.code, "invalid_body");
+    }
+
+    #[test]
+    fn the_message_id_rides_in_the_callback_data_unless_the_caller_set_one() {
+        let mut body = serde_json::json!({"messaging_product": "whatsapp", "to": "5215512345678"});
+        tag_with_id(&mut body, "0197a1f0");
+        assert_eq!(body["biz_opaque_callback_data"], "0197a1f0");
+        let mut theirs = serde_json::json!({"biz_opaque_callback_data": "order-17"});
+        tag_with_id(&mut theirs, "0197a1f0");
+        assert_eq!(theirs["biz_opaque_callback_data"], "order-17");
     }
 }

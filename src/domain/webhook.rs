@@ -29,6 +29,9 @@ pub struct StatusUpdate {
     pub error_code: Option<i64>,
     pub error_title: Option<String>,
     pub pricing: Option<Value>,
+    /// The send's `biz_opaque_callback_data` echoed back: pregon puts its message id there, so a
+    /// send whose answer was lost can still be matched to its status.
+    pub callback_data: Option<String>,
 }
 
 /// A message a customer wrote to one of the business's numbers.
@@ -263,6 +266,7 @@ fn status(s: &Value, phone_number_id: Option<String>) -> Option<StatusUpdate> {
         error_code: error.and_then(|e| number(e.get("code"))),
         error_title: error.and_then(|e| text(e.get("title")).or_else(|| text(e.get("message")))),
         pricing: s.get("pricing").filter(|p| p.is_object()).cloned(),
+        callback_data: text(s.get("biz_opaque_callback_data")),
     })
 }
 

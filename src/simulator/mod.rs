@@ -266,11 +266,8 @@ async fn send(
         tokio::time::sleep(state.config.latency).await;
     }
     let (verdict, late) = decide(&state, &phone_number_id, &message);
-    if late && matches!(verdict, Verdict::Accept { .. }) {
-        // Recorded and reported as sent; only the answer is late.
-        tokio::time::sleep(state.config.timeout_fault).await;
-    }
-    match verdict {
+    let late = late && matches!(verdict, Verdict::Accept { .. });
+    let response = match verdict {
         Verdict::Timeout => {
             tokio::time::sleep(state.config.timeout_fault).await;
             StatusCode::GATEWAY_TIMEOUT.into_response()
@@ -295,6 +292,10 @@ async fn send(
                     status: "sent",
                     category,
                     error_code: None,
+                    callback_data: message
+                        .get("biz_opaque_callback_data")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                 };
                 let _ = hooks.send(event.clone().into());
                 let hooks = hooks.clone();
@@ -339,7 +340,13 @@ async fn send(
             }))
             .into_response()
         }
+    };
+    if late {
+        // Recorded and reported as sent (the webhooks above are already on their way, as Meta
+        // processes a message whatever becomes of its HTTP answer); only the answer is late.
+        tokio::time::sleep(state.config.timeout_fault).await;
     }
+    response
 }
 
 /// Applies Meta's rules in order, atomically per request, and records the outcome; also says

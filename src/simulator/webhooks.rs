@@ -16,6 +16,8 @@ pub struct StatusEvent {
     pub status: &'static str,
     pub category: &'static str,
     pub error_code: Option<i64>,
+    /// The send's `biz_opaque_callback_data`, which Meta echoes in its statuses.
+    pub callback_data: Option<String>,
 }
 
 /// What the simulator reports to the receiver: message statuses, or any other change (a number's
@@ -99,6 +101,9 @@ fn envelope(events: &[Outgoing]) -> Value {
         if e.status != "failed" {
             status["pricing"] = json!({"billable": e.category != "service", "pricing_model": "PMP",
                 "category": e.category, "type": if e.category == "service" { "free_customer_service" } else { "regular" }});
+        }
+        if let Some(data) = &e.callback_data {
+            status["biz_opaque_callback_data"] = json!(data);
         }
         if let Some(code) = e.error_code {
             status["errors"] = json!([{"code": code, "title": "Message undeliverable",

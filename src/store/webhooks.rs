@@ -10,6 +10,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::{StoreError, changed_columns, message_event_json};
+use crate::domain::reason::Reason;
 use crate::domain::webhook::{InboundMessage, StatusUpdate, failed_status};
 
 // ---------------------------------------------------------------------------------------------
@@ -172,11 +173,12 @@ pub async fn insert_statuses(
     let rows = sqlx::query(
         "WITH u AS (
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[],
-                                  $6::text[], $7::text[], $8::jsonb[])
-                 AS u(wamid, status, occurred_at, recipient, error_code, error_title, failure_reason, pricing)
+                                  $6::text[], $7::text[], $8::jsonb[], $9::text[])
+                 AS u(wamid, status, occurred_at, recipient, error_code, error_title, failure_reason, pricing,
+                      callback_data)
          ), ins AS (
              INSERT INTO message_statuses (wamid, status, occurred_at, recipient, error_code, error_title,
-                                           failure_reason, pricing)
+                                           failure_reason, pricing, callback_data)
              SELECT DISTINCT ON (wamid, status) * FROM u
              ON CONFLICT (wamid, status) DO NOTHING
              RETURNING id
@@ -196,6 +198,7 @@ pub async fn insert_statuses(
         (s.status == "failed").then(|| failed_status(s.error_code).reason().code().to_string())
     }))
     .bind(statuses.iter().map(|s| s.pricing.clone()).collect::<Vec<_>>())
+    .bind(col(&|s| s.callback_data.clone()))
     .fetch_all(pool)
     .await?;
     Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
@@ -307,6 +310,41 @@ pub async fn apply_statuses(pool: &PgPool, ids: &[i64]) -> Result<u64, StoreErro
          SELECT (SELECT count(*) FROM applied)"
     ))
     .bind(ids)
+    .fetch_one(pool)
+    .await?;
+    Ok(u64::try_from(row.get::<i64, _>(0)).unwrap_or(0))
+}
+
+/// Sends whose outcome was unknown (no answer, recorded `send_outcome_unknown`) that Meta reports
+/// by status after all: the status echoes pregon's message id in `biz_opaque_callback_data`. Each
+/// such message takes the status's wamid and becomes `sent`, with its event; its statuses are
+/// then folded like any other. Returns how many were reconciled.
+pub async fn reconcile_unknown_outcomes(pool: &PgPool) -> Result<u64, StoreError> {
+    let row = sqlx::query(concat!(
+        "WITH s AS (
+             SELECT DISTINCT ON (ms.callback_data) ms.wamid, ms.callback_data, ms.occurred_at
+             FROM message_statuses ms
+             WHERE ms.applied_at IS NULL AND ms.callback_data IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM messages x WHERE x.wamid = ms.wamid)
+             ORDER BY ms.callback_data, ms.id
+         ), c AS (
+             UPDATE messages m SET wamid = s.wamid, status = 'sent', status_reason = NULL,
+                 last_error_code = NULL, last_error = NULL,
+                 sent_at = COALESCE(m.sent_at, s.occurred_at), updated_at = now()
+             FROM s
+             WHERE m.id::text = s.callback_data AND m.wamid IS NULL
+               AND m.status = 'failed' AND m.status_reason = $1
+             RETURNING ",
+        changed_columns!(),
+        "), events AS (
+             INSERT INTO event_outbox (event_type, routing_key, api_key_id, payload)
+             SELECT 'message.sent', 'message.sent.' || c.category, c.api_key_id, ",
+        message_event_json!("'message.sent'"),
+        " FROM c
+         )
+         SELECT count(*) FROM c"
+    ))
+    .bind(Reason::SendOutcomeUnknown.code())
     .fetch_one(pool)
     .await?;
     Ok(u64::try_from(row.get::<i64, _>(0)).unwrap_or(0))

@@ -273,13 +273,18 @@ impl Runner {
                     body,
                     sender,
                     ..
-                } => messages.push(PlannedMessage {
-                    id: Uuid::now_v7(),
-                    seq,
-                    sender,
-                    recipient,
-                    body: body.to_string(),
-                }),
+                } => {
+                    let id = Uuid::now_v7();
+                    let mut body = body;
+                    crate::domain::message::tag_with_id(&mut body, &id.to_string());
+                    messages.push(PlannedMessage {
+                        id,
+                        seq,
+                        sender,
+                        recipient,
+                        body: body.to_string(),
+                    })
+                }
                 Verdict::Excluded { input, reason, .. } => exclusions.push((input, reason.code())),
             }
         }

@@ -721,3 +721,55 @@ async fn a_send_answered_after_the_timeout_is_not_sent_again_at_most_once() {
     }
     env.cleanup().await;
 }
+
+/// The send whose answer never came was made after all: Meta's statuses echo pregon's message id
+/// (`biz_opaque_callback_data`), so the message recorded `send_outcome_unknown` takes its wamid
+/// and moves on to sent and delivered, and it is still sent only once.
+#[tokio::test]
+async fn an_unknown_outcome_is_reconciled_from_metas_statuses() {
+    let mut env = Env::start(Options {
+        sim: SimConfig {
+            timeout_fault: Duration::from_secs(3),
+            delivered_after: Duration::from_millis(200),
+            ..SimConfig::default()
+        },
+        tweak: |c| c.http_timeout = pregon::config::HumanDuration(Duration::from_secs(1)),
+        sim_webhooks: true,
+    })
+    .await;
+    let sender = "1065550217";
+    env.sender(sender, json!("unlimited"), 80).await;
+    env.template("order_update", "utility").await;
+    let to = recipients(1, 217)[0].clone();
+    env.sim(
+        "/_sim/faults",
+        json!({"phone_number_id": sender, "to": to, "kind": "late"}),
+    )
+    .await;
+    let id = enqueue(&env, sender, template_body(&to, "order_update")).await;
+    env.start_worker();
+    let m = env
+        .eventually(
+            "reconciled and delivered",
+            Duration::from_secs(30),
+            async || {
+                let m = env.message(&id).await;
+                (m["status"] == "delivered" || m["status"] == "read").then_some(m)
+            },
+        )
+        .await;
+    // It got there through the unknown outcome, not through an answer.
+    let reconciled = env
+        .services
+        .metrics
+        .webhook_updates
+        .with_label_values(&["unknown_outcome_reconciled"])
+        .get();
+    assert_eq!(reconciled, 1);
+    let received = env.received(sender).await;
+    assert_eq!(received.len(), 1, "sent once");
+    assert_eq!(m["wamid"], received[0].wamid.as_str(), "{m}");
+    assert_eq!(received[0].callback_data.as_deref(), Some(id.as_str()));
+    assert!(m["status_reason"].is_null(), "{m}");
+    env.cleanup().await;
+}
