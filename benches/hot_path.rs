@@ -48,6 +48,7 @@ fn pure(c: &mut Criterion) {
         claimed: false,
         campaign: pregon::domain::decision::CampaignGate::Open,
         template_probe: false,
+        copy_since_ms: Some(0),
     };
     let facts = Facts {
         category: Category::Marketing,

@@ -37,6 +37,10 @@ pub enum AppError {
     Io(#[from] std::io::Error),
 }
 
+/// How long a starting process waits for another one rebuilding Redis's copy before it starts
+/// anyway (its readers hold until the copy is whole).
+const STARTUP_COPY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Everything a process talks to, connected once and shared.
 #[derive(Clone)]
 pub struct Services {
@@ -94,20 +98,23 @@ impl Services {
         })?;
         let catalog = Catalog::new(pool.clone(), config.sender_refresh.0);
         catalog.refresh().await?;
+        let services = Services {
+            config: Arc::new(config),
+            derived: Arc::new(derived),
+            pool,
+            state,
+            amqp: Arc::new(amqp),
+            publisher,
+            writer,
+            names,
+            catalog,
+            cloud,
+            metrics: Metrics::new(),
+        };
+        // Redis may have come back empty since the last run: nothing reads it until it is whole.
+        crate::state_copy::ensure(&services, STARTUP_COPY_WAIT).await?;
         Ok((
-            Services {
-                config: Arc::new(config),
-                derived: Arc::new(derived),
-                pool,
-                state,
-                amqp: Arc::new(amqp),
-                publisher,
-                writer,
-                names,
-                catalog,
-                cloud,
-                metrics: Metrics::new(),
-            },
+            services,
             Background {
                 writer: writer_handle,
             },

@@ -32,6 +32,9 @@ pub enum EnqueueError {
     Store(#[from] StoreError),
     #[error(transparent)]
     State(#[from] StateError),
+    /// Redis lost its data and is being rebuilt from PostgreSQL: nothing was queued.
+    #[error("pregon's Redis copy is being rebuilt; nothing was queued, try again shortly")]
+    StateRebuilding,
     #[error(transparent)]
     Queue(#[from] QueueError),
 }
@@ -226,9 +229,13 @@ pub async fn enqueue_many(
     let states = match services.state.recipient_states(&pairs).await {
         Ok(states) => states,
         Err(e) => {
+            // Never refuse on a copy that may be incomplete: the caller retries once it is whole.
             let message = e.to_string();
             for (i, _) in &valid {
-                results[*i] = Some(Err(EnqueueError::Store(StoreError::Batch(message.clone()))));
+                results[*i] = Some(Err(match e {
+                    StateError::CopyMissing => EnqueueError::StateRebuilding,
+                    _ => EnqueueError::Store(StoreError::Batch(message.clone())),
+                }));
             }
             return finish(results);
         }

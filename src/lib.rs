@@ -22,6 +22,7 @@ pub mod process;
 pub mod queue;
 pub mod simulator;
 pub mod state;
+pub mod state_copy;
 pub mod store;
 pub mod templates;
 pub mod webhooks;

@@ -64,6 +64,9 @@ enum Command {
     /// Consent: export the log, or rebuild Redis's copy from PostgreSQL.
     #[command(subcommand)]
     Consent(commands::ConsentCommand),
+    /// Redis's copy of PostgreSQL's state: whether it is whole, or rebuild it now.
+    #[command(subcommand)]
+    State(commands::StateCommand),
     /// The template registry.
     Templates {
         #[command(flatten)]
@@ -227,6 +230,7 @@ async fn run(command: Command, config: Config) -> Result<(), AppError> {
         Command::Campaign { api, command } => commands::campaign(&api, command).await,
         Command::Contacts { api, command } => commands::contacts(&api, command).await,
         Command::Consent(command) => commands::consent(config, command).await,
+        Command::State(command) => commands::state(config, command).await,
         Command::Templates { api, command } => commands::templates(&api, command).await,
     }
 }

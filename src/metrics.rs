@@ -42,6 +42,12 @@ pub struct Metrics {
     pub campaign_longest_pause_seconds: IntGauge,
     /// Contact rows imported, by outcome (created, updated, error).
     pub contacts_imported: IntCounterVec,
+    /// 1 while Redis holds a complete copy of PostgreSQL's state, 0 while it is lost or rebuilt.
+    pub state_copy_complete: IntGauge,
+    /// Rebuilds of Redis's copy this process carried out.
+    pub state_rebuilds: prometheus::IntCounter,
+    /// How long this process's last rebuild took, in milliseconds.
+    pub state_rebuild_ms: IntGauge,
 }
 
 fn buckets() -> Vec<f64> {
@@ -183,6 +189,18 @@ impl Metrics {
             "pregon_campaign_handed_total",
             "Campaign messages handed to RabbitMQ by the fan-out",
         );
+        let state_copy_complete = plain_gauge(
+            "pregon_state_copy_complete",
+            "1 while Redis holds a complete copy of PostgreSQL's state; 0 while sends hold for a rebuild",
+        );
+        let state_rebuilds = plain_counter(
+            "pregon_state_rebuilds_total",
+            "Rebuilds of Redis's copy of PostgreSQL's state carried out by this process",
+        );
+        let state_rebuild_ms = plain_gauge(
+            "pregon_state_rebuild_milliseconds",
+            "How long this process's last rebuild of Redis's copy took",
+        );
         let webhook_ack_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "pregon_webhook_ack_seconds",
@@ -229,6 +247,9 @@ impl Metrics {
             .register(Box::new(pacing_wait_seconds.clone()))
             .expect("metric registered once");
         Metrics {
+            state_copy_complete,
+            state_rebuilds,
+            state_rebuild_ms,
             registry,
             messages,
             enqueue_to_accepted,

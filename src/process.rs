@@ -65,6 +65,7 @@ pub async fn serve_api(
     listener: tokio::net::TcpListener,
     mut shutdown: Shutdown,
 ) {
+    let keeper = tokio::spawn(crate::state_copy::keep(services.clone(), shutdown.clone()));
     let router = crate::api::router(services);
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.wait().await })
@@ -72,6 +73,7 @@ pub async fn serve_api(
     if let Err(e) = result {
         tracing::error!(error = %e, "API server failed");
     }
+    let _ = keeper.await;
 }
 
 /// An in-process stack for `demo` and `bench`: services connected, a worker running.
@@ -93,6 +95,7 @@ impl LocalStack {
         pool.close().await;
         let (services, background) = Services::connect(config, name).await?;
         services.state.delete_all().await?;
+        crate::state_copy::ensure(&services, std::time::Duration::from_secs(60)).await?;
         let senders: Vec<String> = (0..200).map(local_sender_id).collect();
         crate::queue::delete_namespace(
             &services.amqp,

@@ -25,10 +25,30 @@ pub enum StateError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected Redis answer: {0}")]
     Parse(#[from] redis::ParsingError),
+    /// Redis lost its data (its copy marker is gone) and the copy of PostgreSQL's state is being
+    /// rebuilt: nothing read from it may be trusted yet.
+    #[error("Redis lost its copy of PostgreSQL's state; it is being rebuilt")]
+    CopyMissing,
+}
+
+impl StateError {
+    /// Whether the failure may pass by itself (Redis unreachable or being rebuilt), as opposed
+    /// to an answer pregon cannot read.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, StateError::Parse(_))
+    }
 }
 
 /// How long send claims and "already sent" markers live: longer than any redelivery can take.
 const CLAIM_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// The key whose presence says Redis holds a complete copy of PostgreSQL's state; its value is
+/// when that copy was built (ms). Written last by a rebuild; a Redis that restarts empty has
+/// lost it with everything else, and every reader holds until it is back.
+const COPY_MARKER: &str = "copy";
+
+/// The key a rebuilding process holds, so several processes starting at once rebuild once.
+const REBUILD_LOCK: &str = "copy-rebuild";
 
 #[derive(Clone)]
 pub struct State {
@@ -37,6 +57,7 @@ pub struct State {
     reserve: Script,
     renew_lease: Script,
     release_lease: Script,
+    finish_rebuild: Script,
 }
 
 /// The sender fields the worker decides on, mirrored from PostgreSQL.
@@ -66,11 +87,17 @@ pub enum Reservation {
     TierFull { frees_at_ms: i64 },
     /// Another delivery of the same attempt claimed the send first.
     AlreadyClaimed,
+    /// Redis lost its data since the snapshot: nothing was reserved; wait for the rebuild.
+    CopyMissing,
 }
 
 /// Trims the moving 24 h window, counts the recipient if new, and claims the send, atomically.
-/// A recipient already counted in the window is refreshed, never counted twice.
+/// A recipient already counted in the window is refreshed, never counted twice. Nothing is taken
+/// when the copy marker (KEYS[3]) is gone: an emptied Redis would count from zero.
 const RESERVE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return {3, 0}
+end
 local now = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local limit = tonumber(ARGV[4])
@@ -108,6 +135,15 @@ end
 return 0
 "#;
 
+const FINISH_REBUILD_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
 /// Escapes a literal for a Redis glob pattern (the prefix's hash tag holds braces; tests' prefixes
 /// may hold other pattern characters).
 fn redis_glob_escape(raw: &str) -> String {
@@ -132,6 +168,17 @@ fn sender_state((status, quality, paused, until): SenderHash) -> SenderState {
     }
 }
 
+/// The answers after a pipeline's leading `EXISTS copy`, or `CopyMissing` when the copy is gone:
+/// a missing consent or window would otherwise read as "none" and refuse or skip for good.
+fn complete_copy(raw: &[redis::Value]) -> Result<&[redis::Value], StateError> {
+    let (marker, rest) = raw.split_first().ok_or(StateError::CopyMissing)?;
+    if redis::from_redis_value_ref::<bool>(marker)? {
+        Ok(rest)
+    } else {
+        Err(StateError::CopyMissing)
+    }
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -150,6 +197,7 @@ impl State {
             reserve: Script::new(RESERVE_LUA),
             renew_lease: Script::new(RENEW_LEASE_LUA),
             release_lease: Script::new(RELEASE_LEASE_LUA),
+            finish_rebuild: Script::new(FINISH_REBUILD_LUA),
         })
     }
 
@@ -313,6 +361,7 @@ impl State {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
+        pipe.exists(self.key(&[COPY_MARKER]));
         for (sender, recipient) in pairs {
             pipe.hmget(self.key(&["consent", recipient]), &["marketing", "utility"])
                 .exists(self.key(&["win", sender, recipient]))
@@ -320,6 +369,7 @@ impl State {
         }
         let mut conn = self.conn.clone();
         let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let raw = complete_copy(&raw)?;
         let mut out = Vec::with_capacity(pairs.len());
         for triple in raw.chunks(3) {
             let (marketing, utility): (Option<String>, Option<String>) =
@@ -365,9 +415,12 @@ impl State {
         if let Some(c) = campaign {
             pipe.get(self.key(&["camp", &c.to_string()]));
         }
+        pipe.get(self.key(&[COPY_MARKER]));
         let mut conn = self.conn.clone();
         let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
         let value = |i: usize| raw.get(i).unwrap_or(&redis::Value::Nil);
+        let copy_since_ms: Option<i64> =
+            redis::from_redis_value_ref(raw.last().unwrap_or(&redis::Value::Nil))?;
         let (status, quality, paused, mk_paused_until): (
             Option<String>,
             Option<String>,
@@ -406,10 +459,14 @@ impl State {
             suppressed,
             sent_wamid: done,
             claimed,
-            campaign: CampaignGate::from_state(
-                campaign_state.as_deref().and_then(CampaignState::parse),
-            ),
+            campaign: match campaign {
+                Some(_) => CampaignGate::from_state(
+                    campaign_state.as_deref().and_then(CampaignState::parse),
+                ),
+                None => CampaignGate::Open,
+            },
             template_probe: false,
+            copy_since_ms,
         })
     }
 
@@ -473,12 +530,14 @@ impl State {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
+        pipe.exists(self.key(&[COPY_MARKER]));
         for r in recipients {
             pipe.hmget(self.key(&["consent", r]), &["marketing", "utility"])
                 .exists(self.key(&["sup", r]));
         }
         let mut conn = self.conn.clone();
         let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        let raw = complete_copy(&raw)?;
         let mut out = Vec::with_capacity(recipients.len());
         for pair in raw.chunks(2) {
             let (marketing, utility): (Option<String>, Option<String>) =
@@ -596,6 +655,7 @@ impl State {
             .reserve
             .key(self.key(&["tier", tier_counter]))
             .key(self.key(&["claim", &message_id.to_string(), &attempt.to_string()]))
+            .key(self.key(&[COPY_MARKER]))
             .arg(recipient)
             .arg(now_ms())
             .arg(TIER_WINDOW.as_millis() as i64)
@@ -610,6 +670,7 @@ impl State {
             0 => Reservation::TierFull {
                 frees_at_ms: frees_at,
             },
+            3 => Reservation::CopyMissing,
             _ => Reservation::AlreadyClaimed,
         })
     }
@@ -670,6 +731,132 @@ impl State {
         Ok(conn.zcount(key, from, "+inf").await?)
     }
 
+    // -- the copy of PostgreSQL's state -------------------------------------------------------
+
+    /// When the copy of PostgreSQL's state was built (ms), or `None` when Redis lost it.
+    pub async fn copy_since(&self) -> Result<Option<i64>, StateError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.get(self.key(&[COPY_MARKER])).await?)
+    }
+
+    /// Claims the rebuild of the copy for one attempt (`token`), so several processes starting
+    /// at once rebuild it once. False when another attempt holds it.
+    pub async fn claim_rebuild(&self, token: &str, ttl: Duration) -> Result<bool, StateError> {
+        let mut conn = self.conn.clone();
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.key(&[REBUILD_LOCK]))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    /// Keeps the rebuild claim; false when it lapsed or Redis lost it (restarted again), and
+    /// then this attempt must not declare the copy complete.
+    pub async fn renew_rebuild(&self, token: &str, ttl: Duration) -> Result<bool, StateError> {
+        let mut conn = self.conn.clone();
+        let renewed: i64 = self
+            .renew_lease
+            .key(self.key(&[REBUILD_LOCK]))
+            .arg(token)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Declares the copy complete, only if this attempt still holds its claim (so a Redis that
+    /// restarted during the rebuild is never declared whole), and gives the claim up. True when
+    /// declared.
+    pub async fn finish_rebuild(&self, token: &str, built_at_ms: i64) -> Result<bool, StateError> {
+        let mut conn = self.conn.clone();
+        let done: i64 = self
+            .finish_rebuild
+            .key(self.key(&[REBUILD_LOCK]))
+            .key(self.key(&[COPY_MARKER]))
+            .arg(token)
+            .arg(built_at_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Gives up a rebuild claim (a failed attempt), so another process may try at once.
+    pub async fn release_rebuild(&self, token: &str) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .release_lease
+            .key(self.key(&[REBUILD_LOCK]))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks recipients suppressed, many at once (a rebuild).
+    pub async fn suppress_many(&self, recipients: &[String]) -> Result<(), StateError> {
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for r in recipients {
+            pipe.set(self.key(&["sup", r]), 1).ignore();
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Opens service windows, many at once: (sender, recipient, closes at ms). A window already
+    /// open longer is left as it is.
+    pub async fn open_service_windows(
+        &self,
+        windows: &[(String, String, i64)],
+    ) -> Result<(), StateError> {
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        for (sender, recipient, closes_at) in windows.iter().filter(|w| w.2 > now) {
+            let key = self.key(&["win", sender, recipient]);
+            pipe.cmd("SET")
+                .arg(&key)
+                .arg(closes_at)
+                .arg("PXAT")
+                .arg(closes_at)
+                .arg("NX")
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Counts recipients in tier counters again, many at once: (counter, recipient, reached at
+    /// ms). A recipient already counted keeps the later of the two instants.
+    pub async fn recount_tier(&self, reached: &[(String, String, i64)]) -> Result<(), StateError> {
+        if reached.is_empty() {
+            return Ok(());
+        }
+        let window = TIER_WINDOW.as_millis() as i64;
+        let mut pipe = redis::pipe();
+        for (counter, recipient, at) in reached {
+            let key = self.key(&["tier", counter]);
+            pipe.cmd("ZADD")
+                .arg(&key)
+                .arg("GT")
+                .arg(at)
+                .arg(recipient)
+                .ignore()
+                .pexpire(&key, window)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
     // -- idempotency ---------------------------------------------------------------------------
 
     /// Claims an idempotency key for a message id; returns the id that owns the key (ours, or the
@@ -714,10 +901,15 @@ impl State {
         owner: &str,
         ttl: Duration,
     ) -> Result<bool, StateError> {
+        self.hold_key(&self.key(&["lease", phone_number_id]), owner, ttl)
+            .await
+    }
+
+    /// Takes `key` for `owner` when free, or renews it when `owner` holds it.
+    async fn hold_key(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StateError> {
         let mut conn = self.conn.clone();
-        let key = self.key(&["lease", phone_number_id]);
         let taken: Option<String> = redis::cmd("SET")
-            .arg(&key)
+            .arg(key)
             .arg(owner)
             .arg("NX")
             .arg("PX")
@@ -729,7 +921,7 @@ impl State {
         }
         let renewed: i64 = self
             .renew_lease
-            .key(&key)
+            .key(key)
             .arg(owner)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)

@@ -27,9 +27,6 @@ const CLAIM_BATCH: i64 = 32;
 const CLAIM_LEASE_SECONDS: f64 = 120.0;
 /// Attempts before an event that keeps failing is parked as `failed` for a person to look at.
 const MAX_EVENT_ATTEMPTS: i32 = 10;
-/// How long a window opened from a click-to-WhatsApp ad stays free (Meta's free entry point).
-const REFERRAL_WINDOW: Duration = Duration::from_secs(72 * 3600);
-const SERVICE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 pub async fn run(services: Services, mut stop: Shutdown) {
     let poll = services.config.background_poll.0;
@@ -359,11 +356,7 @@ async fn handle_inbound(services: &Services, messages: &[&InboundMessage]) -> Re
         let recipient = phone::normalize(&message.from)
             .map(|p| p.digits().to_string())
             .unwrap_or_else(|_| message.from.clone());
-        let window = if message.referral.is_some() {
-            REFERRAL_WINDOW
-        } else {
-            SERVICE_WINDOW
-        };
+        let window = crate::domain::webhook::window_after_inbound(message.referral.is_some());
         services
             .state
             .open_service_window(

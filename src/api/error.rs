@@ -14,7 +14,12 @@ pub struct ApiError {
     pub code: &'static str,
     pub field: Option<String>,
     pub message: String,
+    /// Seconds a client should wait before trying again (`Retry-After`), on a 503.
+    pub retry_after: Option<u32>,
 }
+
+/// How long a client is asked to wait after a 503 before it tries again.
+const RETRY_AFTER_SECONDS: u32 = 2;
 
 impl ApiError {
     pub fn new(
@@ -23,11 +28,14 @@ impl ApiError {
         field: Option<&str>,
         message: impl Into<String>,
     ) -> ApiError {
+        let retry_after =
+            (status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECONDS);
         ApiError {
             status,
             code,
             field: field.map(str::to_string),
             message: message.into(),
+            retry_after,
         }
     }
 
@@ -68,7 +76,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -87,6 +101,7 @@ impl From<Refusal> for ApiError {
             code: r.code,
             field: r.field,
             message: r.message,
+            retry_after: None,
         }
     }
 }
@@ -95,6 +110,12 @@ impl From<EnqueueError> for ApiError {
     fn from(e: EnqueueError) -> ApiError {
         match e {
             EnqueueError::Refused(r) => r.into(),
+            EnqueueError::StateRebuilding => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state_rebuilding",
+                None,
+                EnqueueError::StateRebuilding.to_string(),
+            ),
             other => ApiError::internal(other),
         }
     }

@@ -143,6 +143,15 @@ pub enum ConsentCommand {
 }
 
 #[derive(Subcommand)]
+pub enum StateCommand {
+    /// Whether Redis holds a complete copy, and since when (uses the Redis settings directly).
+    Status,
+    /// Rewrite the copy from PostgreSQL now and report what was written and how long it took
+    /// (every process does this by itself when Redis lost its data).
+    Rebuild,
+}
+
+#[derive(Subcommand)]
 pub enum TemplatesCommand {
     /// Fill the registry from the Cloud API's template list of every sender's business account.
     Sync,
@@ -202,6 +211,26 @@ pub async fn consent(config: Config, command: ConsentCommand) -> Result<(), AppE
             Ok(())
         }
     }
+}
+
+pub async fn state(config: Config, command: StateCommand) -> Result<(), AppError> {
+    let (services, background) = crate::app::Services::connect(config, "cli").await?;
+    let answer = match command {
+        StateCommand::Status => {
+            let since = services.state.copy_since().await?;
+            serde_json::json!({
+                "complete": since.is_some(),
+                "built_at": since.and_then(chrono::DateTime::from_timestamp_millis),
+            })
+        }
+        StateCommand::Rebuild => {
+            let report = crate::state_copy::rebuild_now(&services).await?;
+            serde_json::to_value(&report).unwrap_or_default()
+        }
+    };
+    background.writer.close().await;
+    print(&answer);
+    Ok(())
 }
 
 pub async fn templates(api: &ApiArgs, command: TemplatesCommand) -> Result<(), AppError> {

@@ -224,6 +224,10 @@ pub struct Snapshot {
     /// This message holds the probe of a paused template: it is sent to learn whether Meta still
     /// refuses the template (one message per recheck interval, not all of them).
     pub template_probe: bool,
+    /// When Redis's copy of PostgreSQL's state was built (ms); `None` when Redis lost it (a restart
+    /// without persistence). Until it is rebuilt nothing in this snapshot can be trusted: a
+    /// missing consent, template or tier count would read as "none".
+    pub copy_since_ms: Option<i64>,
 }
 
 /// What a campaign's state means for its messages in the lanes.
@@ -236,6 +240,8 @@ pub enum CampaignGate {
     Paused,
     /// Cancelled or past its end-by time: the message is cancelled.
     Stopped,
+    /// The message names a campaign whose state Redis does not hold: look it up, never guess.
+    Unknown,
 }
 
 impl CampaignGate {
@@ -245,7 +251,8 @@ impl CampaignGate {
         match state {
             Some(CampaignState::Paused) => CampaignGate::Paused,
             Some(s) if s.is_final() => CampaignGate::Stopped,
-            _ => CampaignGate::Open,
+            Some(_) => CampaignGate::Open,
+            None => CampaignGate::Unknown,
         }
     }
 }
@@ -320,6 +327,9 @@ fn fail(reason: Reason, detail: Option<String>) -> Decision {
 }
 
 pub fn decide(snapshot: &Snapshot, facts: &Facts) -> Decision {
+    if snapshot.copy_since_ms.is_none() {
+        return Decision::Hold(Reason::StateRebuilding);
+    }
     if let Some(wamid) = &snapshot.sent_wamid {
         return Decision::AlreadySent(wamid.clone());
     }
@@ -333,6 +343,7 @@ pub fn decide(snapshot: &Snapshot, facts: &Facts) -> Decision {
         CampaignGate::Open => {}
         CampaignGate::Paused => return Decision::ReturnToCampaign,
         CampaignGate::Stopped => return Decision::Cancel,
+        CampaignGate::Unknown => return Decision::Hold(Reason::StateUnavailable),
     }
     if let Some(reason) = snapshot.sender.unavailable() {
         return Decision::Hold(reason);
@@ -393,7 +404,47 @@ mod tests {
             claimed: false,
             campaign: CampaignGate::Open,
             template_probe: false,
+            copy_since_ms: Some(0),
         }
+    }
+
+    #[test]
+    fn a_lost_copy_holds_whatever_it_seems_to_say() {
+        // Redis came back empty: no consent, no template, no sent marker, no campaign. Every one
+        // of those would read as a final answer; none may be given until the copy is rebuilt.
+        let lost = Snapshot {
+            sender: SenderState {
+                connected: false,
+                quality: Quality::Unknown,
+                paused: false,
+                marketing_paused: false,
+            },
+            template: Some(TemplateStatus::Unknown),
+            consent: Consent::default(),
+            window_open: false,
+            suppressed: false,
+            sent_wamid: None,
+            claimed: false,
+            campaign: CampaignGate::Unknown,
+            template_probe: false,
+            copy_since_ms: None,
+        };
+        for category in [Category::Marketing, Category::Utility] {
+            for free_form in [false, true] {
+                assert_eq!(
+                    decide(&lost, &facts(category, free_form)),
+                    Decision::Hold(Reason::StateRebuilding),
+                    "{category:?} free_form={free_form}"
+                );
+            }
+        }
+        // With the copy whole, a campaign whose state is missing is looked up, not guessed.
+        let mut s = healthy();
+        s.campaign = CampaignGate::Unknown;
+        assert_eq!(
+            decide(&s, &facts(Category::Marketing, false)),
+            Decision::Hold(Reason::StateUnavailable)
+        );
     }
 
     #[test]
@@ -419,7 +470,9 @@ mod tests {
             CampaignGate::from_state(Some(CampaignState::Completed)),
             CampaignGate::Stopped
         );
-        assert_eq!(CampaignGate::from_state(None), CampaignGate::Open);
+        // A missing state is not "running" (it used to be: a lost Redis reopened paused
+        // campaigns); the worker reads the campaign's row instead.
+        assert_eq!(CampaignGate::from_state(None), CampaignGate::Unknown);
     }
 
     #[test]

@@ -147,6 +147,14 @@ impl MessageStatus {
         MessageStatus::ALL.into_iter().find(|s| s.as_str() == raw)
     }
 
+    /// Meta accepted the message (delivered and read are sent messages Meta reported on).
+    pub fn is_sent(self) -> bool {
+        matches!(
+            self,
+            MessageStatus::Sent | MessageStatus::Delivered | MessageStatus::Read
+        )
+    }
+
     /// Nothing more will be attempted (delivered and read are sent messages Meta reported on).
     pub fn is_final(self) -> bool {
         !matches!(

@@ -83,10 +83,12 @@ pub enum Reason {
     MarketingPaused,
     /// Redis could not be read.
     StateUnavailable,
+    /// Redis lost its data; its copy of PostgreSQL's state is being rebuilt.
+    StateRebuilding,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 33] = [
         Reason::RecipientSuppressed,
         Reason::RecipientOptedOut,
         Reason::NoMarketingOptIn,
@@ -119,6 +121,7 @@ impl Reason {
         Reason::SenderQualityRed,
         Reason::MarketingPaused,
         Reason::StateUnavailable,
+        Reason::StateRebuilding,
     ];
 
     /// The stable code stored in PostgreSQL, returned by the API and used as a metric label.
@@ -156,6 +159,7 @@ impl Reason {
             Reason::SenderQualityRed => "sender_quality_red",
             Reason::MarketingPaused => "marketing_paused",
             Reason::StateUnavailable => "state_unavailable",
+            Reason::StateRebuilding => "state_rebuilding",
         }
     }
 
@@ -213,6 +217,9 @@ impl Reason {
             Reason::SenderQualityRed => "the sender's quality is RED; marketing waits",
             Reason::MarketingPaused => "marketing on this sender is held after a spam-rate answer",
             Reason::StateUnavailable => "Redis could not be read",
+            Reason::StateRebuilding => {
+                "Redis lost its data; its copy of PostgreSQL's state is being rebuilt"
+            }
         }
     }
 
@@ -252,7 +259,8 @@ impl Reason {
             | Reason::SenderUnavailable
             | Reason::SenderQualityRed
             | Reason::MarketingPaused
-            | Reason::StateUnavailable => true,
+            | Reason::StateUnavailable
+            | Reason::StateRebuilding => true,
         }
     }
 }

@@ -452,6 +452,20 @@ impl FailedStatus {
 // ---------------------------------------------------------------------------------------------
 // Opt-out keywords
 
+/// How long a customer's message opens the service window: 24 h, or 72 h when they came from a
+/// click-to-WhatsApp ad (Meta's free entry point).
+pub const SERVICE_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub const REFERRAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(72 * 3600);
+
+/// The window an inbound message opens.
+pub fn window_after_inbound(from_ad: bool) -> std::time::Duration {
+    if from_ad {
+        REFERRAL_WINDOW
+    } else {
+        SERVICE_WINDOW
+    }
+}
+
 pub const DEFAULT_OPT_OUT_KEYWORDS: &str = "STOP,BAJA,ALTO,CANCELAR,UNSUBSCRIBE,PARAR,SAIR";
 
 /// Upper case without accents or surrounding punctuation, so "  Báj́a! " and "BAJA" compare equal.

@@ -44,6 +44,10 @@ pub async fn run(services: Services, mut stop: Shutdown) -> Result<(), WorkerErr
     let config = services.config.clone();
     let ingest = tokio::spawn(ingest::run(services.clone(), stop.clone()));
     let mut background = spawn_event_tasks(&services, &stop);
+    background.push(tokio::spawn(crate::state_copy::keep(
+        services.clone(),
+        stop.clone(),
+    )));
     background.push(tokio::spawn(campaigns::run(
         services.clone(),
         owner.clone(),

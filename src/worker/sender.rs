@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::app::{Services, Shutdown};
 use crate::domain::Lane;
 use crate::domain::MessageStatus;
-use crate::domain::decision::{self, CampaignGate, Decision, Facts, TemplateStatus};
+use crate::domain::decision::{self, CampaignGate, Decision, Facts, Snapshot, TemplateStatus};
 use crate::domain::job::SendJob;
 use crate::domain::reason::Reason;
 use crate::queue::{self, QueueError};
@@ -83,9 +83,10 @@ impl Shared {
             return *gate;
         }
         let gate = match self.services.state.campaign_state(campaign).await {
-            Ok(state) => CampaignGate::from_state(state),
+            Ok(Some(state)) => CampaignGate::from_state(Some(state)),
+            Ok(None) => campaign_gate_from_store(&self.services, campaign).await,
             // The snapshot reads it again before any send.
-            Err(_) => CampaignGate::Open,
+            Err(_) => CampaignGate::Unknown,
         };
         let mut gates = self
             .campaign_gates
@@ -270,7 +271,7 @@ async fn process(
     }
     if let Some(campaign) = job.campaign {
         let gate = shared.campaign_gate(campaign).await;
-        if gate != CampaignGate::Open {
+        if matches!(gate, CampaignGate::Paused | CampaignGate::Stopped) {
             settle_for_campaign(shared, delivery, &job, gate).await;
             return;
         }
@@ -327,6 +328,7 @@ async fn process(
         delivery: job.delivery,
     };
     let mut snapshot = snapshot;
+    complete_from_store(services, &job, &mut snapshot).await;
     let mut decision = decision::decide(&snapshot, &facts);
     if decision == Decision::TemplatePaused
         && let Some(template) = &job.template
@@ -440,6 +442,9 @@ async fn process(
                     )
                     .await;
                 }
+                Ok(Reservation::CopyMissing) => {
+                    hold(shared, lanes, lane, delivery, job, Reason::StateRebuilding);
+                }
                 Ok(Reservation::AlreadyClaimed) => {
                     tracing::warn!(id = %job.id, "send already claimed by another delivery; dropping this copy");
                     ack(&delivery).await;
@@ -449,6 +454,76 @@ async fn process(
                     hold(shared, lanes, lane, delivery, job, Reason::StateUnavailable);
                 }
             }
+        }
+    }
+}
+
+/// Fills in from PostgreSQL, the source of truth, what Redis's copy may lack for this message,
+/// so a key lost with Redis never turns into a final state:
+/// - a job queued before the copy was rebuilt may have been sent before Redis lost its "sent"
+///   marker: the row says so;
+/// - a template missing from Redis is looked up in the registry (and mirrored again);
+/// - a campaign whose state is missing is read from its row (and mirrored again).
+///
+/// A lookup that fails leaves the snapshot as it was: the decision then holds or fails as before.
+async fn complete_from_store(services: &Services, job: &SendJob, snapshot: &mut Snapshot) {
+    if let Some(since) = snapshot.copy_since_ms
+        && job.enqueued_at_ms < since
+        && snapshot.sent_wamid.is_none()
+    {
+        match crate::store::get_message(&services.pool, job.id).await {
+            Ok(Some(row)) if row.status.is_sent() => snapshot.sent_wamid = row.wamid,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(id = %job.id, error = %e, "could not read the row; holding");
+                snapshot.copy_since_ms = None;
+            }
+        }
+    }
+    if let (Some(TemplateStatus::Unknown), Some(template)) = (&snapshot.template, &job.template) {
+        match services
+            .catalog
+            .template(&template.name, &template.language)
+            .await
+        {
+            Ok(Some(known)) => {
+                if let Err(e) = services
+                    .state
+                    .mirror_template(&known.name, &known.language, known.status.as_str())
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not mirror a template again");
+                }
+                snapshot.template = Some(known.status.clone());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the template registry; holding");
+                snapshot.copy_since_ms = None;
+            }
+        }
+    }
+    if snapshot.campaign == CampaignGate::Unknown
+        && let Some(campaign) = job.campaign
+    {
+        snapshot.campaign = campaign_gate_from_store(services, campaign).await;
+    }
+}
+
+/// A campaign's gate read from its row, mirrored to Redis again; `Unknown` when it cannot be read.
+async fn campaign_gate_from_store(services: &Services, campaign: uuid::Uuid) -> CampaignGate {
+    match crate::store::campaigns::get_campaign(&services.pool, campaign).await {
+        Ok(Some(row)) => {
+            if let Err(e) = services.state.mirror_campaign(campaign, row.state).await {
+                tracing::warn!(error = %e, "could not mirror a campaign again");
+            }
+            CampaignGate::from_state(Some(row.state))
+        }
+        // No such campaign: its messages have nothing to wait for.
+        Ok(None) => CampaignGate::Stopped,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read a campaign");
+            CampaignGate::Unknown
         }
     }
 }

@@ -8,4 +8,5 @@ mod harness;
 mod ingest;
 mod resilience;
 mod simulator;
+mod state_loss;
 mod webhooks;
