@@ -1,24 +1,24 @@
 //! Enqueue: from a Cloud API body to a durable row and a confirmed job in the sender's lane.
 //!
 //! Shared by the HTTP API and the direct RabbitMQ ingest, so both validate identically.
-//! Order: validate → policy (consent, window) → idempotency → row in PostgreSQL → publish with
-//! confirm. A publish that fails marks the row failed, so nothing is left half-done.
+//! Order: validate → policy (consent, window) → the row and its job in one PostgreSQL commit (the
+//! job outbox; the idempotency key is taken by that commit) → publish with confirm from a task of
+//! its own → the confirmed job leaves the outbox. What the publish did not confirm, or a process
+//! that died before it, the outbox relay publishes: an accepted message always reaches its lane.
 
 use serde_json::Value;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::app::Services;
-use crate::domain::MessageStatus;
+use crate::app::{Services, Shutdown};
 use crate::domain::decision::{Facts, TemplateStatus, recipient_verdict};
 use crate::domain::job::{SendJob, TemplateRef};
 use crate::domain::message::{self, MessageKind};
-use crate::domain::reason::Reason;
 use crate::domain::refusal::{Refusal, RefusalKind};
 use crate::domain::{Category, DeliveryMode};
 use crate::queue::QueueError;
 use crate::state::{StateError, now_ms};
-use crate::store::{MessageUpdate, NewMessage, StoreError};
+use crate::store::{NewMessage, OutboxJob, StoreError};
 
 /// Why a request was not queued. `Refused` is the caller's to fix; the others are ours.
 #[derive(Debug, thiserror::Error)]
@@ -142,54 +142,45 @@ async fn prepare(services: &Services, request: &Request) -> Result<Prepared, Enq
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    let row = NewMessage {
+        id,
+        idempotency_key: request.idempotency_key.clone(),
+        api_key_id: request.api_key_id,
+        sender: sender.phone_number_id.clone(),
+        recipient: recipient.clone(),
+        category: category.as_str().into(),
+        message_type: validated.kind.type_name().into(),
+        template_name: template.as_ref().map(|t| t.name.clone()),
+        template_language: template.as_ref().map(|t| t.language.clone()),
+        delivery: match request.delivery {
+            DeliveryMode::AtMostOnce => "at_most_once".into(),
+            DeliveryMode::AtLeastOnce => "at_least_once".into(),
+        },
+        body: body.get().to_string(),
+        job: None,
+    };
+    let job = SendJob::new(
+        id,
+        sender.phone_number_id.clone(),
+        recipient,
+        category,
+        template,
+        body,
+        now_ms(),
+    )
+    .with_delivery(request.delivery);
     Ok(Prepared {
         row: NewMessage {
-            id,
-            idempotency_key: request.idempotency_key.clone(),
-            api_key_id: request.api_key_id,
-            sender: sender.phone_number_id.clone(),
-            recipient: recipient.clone(),
-            category: category.as_str().into(),
-            message_type: validated.kind.type_name().into(),
-            template_name: template.as_ref().map(|t| t.name.clone()),
-            template_language: template.as_ref().map(|t| t.language.clone()),
-            delivery: match request.delivery {
-                DeliveryMode::AtMostOnce => "at_most_once".into(),
-                DeliveryMode::AtLeastOnce => "at_least_once".into(),
-            },
-            body: body.get().to_string(),
+            job: Some(OutboxJob {
+                routing_key: services.names.lane_key(&job.sender, job.lane()),
+                payload: job.encode(),
+            }),
+            ..row
         },
-        job: SendJob::new(
-            id,
-            sender.phone_number_id.clone(),
-            recipient,
-            category,
-            template,
-            body,
-            now_ms(),
-        )
-        .with_delivery(request.delivery),
+        job,
         input,
         facts,
     })
-}
-
-/// Answers a request whose idempotency key was used before with the first request's answer.
-async fn replay(
-    services: &Services,
-    key: &str,
-    owner: Uuid,
-) -> Result<Option<Accepted>, EnqueueError> {
-    let row = match crate::store::get_message(&services.pool, owner).await? {
-        Some(row) => Some(row),
-        None => crate::store::find_by_idempotency_key(&services.pool, key).await?,
-    };
-    Ok(row.map(|row| Accepted {
-        id: row.id,
-        wa_id: row.recipient.clone(),
-        input: row.recipient,
-        replayed: true,
-    }))
 }
 
 pub async fn enqueue(services: &Services, request: Request) -> Result<Accepted, EnqueueError> {
@@ -256,109 +247,177 @@ pub async fn enqueue_many(
             )));
             continue;
         }
-        if let Some(key) = &prepared.row.idempotency_key {
-            match services
-                .state
-                .claim_idempotency_key(key, prepared.row.id, services.config.idempotency_ttl.0)
-                .await
-            {
-                Err(e) => {
-                    results[i] = Some(Err(e.into()));
-                    continue;
-                }
-                Ok(owner) if owner != prepared.row.id => {
-                    results[i] = Some(match replay(services, key, owner).await {
-                        Ok(Some(a)) => Ok(a),
-                        Ok(None) => Err(refused(
-                            RefusalKind::Conflict,
-                            "idempotency_key_in_use",
-                            "Idempotency-Key",
-                            "a request with this key is still being processed",
-                        )),
-                        Err(e) => Err(e),
-                    });
-                    continue;
-                }
-                Ok(_) => {}
-            }
-        }
         ready.push((i, prepared));
     }
     if ready.is_empty() {
-        return results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(EnqueueError::Unanswered("no recipient state"))))
-            .collect();
-    }
-    // Record first: a message that exists in a lane always has its row.
-    let rows: Vec<NewMessage> = ready.iter().map(|(_, p)| p.row.clone()).collect();
-    if let Err(e) = services.writer.insert(rows).await {
-        if e.is_unique_violation() && ready.len() == 1 {
-            // The idempotency key outlived Redis: answer with the row PostgreSQL kept.
-            let (i, p) = &ready[0];
-            if let Some(key) = &p.row.idempotency_key
-                && let Ok(Some(row)) =
-                    crate::store::find_by_idempotency_key(&services.pool, key).await
-            {
-                results[*i] = Some(Ok(Accepted {
-                    id: row.id,
-                    wa_id: row.recipient.clone(),
-                    input: row.recipient,
-                    replayed: true,
-                }));
-                return finish(results);
-            }
-        }
-        let message = e.to_string();
-        for (i, p) in &ready {
-            if let Some(key) = &p.row.idempotency_key {
-                let _ = services.state.forget_idempotency_key(key).await;
-            }
-            results[*i] = Some(Err(EnqueueError::Store(crate::store::StoreError::Batch(
-                message.clone(),
-            ))));
-        }
         return finish(results);
     }
-    let exchange = services.names.send_exchange();
-    let items: Vec<(String, String, Vec<u8>)> = ready
+    // Row and job in one commit: from here on the message is durably queued, whatever becomes of
+    // this request. An idempotency key is taken by that commit, never before it.
+    let rows: Vec<NewMessage> = ready.iter().map(|(_, p)| p.row.clone()).collect();
+    let inserted = match services.writer.insert(rows).await {
+        Ok(inserted) => inserted,
+        Err(e) => {
+            let message = e.to_string();
+            for (i, _) in &ready {
+                results[*i] = Some(Err(EnqueueError::Store(StoreError::Batch(message.clone()))));
+            }
+            return finish(results);
+        }
+    };
+    let mut fresh: Vec<(usize, Prepared)> = Vec::with_capacity(ready.len());
+    for ((i, prepared), new) in ready.into_iter().zip(inserted) {
+        if new {
+            fresh.push((i, prepared));
+            continue;
+        }
+        match replay_or_reuse_key(services, &prepared).await {
+            Ok(Some(answer)) => results[i] = Some(Ok(answer)),
+            Ok(None) => fresh.push((i, prepared)),
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
+    if fresh.is_empty() {
+        return finish(results);
+    }
+    // Publish from a task of its own: a client that hangs up cancels this request, not the
+    // publish. A job not confirmed stays in the outbox, and the relay publishes it.
+    let jobs: Vec<(Uuid, OutboxJob)> = fresh
         .iter()
-        .map(|(_, p)| {
-            (
-                exchange.clone(),
-                services.names.lane_key(&p.job.sender, p.job.lane()),
-                p.job.encode(),
-            )
-        })
+        .filter_map(|(_, p)| p.row.job.clone().map(|j| (p.row.id, j)))
+        .collect();
+    let publishing = tokio::spawn(publish_from_outbox(services.clone(), jobs));
+    let _ = publishing.await;
+    for (i, p) in fresh {
+        services
+            .metrics
+            .outcome("enqueued", &p.job.sender, p.job.category.as_str());
+        results[i] = Some(Ok(Accepted {
+            id: p.row.id,
+            wa_id: p.job.recipient.clone(),
+            input: p.input,
+            replayed: false,
+        }));
+    }
+    finish(results)
+}
+
+/// A request whose idempotency key an earlier row holds: the earlier request's answer, or `None`
+/// when the key had expired (`idempotency_ttl`) and this request's row now holds it.
+async fn replay_or_reuse_key(
+    services: &Services,
+    prepared: &Prepared,
+) -> Result<Option<Accepted>, EnqueueError> {
+    let Some(key) = &prepared.row.idempotency_key else {
+        return Err(EnqueueError::Unanswered(
+            "a row without a key was not inserted",
+        ));
+    };
+    let ttl = services.config.idempotency_ttl.0;
+    if crate::store::release_expired_key(&services.pool, key, ttl).await? {
+        let inserted = services.writer.insert(vec![prepared.row.clone()]).await?;
+        if inserted.first() == Some(&true) {
+            return Ok(None);
+        }
+    }
+    let row = crate::store::find_by_idempotency_key(&services.pool, key)
+        .await?
+        .ok_or(EnqueueError::Unanswered("the row holding the key vanished"))?;
+    Ok(Some(Accepted {
+        id: row.id,
+        wa_id: row.recipient.clone(),
+        input: row.recipient,
+        replayed: true,
+    }))
+}
+
+/// Publishes committed jobs with confirms and clears the confirmed ones from the outbox.
+async fn publish_from_outbox(services: Services, jobs: Vec<(Uuid, OutboxJob)>) {
+    let exchange = services.names.send_exchange();
+    let items: Vec<(String, String, Vec<u8>)> = jobs
+        .iter()
+        .map(|(_, j)| (exchange.clone(), j.routing_key.clone(), j.payload.clone()))
         .collect();
     let published = services.publisher.publish_many(&items).await;
-    for ((i, p), outcome) in ready.into_iter().zip(published) {
+    let mut confirmed = Vec::with_capacity(jobs.len());
+    for ((id, _), outcome) in jobs.iter().zip(published) {
         match outcome {
-            Ok(()) => {
-                services
-                    .metrics
-                    .outcome("enqueued", &p.job.sender, p.job.category.as_str());
-                results[i] = Some(Ok(Accepted {
-                    id: p.row.id,
-                    wa_id: p.job.recipient.clone(),
-                    input: p.input,
-                    replayed: false,
-                }));
-            }
+            Ok(()) => confirmed.push(*id),
             Err(e) => {
-                tracing::error!(id = %p.row.id, error = %e, "publish failed; marking the message failed");
-                let mut update = MessageUpdate::new(p.row.id, MessageStatus::Failed, 0)
-                    .because(Reason::EnqueuePublishFailed);
-                update.error = Some(e.to_string());
-                let _ = services.writer.update(update).await;
-                if let Some(key) = &p.row.idempotency_key {
-                    let _ = services.state.forget_idempotency_key(key).await;
-                }
-                results[i] = Some(Err(e.into()));
+                tracing::warn!(%id, error = %e, "publish not confirmed; the outbox relay will publish it")
             }
         }
     }
-    finish(results)
+    if !confirmed.is_empty() {
+        services.writer.clear_outbox(confirmed).await;
+    }
+}
+
+/// How long a job may sit in the outbox before the relay publishes it: longer than the publish
+/// that committed it may take, so the relay does not race a publish still waiting for its confirm.
+fn outbox_grace(services: &Services) -> std::time::Duration {
+    services.config.publish_timeout.0 * 2 + std::time::Duration::from_secs(1)
+}
+
+/// Publishes the jobs the outbox kept: publishes that failed, and those of a process that died
+/// between its commit and its publish. Runs in every worker; `SKIP LOCKED` shares the work.
+pub async fn run_outbox_relay(services: Services, mut stop: Shutdown) {
+    let poll = services
+        .config
+        .background_poll
+        .0
+        .max(std::time::Duration::from_millis(50));
+    let mut depth_at = tokio::time::Instant::now();
+    loop {
+        let relayed = match relay_once(&services).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox relay failed; trying again");
+                0
+            }
+        };
+        if depth_at.elapsed() >= std::time::Duration::from_secs(5) {
+            depth_at = tokio::time::Instant::now();
+            if let Ok(depth) = crate::store::outbox_depth(&services.pool).await {
+                services.metrics.job_outbox_depth.set(depth);
+            }
+        }
+        if relayed > 0 {
+            continue;
+        }
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+async fn relay_once(services: &Services) -> Result<usize, EnqueueError> {
+    let mut tx = services.pool.begin().await.map_err(StoreError::from)?;
+    let jobs = crate::store::stale_outbox_jobs(&mut tx, outbox_grace(services), 500).await?;
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let exchange = services.names.send_exchange();
+    let items: Vec<(String, String, Vec<u8>)> = jobs
+        .iter()
+        .map(|(_, j)| (exchange.clone(), j.routing_key.clone(), j.payload.clone()))
+        .collect();
+    let published = services.publisher.publish_many(&items).await;
+    let confirmed: Vec<Uuid> = jobs
+        .iter()
+        .zip(published)
+        .filter_map(|((id, _), outcome)| outcome.is_ok().then_some(*id))
+        .collect();
+    crate::store::delete_outbox_jobs(&mut tx, &confirmed).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    services.metrics.jobs_relayed.inc_by(confirmed.len() as u64);
+    if confirmed.len() < jobs.len() {
+        return Err(EnqueueError::Unanswered(
+            "RabbitMQ did not confirm every relayed job",
+        ));
+    }
+    Ok(confirmed.len())
 }
 
 fn finish(

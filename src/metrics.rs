@@ -48,6 +48,10 @@ pub struct Metrics {
     pub state_rebuilds: prometheus::IntCounter,
     /// How long this process's last rebuild took, in milliseconds.
     pub state_rebuild_ms: IntGauge,
+    /// Jobs committed and not yet confirmed by RabbitMQ.
+    pub job_outbox_depth: IntGauge,
+    /// Jobs the outbox relay published (their first publish failed or never happened).
+    pub jobs_relayed: prometheus::IntCounter,
 }
 
 fn buckets() -> Vec<f64> {
@@ -201,6 +205,14 @@ impl Metrics {
             "pregon_state_rebuild_milliseconds",
             "How long this process's last rebuild of Redis's copy took",
         );
+        let job_outbox_depth = plain_gauge(
+            "pregon_job_outbox_depth",
+            "Accepted messages whose job RabbitMQ has not confirmed yet",
+        );
+        let jobs_relayed = plain_counter(
+            "pregon_jobs_relayed_total",
+            "Jobs the outbox relay published after their first publish failed or never happened",
+        );
         let webhook_ack_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "pregon_webhook_ack_seconds",
@@ -247,6 +259,8 @@ impl Metrics {
             .register(Box::new(pacing_wait_seconds.clone()))
             .expect("metric registered once");
         Metrics {
+            job_outbox_depth,
+            jobs_relayed,
             state_copy_complete,
             state_rebuilds,
             state_rebuild_ms,

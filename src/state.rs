@@ -1,5 +1,5 @@
 //! Redis adapter: the hot state the worker decides on (sender health, template status, consent,
-//! service windows), the exact messaging-limit counters, send claims, idempotency keys and sender
+//! service windows), the exact messaging-limit counters, send claims and sender
 //! leases.
 //!
 //! Every key starts with `{prefix}`, a Redis Cluster hash tag, so the scripts that touch several
@@ -854,41 +854,6 @@ impl State {
         }
         let mut conn = self.conn.clone();
         let _: () = pipe.query_async(&mut conn).await?;
-        Ok(())
-    }
-
-    // -- idempotency ---------------------------------------------------------------------------
-
-    /// Claims an idempotency key for a message id; returns the id that owns the key (ours, or the
-    /// first request's).
-    pub async fn claim_idempotency_key(
-        &self,
-        key: &str,
-        id: Uuid,
-        ttl: Duration,
-    ) -> Result<Uuid, StateError> {
-        let mut conn = self.conn.clone();
-        let redis_key = self.key(&["idem", key]);
-        let (set, owner): (bool, Option<String>) = redis::pipe()
-            .cmd("SET")
-            .arg(&redis_key)
-            .arg(id.to_string())
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .get(&redis_key)
-            .query_async(&mut conn)
-            .await
-            .map(|(set, owner): (Option<String>, Option<String>)| (set.is_some(), owner))?;
-        if set {
-            return Ok(id);
-        }
-        Ok(owner.and_then(|o| o.parse().ok()).unwrap_or(id))
-    }
-
-    pub async fn forget_idempotency_key(&self, key: &str) -> Result<(), StateError> {
-        let mut conn = self.conn.clone();
-        let _: () = conn.del(self.key(&["idem", key])).await?;
         Ok(())
     }
 

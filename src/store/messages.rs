@@ -28,6 +28,16 @@ pub struct NewMessage {
     pub delivery: String,
     /// The Cloud API body as sent, kept so the message can be sent again later.
     pub body: String,
+    /// The job to publish, committed with the row into `job_outbox` (none for rows written
+    /// without a job, as tests do).
+    pub job: Option<OutboxJob>,
+}
+
+/// A job as the outbox keeps it until RabbitMQ confirmed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxJob {
+    pub routing_key: String,
+    pub payload: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,23 +179,44 @@ pub async fn count_by_status(
         .collect())
 }
 
-pub(super) async fn insert_messages(pool: &PgPool, rows: &[NewMessage]) -> Result<(), StoreError> {
+/// Inserts rows with their jobs and `message.queued` events, in one statement. A row whose
+/// idempotency key is already taken is not inserted (nor its job or event); the ids inserted are
+/// returned, so each caller can tell its new rows from its replays.
+pub(super) async fn insert_messages(
+    pool: &PgPool,
+    rows: &[NewMessage],
+) -> Result<Vec<Uuid>, StoreError> {
     fn col<T: Clone>(rows: &[NewMessage], f: impl Fn(&NewMessage) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
-    sqlx::query(concat!(
+    let with_jobs: Vec<&NewMessage> = rows.iter().filter(|r| r.job.is_some()).collect();
+    let job_ids: Vec<Uuid> = with_jobs.iter().map(|r| r.id).collect();
+    let (routing_keys, payloads): (Vec<String>, Vec<Vec<u8>>) = with_jobs
+        .iter()
+        .filter_map(|r| r.job.as_ref())
+        .map(|j| (j.routing_key.clone(), j.payload.clone()))
+        .unzip();
+    Ok(sqlx::query_scalar(concat!(
         "WITH c AS (
              INSERT INTO messages AS m (id, idempotency_key, api_key_id, sender, recipient, category, message_type,
                                    template_name, template_language, delivery, body, status)
              SELECT u.*, 'queued' FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
                                     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) AS u
+             ON CONFLICT (idempotency_key) DO NOTHING
              RETURNING ",
         changed_columns!(),
-        ")
-         INSERT INTO event_outbox (event_type, routing_key, api_key_id, payload)
-         SELECT 'message.queued', 'message.queued.' || c.category, c.api_key_id, ",
+        "), j AS (
+             INSERT INTO job_outbox (message_id, routing_key, payload)
+             SELECT o.id, o.routing_key, o.payload
+             FROM UNNEST($12::uuid[], $13::text[], $14::bytea[]) AS o(id, routing_key, payload)
+             JOIN c ON c.id = o.id
+         ), e AS (
+             INSERT INTO event_outbox (event_type, routing_key, api_key_id, payload)
+             SELECT 'message.queued', 'message.queued.' || c.category, c.api_key_id, ",
         message_event_json!("'message.queued'"),
-        " FROM c"
+        " FROM c
+         )
+         SELECT id FROM c"
     ))
     .bind(col(rows, |r| r.id))
     .bind(col(rows, |r| r.idempotency_key.clone()))
@@ -198,9 +229,86 @@ pub(super) async fn insert_messages(pool: &PgPool, rows: &[NewMessage]) -> Resul
     .bind(col(rows, |r| r.template_language.clone()))
     .bind(col(rows, |r| r.delivery.clone()))
     .bind(col(rows, |r| r.body.clone()))
+    .bind(job_ids)
+    .bind(routing_keys)
+    .bind(payloads)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Forgets the jobs RabbitMQ confirmed.
+pub(super) async fn clear_outbox(pool: &PgPool, ids: &[Uuid]) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM job_outbox WHERE message_id = ANY($1)")
+        .bind(ids)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Jobs left in the outbox for longer than `grace` (their publish failed, or the process that
+/// committed them died first), oldest first, locked for this relay until `tx` ends.
+pub async fn stale_outbox_jobs(
+    tx: &mut sqlx::PgConnection,
+    grace: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<(Uuid, OutboxJob)>, StoreError> {
+    let rows: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT message_id, routing_key, payload FROM job_outbox
+         WHERE created_at < now() - make_interval(secs => $1)
+         ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(grace.as_secs_f64())
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, routing_key, payload)| {
+            (
+                id,
+                OutboxJob {
+                    routing_key,
+                    payload,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Deletes relayed jobs inside the relay's transaction.
+pub async fn delete_outbox_jobs(
+    tx: &mut sqlx::PgConnection,
+    ids: &[Uuid],
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM job_outbox WHERE message_id = ANY($1)")
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// How many jobs wait in the outbox.
+pub async fn outbox_depth(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM job_outbox")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Lets an idempotency key older than `ttl` be used again: the row keeps its record, not its key.
+pub async fn release_expired_key(
+    pool: &PgPool,
+    key: &str,
+    ttl: std::time::Duration,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE messages SET idempotency_key = NULL
+         WHERE idempotency_key = $1 AND created_at < now() - make_interval(secs => $2)",
+    )
+    .bind(key)
+    .bind(ttl.as_secs_f64())
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() > 0)
 }
 
 /// Applies updates in one statement, with a lifecycle event for each row whose state changed. A

@@ -21,8 +21,9 @@ pub mod webhooks;
 mod writer;
 
 pub use messages::{
-    MessageRow, MessageUpdate, NewMessage, count_by_status, find_by_idempotency_key, get_message,
-    insert_refusal,
+    MessageRow, MessageUpdate, NewMessage, OutboxJob, count_by_status, delete_outbox_jobs,
+    find_by_idempotency_key, get_message, insert_refusal, outbox_depth, release_expired_key,
+    stale_outbox_jobs,
 };
 pub(crate) use messages::{changed_columns, message_event_json};
 pub use writer::{MessageWriter, Write, WriterConfig, WriterHandle};

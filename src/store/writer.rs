@@ -1,7 +1,8 @@
 //! The group-commit writer: message inserts and updates from many tasks, batched into few
 //! statements; each caller waits for its own commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -9,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::StoreError;
-use super::messages::{MessageUpdate, NewMessage, insert_messages, update_messages};
+use super::messages::{MessageUpdate, NewMessage, clear_outbox, insert_messages, update_messages};
 
 // ---------------------------------------------------------------------------------------------
 // Group-commit writer
@@ -17,11 +18,16 @@ use super::messages::{MessageUpdate, NewMessage, insert_messages, update_message
 pub enum Write {
     Insert(Vec<NewMessage>),
     Update(MessageUpdate),
+    /// Jobs RabbitMQ confirmed: out of the outbox.
+    ClearOutbox(Vec<Uuid>),
 }
+
+/// The ids a flush inserted (a row whose idempotency key was taken is not among them).
+type Inserted = Arc<HashSet<Uuid>>;
 
 struct Pending {
     write: Write,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    done: oneshot::Sender<Result<Inserted, StoreError>>,
 }
 
 /// Batches message writes from many tasks into few statements. `write` returns once the rows are
@@ -47,7 +53,7 @@ impl MessageWriter {
         (MessageWriter { tx }, WriterHandle { close, join })
     }
 
-    pub async fn write(&self, write: Write) -> Result<(), StoreError> {
+    async fn submit(&self, write: Write) -> Result<Inserted, StoreError> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Pending { write, done })
@@ -56,12 +62,29 @@ impl MessageWriter {
         wait.await.unwrap_or(Err(StoreError::WriterGone))
     }
 
-    pub async fn insert(&self, rows: Vec<NewMessage>) -> Result<(), StoreError> {
-        self.write(Write::Insert(rows)).await
+    /// Inserts rows (with their jobs); answers, per row, whether it was inserted (false: its
+    /// idempotency key belongs to an earlier row).
+    pub async fn insert(&self, rows: Vec<NewMessage>) -> Result<Vec<bool>, StoreError> {
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let inserted = self.submit(Write::Insert(rows)).await?;
+        Ok(ids.iter().map(|id| inserted.contains(id)).collect())
     }
 
     pub async fn update(&self, update: MessageUpdate) -> Result<(), StoreError> {
-        self.write(Write::Update(update)).await
+        self.submit(Write::Update(update)).await.map(|_| ())
+    }
+
+    /// Takes confirmed jobs out of the outbox, batched with the other writes. Waits only to hand
+    /// them over: a job left behind is at worst published once more by the relay.
+    pub async fn clear_outbox(&self, ids: Vec<Uuid>) {
+        let (done, _) = oneshot::channel();
+        let _ = self
+            .tx
+            .send(Pending {
+                write: Write::ClearOutbox(ids),
+                done,
+            })
+            .await;
     }
 }
 
@@ -115,6 +138,7 @@ async fn run_writer(
 
 async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) {
     let mut inserts = Vec::new();
+    let mut cleared = Vec::new();
     // Keep only the last update per message: one statement cannot update a row twice.
     let mut updates: Vec<MessageUpdate> = Vec::new();
     let mut position: HashMap<Uuid, usize> = HashMap::new();
@@ -128,11 +152,14 @@ async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) {
                     updates.push(u.clone());
                 }
             },
+            Write::ClearOutbox(ids) => cleared.extend(ids.iter().copied()),
         }
     }
-    let mut result = Ok(());
+    let mut result: Result<Inserted, StoreError> = Ok(Inserted::default());
     if !inserts.is_empty() {
-        result = insert_messages(pool, &inserts).await;
+        result = insert_messages(pool, &inserts)
+            .await
+            .map(|ids| Arc::new(ids.into_iter().collect()));
         if let Err(e) = &result
             && e.is_unique_violation()
             && batch.len() > 1
@@ -141,24 +168,39 @@ async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) {
             return flush_one_by_one(pool, batch).await;
         }
     }
-    if result.is_ok() && !updates.is_empty() {
-        result = update_messages(pool, &updates).await;
+    if result.is_ok()
+        && !updates.is_empty()
+        && let Err(e) = update_messages(pool, &updates).await
+    {
+        result = Err(e);
+    }
+    if !cleared.is_empty()
+        && let Err(e) = clear_outbox(pool, &cleared).await
+    {
+        // The relay publishes them once more; the worker's send claim makes that one send.
+        tracing::warn!(error = %e, jobs = cleared.len(), "could not clear confirmed jobs from the outbox");
     }
     if let Err(e) = &result {
         tracing::error!(error = %e, rows = batch.len(), "message batch write failed");
     }
     for pending in batch.drain(..) {
-        let _ = pending
-            .done
-            .send(result.as_ref().map(|_| ()).map_err(StoreError::for_callers));
+        let _ = pending.done.send(match &result {
+            Ok(inserted) => Ok(inserted.clone()),
+            Err(e) => Err(e.for_callers()),
+        });
     }
 }
 
 async fn flush_one_by_one(pool: &PgPool, batch: &mut Vec<Pending>) {
     for pending in batch.drain(..) {
         let result = match &pending.write {
-            Write::Insert(rows) => insert_messages(pool, rows).await,
-            Write::Update(u) => update_messages(pool, std::slice::from_ref(u)).await,
+            Write::Insert(rows) => insert_messages(pool, rows)
+                .await
+                .map(|ids| Arc::new(ids.into_iter().collect())),
+            Write::Update(u) => update_messages(pool, std::slice::from_ref(u))
+                .await
+                .map(|_| Inserted::default()),
+            Write::ClearOutbox(ids) => clear_outbox(pool, ids).await.map(|_| Inserted::default()),
         };
         let _ = pending.done.send(result.map_err(|e| e.for_callers()));
     }

@@ -30,12 +30,16 @@ pub fn owner() -> String {
 }
 
 /// The work beside dispatching that only needs PostgreSQL and RabbitMQ: webhook processing, the
-/// event relay and HTTP callbacks (also run alone by tests about webhooks).
+/// event relay, HTTP callbacks and the job outbox relay (also run alone by tests about webhooks).
 pub fn spawn_event_tasks(services: &Services, stop: &Shutdown) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(crate::webhooks::run(services.clone(), stop.clone())),
         tokio::spawn(crate::events::run_relay(services.clone(), stop.clone())),
         tokio::spawn(crate::events::run_callbacks(services.clone(), stop.clone())),
+        tokio::spawn(crate::enqueue::run_outbox_relay(
+            services.clone(),
+            stop.clone(),
+        )),
     ]
 }
 

@@ -263,6 +263,130 @@ async fn same_idempotency_key_sends_once() {
     env.cleanup().await;
 }
 
+/// Ten requests with one key at once, and again after Redis lost everything: one message, and
+/// every answer names it. The key is PostgreSQL's, taken by the commit of the row.
+#[tokio::test]
+async fn one_key_is_one_message_whatever_races_or_restarts() {
+    let mut env = env().await;
+    let to = &recipients(1, 5)[0];
+    let url = format!("{}{}", env.api_url, path());
+    let send = || {
+        env.http
+            .post(url.clone())
+            .bearer_auth(env.admin_key.clone())
+            .header("Idempotency-Key", "order-race")
+            .json(&template_body(to, "order_update"))
+            .send()
+    };
+    let answers = futures_util::future::join_all((0..10).map(|_| send())).await;
+    let mut ids = std::collections::HashSet::new();
+    let mut created = 0;
+    for answer in answers {
+        let answer = answer.unwrap();
+        match answer.status() {
+            StatusCode::ACCEPTED => created += 1,
+            StatusCode::OK => {}
+            other => panic!("answered {other}"),
+        }
+        let body: serde_json::Value = answer.json().await.unwrap();
+        ids.insert(body["messages"][0]["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(created, 1, "one request created the message");
+    assert_eq!(ids.len(), 1, "every answer names the same message");
+    // Redis comes back empty (and is rebuilt): the key still holds.
+    env.services.state.delete_all().await.unwrap();
+    pregon::state_copy::ensure(&env.services, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert!(ids.contains(again["messages"][0]["id"].as_str().unwrap()));
+    env.start_worker();
+    env.wait_counts(SENDER, Duration::from_secs(20), |c| {
+        c.get("sent") == Some(&1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.received(SENDER).await.len(), 1);
+    env.cleanup().await;
+}
+
+/// A process that committed a message and died before publishing its job (or whose publish
+/// RabbitMQ never confirmed) leaves the job in the outbox: the relay publishes it, once.
+#[tokio::test]
+async fn a_job_committed_but_never_published_is_relayed_from_the_outbox() {
+    let mut env = Env::start(Options {
+        tweak: |c| c.publish_timeout = pregon::config::HumanDuration(Duration::from_millis(500)),
+        ..Options::default()
+    })
+    .await;
+    env.sender(SENDER, json!(1000), 80).await;
+    env.template("order_update", "utility").await;
+    let to = recipients(1, 6).remove(0);
+    let id = uuid::Uuid::now_v7();
+    let body =
+        serde_json::value::RawValue::from_string(template_body(&to, "order_update").to_string())
+            .unwrap();
+    let job = pregon::domain::job::SendJob::new(
+        id,
+        SENDER.into(),
+        to.clone(),
+        pregon::domain::Category::Utility,
+        Some(pregon::domain::job::TemplateRef {
+            name: "order_update".into(),
+            language: "es_MX".into(),
+        }),
+        body.clone(),
+        chrono::Utc::now().timestamp_millis(),
+    );
+    let row = pregon::store::NewMessage {
+        id,
+        idempotency_key: Some("died-before-publishing".into()),
+        api_key_id: None,
+        sender: SENDER.into(),
+        recipient: to.clone(),
+        category: "utility".into(),
+        message_type: "template".into(),
+        template_name: Some("order_update".into()),
+        template_language: Some("es_MX".into()),
+        delivery: "at_most_once".into(),
+        body: body.get().to_string(),
+        job: Some(pregon::store::OutboxJob {
+            routing_key: env.services.names.lane_key(SENDER, job.lane()),
+            payload: job.encode(),
+        }),
+    };
+    // The commit, and then nothing: no publish.
+    assert_eq!(
+        env.services.writer.insert(vec![row]).await.unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        pregon::store::outbox_depth(&env.services.pool)
+            .await
+            .unwrap(),
+        1
+    );
+    env.start_worker();
+    env.wait_counts(SENDER, Duration::from_secs(20), |c| {
+        c.get("sent") == Some(&1)
+    })
+    .await;
+    assert_eq!(
+        pregon::store::outbox_depth(&env.services.pool)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(env.services.metrics.jobs_relayed.get(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let received = env.received(SENDER).await;
+    assert_eq!(received.len(), 1, "relayed once, sent once");
+    assert_eq!(received[0].to, to);
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn batch_answers_per_item() {
     let env = env().await;

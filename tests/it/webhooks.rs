@@ -53,6 +53,7 @@ async fn recorded_sends(env: &Env, sender: &str, n: usize, seed: u32) -> Vec<(St
             template_language: Some("es_MX".into()),
             delivery: "at_most_once".into(),
             body: "{}".into(),
+            job: None,
         })
         .collect();
     env.services.writer.insert(rows.clone()).await.unwrap();
