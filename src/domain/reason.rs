@@ -85,10 +85,12 @@ pub enum Reason {
     StateUnavailable,
     /// Redis lost its data; its copy of PostgreSQL's state is being rebuilt.
     StateRebuilding,
+    /// PostgreSQL cannot record outcomes: nothing is sent until it can.
+    StoreUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 34] = [
         Reason::RecipientSuppressed,
         Reason::RecipientOptedOut,
         Reason::NoMarketingOptIn,
@@ -122,6 +124,7 @@ impl Reason {
         Reason::MarketingPaused,
         Reason::StateUnavailable,
         Reason::StateRebuilding,
+        Reason::StoreUnavailable,
     ];
 
     /// The stable code stored in PostgreSQL, returned by the API and used as a metric label.
@@ -160,6 +163,7 @@ impl Reason {
             Reason::MarketingPaused => "marketing_paused",
             Reason::StateUnavailable => "state_unavailable",
             Reason::StateRebuilding => "state_rebuilding",
+            Reason::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -220,6 +224,7 @@ impl Reason {
             Reason::StateRebuilding => {
                 "Redis lost its data; its copy of PostgreSQL's state is being rebuilt"
             }
+            Reason::StoreUnavailable => "PostgreSQL cannot record outcomes",
         }
     }
 
@@ -260,7 +265,8 @@ impl Reason {
             | Reason::SenderQualityRed
             | Reason::MarketingPaused
             | Reason::StateUnavailable
-            | Reason::StateRebuilding => true,
+            | Reason::StateRebuilding
+            | Reason::StoreUnavailable => true,
         }
     }
 }

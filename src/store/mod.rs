@@ -40,6 +40,9 @@ pub enum StoreError {
     Duplicate,
     #[error("batched write failed: {0}")]
     Batch(String),
+    /// PostgreSQL refused a batched write (a constraint, a bad value): trying again will not help.
+    #[error("batched write refused: {0}")]
+    Refused(String),
 }
 
 impl StoreError {
@@ -51,10 +54,29 @@ impl StoreError {
         }
     }
 
+    /// PostgreSQL answered and refused the write (a constraint, a bad value), as opposed to not
+    /// being reachable: trying again will not help, and it says nothing about an outage.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(e)) => {
+                // Data exceptions (22), integrity constraints (23), syntax or access rules (42)
+                // and raised exceptions (P0) are about the write. Anything else (connections,
+                // resources, a database not accepting connections, a shutdown) is about PostgreSQL.
+                let code = e.code();
+                let class = code.as_deref().map(|c| &c[..c.len().min(2)]);
+                matches!(class, Some("22" | "23" | "42" | "P0"))
+            }
+            StoreError::Duplicate | StoreError::Refused(_) => true,
+            _ => false,
+        }
+    }
+
     /// The shareable form sent back to every caller of one batch.
     fn for_callers(&self) -> StoreError {
         if self.is_unique_violation() {
             StoreError::Duplicate
+        } else if self.is_refusal() {
+            StoreError::Refused(self.to_string())
         } else {
             StoreError::Batch(self.to_string())
         }

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -35,6 +36,10 @@ struct Pending {
 #[derive(Clone)]
 pub struct MessageWriter {
     tx: mpsc::Sender<Pending>,
+    /// Set when a write failed because PostgreSQL could not be reached, cleared by the next write
+    /// or probe that succeeds: while it is set, nothing new should be sent, since its outcome
+    /// could not be recorded.
+    failing: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -49,8 +54,32 @@ impl MessageWriter {
     pub fn spawn(pool: PgPool, config: WriterConfig) -> (MessageWriter, WriterHandle) {
         let (tx, rx) = mpsc::channel(config.batch_size * 4);
         let (close, closed) = oneshot::channel();
-        let join = tokio::spawn(run_writer(pool, rx, closed, config));
-        (MessageWriter { tx }, WriterHandle { close, join })
+        let failing = Arc::new(AtomicBool::new(false));
+        let join = tokio::spawn(run_writer(pool, rx, closed, config, failing.clone()));
+        (MessageWriter { tx, failing }, WriterHandle { close, join })
+    }
+
+    /// PostgreSQL could not take the last write (and no probe has reached it since).
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Writes an update, trying again with backoff for as long as PostgreSQL is unreachable: for
+    /// an outcome that already happened (a send Meta accepted), which must be recorded before
+    /// its delivery is acknowledged, and must not be handed back to RabbitMQ to be retried
+    /// without backoff until it is dead-lettered.
+    pub async fn update_patiently(&self, update: MessageUpdate) -> Result<(), StoreError> {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.update(update.clone()).await {
+                Err(StoreError::Batch(e)) => {
+                    tracing::warn!(id = %update.id, error = %e, ?wait, "could not record an outcome; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn submit(&self, write: Write) -> Result<Inserted, StoreError> {
@@ -101,18 +130,30 @@ impl WriterHandle {
     }
 }
 
+/// How often a failing writer with nothing to write asks PostgreSQL whether it is back.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 async fn run_writer(
     pool: PgPool,
     mut rx: mpsc::Receiver<Pending>,
     mut closed: oneshot::Receiver<()>,
     config: WriterConfig,
+    failing: Arc<AtomicBool>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(config.batch_size);
     let mut closing = false;
     loop {
+        let probe = failing.load(Ordering::Relaxed);
         let first = tokio::select! {
             biased;
             p = rx.recv() => p,
+            _ = tokio::time::sleep(PROBE_EVERY), if probe => {
+                if sqlx::query("SELECT 1").execute(&pool).await.is_ok() {
+                    tracing::info!("PostgreSQL answers again");
+                    failing.store(false, Ordering::Relaxed);
+                }
+                continue;
+            }
             asked = &mut closed, if !closing => {
                 closing = true;
                 // Asked to close: take no new writes; those already queued are still flushed.
@@ -132,11 +173,21 @@ async fn run_writer(
                 Ok(None) | Err(_) => break,
             }
         }
-        flush(&pool, &mut batch).await;
+        let reached = flush(&pool, &mut batch).await;
+        let was_failing = failing.swap(!reached, Ordering::Relaxed);
+        if was_failing == reached {
+            if reached {
+                tracing::info!("PostgreSQL takes writes again");
+            } else {
+                tracing::error!("PostgreSQL cannot take writes; sends hold until it can");
+            }
+        }
     }
 }
 
-async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) {
+/// Writes a batch and answers each caller. False when PostgreSQL could not be reached (as
+/// opposed to refusing a write, such as a duplicate key).
+async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) -> bool {
     let mut inserts = Vec::new();
     let mut cleared = Vec::new();
     // Keep only the last update per message: one statement cannot update a row twice.
@@ -165,7 +216,8 @@ async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) {
             && batch.len() > 1
         {
             // One caller's duplicate key must not fail its neighbours: write one by one.
-            return flush_one_by_one(pool, batch).await;
+            flush_one_by_one(pool, batch).await;
+            return true;
         }
     }
     if result.is_ok()
@@ -174,21 +226,25 @@ async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) {
     {
         result = Err(e);
     }
+    let mut reached = true;
     if !cleared.is_empty()
         && let Err(e) = clear_outbox(pool, &cleared).await
     {
         // The relay publishes them once more; the worker's send claim makes that one send.
         tracing::warn!(error = %e, jobs = cleared.len(), "could not clear confirmed jobs from the outbox");
+        reached = e.is_refusal();
     }
     if let Err(e) = &result {
         tracing::error!(error = %e, rows = batch.len(), "message batch write failed");
     }
+    let reached = reached && result.as_ref().err().is_none_or(StoreError::is_refusal);
     for pending in batch.drain(..) {
         let _ = pending.done.send(match &result {
             Ok(inserted) => Ok(inserted.clone()),
             Err(e) => Err(e.for_callers()),
         });
     }
+    reached
 }
 
 async fn flush_one_by_one(pool: &PgPool, batch: &mut Vec<Pending>) {

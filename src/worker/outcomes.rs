@@ -222,7 +222,9 @@ pub(super) async fn finish(
     update: MessageUpdate,
     outcome: &str,
 ) {
-    match shared.services.writer.update(update).await {
+    // Kept in hand while PostgreSQL is away (the lanes hold meanwhile): handed back, it would be
+    // redelivered without backoff until it was dead-lettered with its row still queued.
+    match shared.services.writer.update_patiently(update).await {
         Ok(()) => {
             shared
                 .services
@@ -231,7 +233,7 @@ pub(super) async fn finish(
             ack(&delivery).await;
         }
         Err(e) => {
-            tracing::error!(id = %job.id, error = %e, "could not record the outcome; requeueing");
+            tracing::error!(id = %job.id, error = %e, "the outcome was refused; requeueing");
             requeue(&delivery).await;
         }
     }

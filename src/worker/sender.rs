@@ -260,6 +260,11 @@ async fn process(
     retry_tx: &mpsc::UnboundedSender<(Lane, Delivery, SendJob)>,
 ) {
     let services = &shared.services;
+    if services.writer.is_failing() {
+        // No send whose outcome could not be recorded.
+        hold(shared, lanes, lane, delivery, job, Reason::StoreUnavailable);
+        return;
+    }
     let sender = shared.sender();
     let sender_id = &sender.phone_number_id;
     let remaining = job.not_before_ms - now_ms();

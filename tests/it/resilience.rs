@@ -245,3 +245,75 @@ async fn a_message_redelivered_too_often_is_recorded_failed_and_dead_lettered() 
     assert_eq!(dead, Some(1));
     env.cleanup().await;
 }
+
+/// PostgreSQL goes away mid-run (its connections killed, new ones refused) and comes back:
+/// nothing is sent while outcomes cannot be recorded, what was in flight is recorded once it is
+/// back (not handed back to RabbitMQ to be dead-lettered), and every message is sent exactly once.
+#[tokio::test]
+async fn a_postgresql_outage_holds_sends_and_loses_or_repeats_nothing() {
+    let sender = "1065550403";
+    let (mut env, rs) = setup(43, sender, 300).await;
+    let admin = sqlx::PgPool::connect(&crate::harness::base_url("postgres"))
+        .await
+        .unwrap();
+    let db = env
+        .services
+        .config
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    env.start_worker();
+    wait_received(&env, sender, 40).await;
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        r#"ALTER DATABASE "{db}" ALLOW_CONNECTIONS false"#
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&db)
+        .execute(&admin)
+        .await
+        .unwrap();
+    // Sends already on the wire finish; then nothing more goes out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(env.services.writer.is_failing(), "the writer noticed");
+    let before = env.received(sender).await.len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = env.received(sender).await.len();
+    assert_eq!(during, before, "sent while outcomes could not be recorded");
+    assert!(
+        during < 300,
+        "the outage came before the end ({during} sent)"
+    );
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        r#"ALTER DATABASE "{db}" ALLOW_CONNECTIONS true"#
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    env.wait_counts(sender, Duration::from_secs(60), |c| {
+        c.get("sent") == Some(&300)
+    })
+    .await;
+    let all = env.received(sender).await;
+    assert_eq!(all.len(), 300, "each sent once");
+    assert_eq!(
+        all.iter().map(|r| r.to.clone()).collect::<HashSet<_>>(),
+        rs.into_iter().collect()
+    );
+    let dead = pregon::queue::depth(&env.services.amqp, &env.services.names.dead())
+        .await
+        .unwrap();
+    assert_eq!(
+        dead.unwrap_or(0),
+        0,
+        "nothing dead-lettered because of the outage"
+    );
+    assert!(!env.services.writer.is_failing());
+    env.cleanup().await;
+}
