@@ -11,7 +11,7 @@ use crate::config::{Config, ConfigError, Derived};
 use crate::domain::decision::{ConsentAction, SenderStatus, TemplateStatus};
 use crate::domain::tier::Tier;
 use crate::metrics::Metrics;
-use crate::queue::{self, Names, Publisher, QueueError};
+use crate::queue::{self, Broker, Names, Publisher, QueueError};
 use crate::state::{SenderMirror, State, StateError};
 use crate::store::webhooks::TemplateField;
 use crate::store::{
@@ -48,7 +48,8 @@ pub struct Services {
     pub derived: Arc<Derived>,
     pub pool: PgPool,
     pub state: State,
-    pub amqp: Arc<lapin::Connection>,
+    /// The consumers' connection (reconnected by itself after the broker went away).
+    pub amqp: Broker,
     pub publisher: Publisher,
     pub writer: MessageWriter,
     pub names: Names,
@@ -74,14 +75,20 @@ impl Services {
         let pool = store::connect(&config.database_url, config.database_max_connections).await?;
         store::migrate(&pool).await?;
         let state = State::connect(&config.redis_url, &config.redis_prefix).await?;
-        let amqp = queue::connect(&config.amqp_url, &format!("pregon-{process}")).await?;
         let names = Names {
             ns: config.amqp_namespace.clone(),
         };
-        let setup = amqp.create_channel().await.map_err(QueueError::from)?;
-        queue::declare_base(&setup, &names, &derived.delay_steps).await?;
-        let _ = setup.close(200, "done".into()).await;
-        let publisher = Publisher::new(&amqp, 4, config.publish_timeout.0).await?;
+        // Consumers and publishers on connections of their own: a publisher blocked by flow
+        // control must not stall the acks that would relieve it.
+        let amqp = Broker::connect(
+            &config.amqp_url,
+            &format!("pregon-{process}"),
+            Some((names.clone(), derived.delay_steps.clone())),
+        )
+        .await?;
+        let publishing =
+            Broker::connect(&config.amqp_url, &format!("pregon-{process}-publish"), None).await?;
+        let publisher = Publisher::new(publishing, 4, config.publish_timeout.0).await?;
         let (writer, writer_handle) = MessageWriter::spawn(
             pool.clone(),
             WriterConfig {
@@ -103,7 +110,7 @@ impl Services {
             derived: Arc::new(derived),
             pool,
             state,
-            amqp: Arc::new(amqp),
+            amqp,
             publisher,
             writer,
             names,
@@ -129,7 +136,12 @@ impl Services {
         }
         let saved = store::upsert_sender(&self.pool, &sender).await?;
         self.mirror_sender(&saved).await?;
-        let channel = self.amqp.create_channel().await.map_err(QueueError::from)?;
+        let channel = self
+            .amqp
+            .connection()
+            .create_channel()
+            .await
+            .map_err(QueueError::from)?;
         queue::declare_sender(&channel, &self.names, &saved.phone_number_id).await?;
         let _ = channel.close(200, "done".into()).await;
         self.catalog.put_sender(saved.clone());
@@ -299,8 +311,11 @@ impl Services {
             .await
             .map_err(|e| format!("postgresql: {e}"))?;
         self.state.ping().await.map_err(|e| format!("redis: {e}"))?;
-        if !self.amqp.status().connected() {
+        if !self.amqp.is_connected() {
             return Err("rabbitmq: not connected".into());
+        }
+        if !self.publisher.is_ready() {
+            return Err("rabbitmq: publishing connection down or blocked".into());
         }
         Ok(())
     }

@@ -32,6 +32,9 @@ pub enum EnqueueError {
     Store(#[from] StoreError),
     #[error(transparent)]
     State(#[from] StateError),
+    /// RabbitMQ is unreachable or blocks publishers: nothing was queued.
+    #[error("RabbitMQ is unreachable or blocks publishers; nothing was queued, try again shortly")]
+    BrokerUnavailable,
     /// Redis lost its data and is being rebuilt from PostgreSQL: nothing was queued.
     #[error("pregon's Redis copy is being rebuilt; nothing was queued, try again shortly")]
     StateRebuilding,
@@ -250,6 +253,13 @@ pub async fn enqueue_many(
         ready.push((i, prepared));
     }
     if ready.is_empty() {
+        return finish(results);
+    }
+    if !services.publisher.is_ready() {
+        // Said at once, before anything is written: the caller retries with the same key.
+        for (i, _) in &ready {
+            results[*i] = Some(Err(EnqueueError::BrokerUnavailable));
+        }
         return finish(results);
     }
     // Row and job in one commit: from here on the message is durably queued, whatever becomes of

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::app::{Services, Shutdown};
-use crate::domain::retry::callback_delay;
+use crate::domain::retry::patient_delay;
 use crate::store::StoreError;
 use crate::store::events::{self as stored, DeliveryResult, DueDelivery};
 
@@ -87,7 +87,11 @@ pub async fn relay_once(services: &Services) -> Result<usize, RelayError> {
             )
         })
         .collect();
-    let results = services.publisher.publish_many(&items).await;
+    // An event no subscriber is bound for yet is not an error.
+    let results = services
+        .publisher
+        .publish_many_with(&items, crate::queue::Routing::Optional)
+        .await;
     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
         return Err(RelayError::Publish(e.to_string()));
     }
@@ -179,7 +183,7 @@ async fn deliver(services: &Services, http: &reqwest::Client, d: DueDelivery) {
         .unwrap_or(chrono::Duration::days(1));
     let retry_at = || {
         let next = chrono::Utc::now()
-            + chrono::Duration::from_std(callback_delay(
+            + chrono::Duration::from_std(patient_delay(
                 services.config.callback_retry_base.0,
                 attempt,
                 fastrand::f64(),
@@ -261,9 +265,9 @@ mod tests {
     #[test]
     fn callback_retry_delays_grow_to_an_hour() {
         let base = Duration::from_secs(5);
-        assert!(callback_delay(base, 1, 0.5) >= Duration::from_secs(4));
-        assert!(callback_delay(base, 2, 0.5) >= Duration::from_secs(9));
-        assert!(callback_delay(base, 30, 1.0) <= Duration::from_secs(3600 * 12 / 10));
-        assert!(callback_delay(base, 30, 0.0) >= Duration::from_secs(2880));
+        assert!(patient_delay(base, 1, 0.5) >= Duration::from_secs(4));
+        assert!(patient_delay(base, 2, 0.5) >= Duration::from_secs(9));
+        assert!(patient_delay(base, 30, 1.0) <= Duration::from_secs(3600 * 12 / 10));
+        assert!(patient_delay(base, 30, 0.0) >= Duration::from_secs(2880));
     }
 }

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod contacts;
+pub mod dead;
 pub mod demo;
 pub mod domain;
 pub mod enqueue;

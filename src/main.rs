@@ -74,6 +74,13 @@ enum Command {
         #[command(subcommand)]
         command: commands::TemplatesCommand,
     },
+    /// Dead-lettered jobs: list, show one, send one again.
+    Dead {
+        #[command(flatten)]
+        api: pregon::cli::ApiArgs,
+        #[command(subcommand)]
+        command: commands::DeadCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -232,5 +239,6 @@ async fn run(command: Command, config: Config) -> Result<(), AppError> {
         Command::Consent(command) => commands::consent(config, command).await,
         Command::State(command) => commands::state(config, command).await,
         Command::Templates { api, command } => commands::templates(&api, command).await,
+        Command::Dead { api, command } => commands::dead(&api, command).await,
     }
 }

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub state_rebuilds: prometheus::IntCounter,
     /// How long this process's last rebuild took, in milliseconds.
     pub state_rebuild_ms: IntGauge,
+    /// Stored webhook events that failed three times or more and are retried with backoff.
+    pub webhook_events_retrying: IntGauge,
+    /// Dead-lettered jobs not sent again yet.
+    pub dead_jobs: IntGauge,
     /// Jobs committed and not yet confirmed by RabbitMQ.
     pub job_outbox_depth: IntGauge,
     /// Jobs the outbox relay published (their first publish failed or never happened).
@@ -205,6 +209,14 @@ impl Metrics {
             "pregon_state_rebuild_milliseconds",
             "How long this process's last rebuild of Redis's copy took",
         );
+        let webhook_events_retrying = plain_gauge(
+            "pregon_webhook_events_retrying",
+            "Stored webhook events that failed three times or more and are retried with backoff",
+        );
+        let dead_jobs = plain_gauge(
+            "pregon_dead_jobs",
+            "Dead-lettered jobs waiting for an operator (pregon dead list)",
+        );
         let job_outbox_depth = plain_gauge(
             "pregon_job_outbox_depth",
             "Accepted messages whose job RabbitMQ has not confirmed yet",
@@ -259,6 +271,8 @@ impl Metrics {
             .register(Box::new(pacing_wait_seconds.clone()))
             .expect("metric registered once");
         Metrics {
+            dead_jobs,
+            webhook_events_retrying,
             job_outbox_depth,
             jobs_relayed,
             state_copy_complete,

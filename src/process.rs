@@ -98,7 +98,7 @@ impl LocalStack {
         crate::state_copy::ensure(&services, std::time::Duration::from_secs(60)).await?;
         let senders: Vec<String> = (0..200).map(local_sender_id).collect();
         crate::queue::delete_namespace(
-            &services.amqp,
+            &services.amqp.connection(),
             &services.names,
             &senders,
             &services.derived.delay_steps,
@@ -106,6 +106,7 @@ impl LocalStack {
         .await?;
         let setup = services
             .amqp
+            .connection()
             .create_channel()
             .await
             .map_err(crate::queue::QueueError::from)?;

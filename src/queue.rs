@@ -9,7 +9,7 @@
 //! - `ns.ingest` (topic) → quorum queue `ns.ingest`: enqueue requests published by other systems.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::options::{
@@ -17,7 +17,10 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
+};
 
 use crate::domain::Lane;
 use crate::domain::job::SendJob;
@@ -31,6 +34,23 @@ pub enum QueueError {
     Nacked,
     #[error("no publisher confirm within {0:?}")]
     ConfirmTimeout(Duration),
+    /// Not connected, or the broker blocks publishers (flow control): nothing was tried.
+    #[error("RabbitMQ is unreachable or blocks publishers")]
+    Unavailable,
+    #[error("not published: {0}")]
+    NotPublished(String),
+    /// A job no queue is bound for: returned by the broker instead of silently dropped.
+    #[error("no queue is bound for this routing key")]
+    Unroutable,
+    #[error("the consumer ended (its channel or connection closed)")]
+    ConsumerEnded,
+}
+
+impl QueueError {
+    /// Nothing was tried because the broker cannot be used now.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, QueueError::Unavailable | QueueError::NotPublished(_))
+    }
 }
 
 /// How many times a quorum queue redelivers one message (crashes, requeues) before RabbitMQ
@@ -291,86 +311,289 @@ pub async fn delete_namespace(
     Ok(())
 }
 
+/// A RabbitMQ connection that comes back. A background task watches it and, once the broker is
+/// gone, reconnects with backoff and jitter and declares the base topology again; users take
+/// [`Broker::connection`] each time they open a channel, so what they open after a reconnect is
+/// on the new connection. Consumers whose channel died end, and their owners start them again.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<BrokerInner>,
+}
+
+struct BrokerInner {
+    url: String,
+    name: String,
+    topology: Option<(Names, Vec<Duration>)>,
+    current: std::sync::RwLock<Arc<Connection>>,
+    /// Bumped at every reconnect, so channels opened on an older connection are known stale.
+    generation: AtomicU64,
+    /// Closed by its owner: not to be reconnected.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// How often the keeper looks at the connection, and the bounds of its reconnect backoff.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+const RECONNECT_FIRST: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Broker {
+    /// Connects (and declares the base topology, when given) and starts the keeper. The keeper
+    /// ends once the last clone of the broker is dropped.
+    pub async fn connect(
+        url: &str,
+        name: &str,
+        topology: Option<(Names, Vec<Duration>)>,
+    ) -> Result<Broker, QueueError> {
+        let connection = connect(url, name).await?;
+        if let Some((names, steps)) = &topology {
+            declare_base_on(&connection, names, steps).await?;
+        }
+        let broker = Broker {
+            inner: Arc::new(BrokerInner {
+                url: url.to_string(),
+                name: name.to_string(),
+                topology,
+                current: std::sync::RwLock::new(Arc::new(connection)),
+                generation: AtomicU64::new(0),
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }),
+        };
+        tokio::spawn(keep_connected(Arc::downgrade(&broker.inner)));
+        Ok(broker)
+    }
+
+    /// The current connection (possibly broken, until the keeper replaced it).
+    pub fn connection(&self) -> Arc<Connection> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connection().status().connected()
+    }
+
+    /// Connected, and not blocked by the broker's flow control (`connection.blocked`).
+    pub fn is_ready(&self) -> bool {
+        let connection = self.connection();
+        let status = connection.status();
+        status.connected() && !status.blocked()
+    }
+
+    /// Closes the connection for good (tests and shutdown): the keeper does not reconnect it.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let _ = self.connection().close(200, s("closing")).await;
+    }
+}
+
+async fn declare_base_on(
+    connection: &Connection,
+    names: &Names,
+    delay_steps: &[Duration],
+) -> Result<(), QueueError> {
+    let channel = connection.create_channel().await?;
+    declare_base(&channel, names, delay_steps).await?;
+    let _ = channel.close(200, s("done")).await;
+    Ok(())
+}
+
+async fn keep_connected(inner: std::sync::Weak<BrokerInner>) {
+    let mut backoff = RECONNECT_FIRST;
+    let mut lost = false;
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let connected = inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .status()
+            .connected();
+        if connected {
+            backoff = RECONNECT_FIRST;
+            continue;
+        }
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if !lost {
+            tracing::warn!(connection = %inner.name, "RabbitMQ connection lost; reconnecting");
+            lost = true;
+        }
+        let attempt = async {
+            let connection = connect(&inner.url, &inner.name).await?;
+            if let Some((names, steps)) = &inner.topology {
+                declare_base_on(&connection, names, steps).await?;
+            }
+            Ok::<_, QueueError>(connection)
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(connection)) => {
+                *inner.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(connection);
+                inner.generation.fetch_add(1, Ordering::AcqRel);
+                tracing::info!(connection = %inner.name, "RabbitMQ connection back");
+                lost = false;
+                backoff = RECONNECT_FIRST;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "reconnect failed");
+                drop(inner);
+                tokio::time::sleep(jittered(backoff)).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+            }
+            Err(_) => {
+                drop(inner);
+                tokio::time::sleep(jittered(backoff)).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+            }
+        }
+    }
+}
+
+/// A wait between half and the whole of `wait`, so processes that lost one broker together do
+/// not all knock at the same instant.
+fn jittered(wait: Duration) -> Duration {
+    wait.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+/// Whether a publish must reach a queue. Jobs must: an unroutable job is an error (the publish
+/// is `mandatory`, and a returned message fails it), never a silent loss. Lifecycle events may
+/// have no subscriber bound yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    Required,
+    Optional,
+}
+
 /// Publishes persistent messages and waits for the broker's confirm, spreading load over a few
-/// confirm-mode channels.
+/// confirm-mode channels on its own connection (so a publisher blocked by flow control never
+/// stalls the acks of consumers). It answers at once, without trying, while the broker is
+/// unreachable or blocks publishers.
 #[derive(Clone)]
 pub struct Publisher {
-    channels: Arc<Vec<Channel>>,
+    broker: Broker,
+    size: usize,
+    channels: Arc<tokio::sync::RwLock<(u64, Vec<Channel>)>>,
     next: Arc<AtomicUsize>,
     timeout: Duration,
 }
 
 impl Publisher {
     pub async fn new(
-        connection: &Connection,
+        broker: Broker,
         channels: usize,
         timeout: Duration,
     ) -> Result<Publisher, QueueError> {
-        let mut list = Vec::with_capacity(channels);
-        for _ in 0..channels.max(1) {
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            list.push(channel);
-        }
+        let size = channels.max(1);
+        let list = open_confirm_channels(&broker.connection(), size).await?;
+        let generation = broker.generation();
         Ok(Publisher {
-            channels: Arc::new(list),
+            broker,
+            size,
+            channels: Arc::new(tokio::sync::RwLock::new((generation, list))),
             next: Arc::new(AtomicUsize::new(0)),
             timeout,
         })
     }
 
-    fn channel(&self) -> &Channel {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        &self.channels[i]
+    /// Whether a publish may be tried now: the broker is connected and not blocking publishers.
+    pub fn is_ready(&self) -> bool {
+        self.broker.is_ready()
     }
 
-    /// Publishes one persistent message and returns once RabbitMQ has confirmed it.
+    /// Closes the publishing connection for good.
+    pub async fn close(&self) {
+        self.broker.close().await;
+    }
+
+    async fn channel(&self) -> Result<Channel, QueueError> {
+        if !self.broker.is_ready() {
+            return Err(QueueError::Unavailable);
+        }
+        let generation = self.broker.generation();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.size;
+        {
+            let current = self.channels.read().await;
+            if current.0 == generation
+                && let Some(channel) = current.1.get(i)
+                && channel.status().connected()
+            {
+                return Ok(channel.clone());
+            }
+        }
+        // A reconnect, or a channel the broker closed: open a fresh set (once, for everyone).
+        let mut current = self.channels.write().await;
+        let stale = current.0 != generation || current.1.iter().any(|c| !c.status().connected());
+        if stale {
+            *current = (
+                generation,
+                open_confirm_channels(&self.broker.connection(), self.size).await?,
+            );
+        }
+        current.1.get(i).cloned().ok_or(QueueError::Unavailable)
+    }
+
+    /// Publishes one persistent message that must reach a queue, and returns once RabbitMQ has
+    /// confirmed it.
     pub async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
         payload: &[u8],
     ) -> Result<(), QueueError> {
-        let confirm = self
-            .channel()
-            .basic_publish(
-                s(exchange),
-                s(routing_key),
-                BasicPublishOptions {
-                    mandatory: false,
-                    ..BasicPublishOptions::default()
-                },
-                payload,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type(s("application/json")),
-            )
-            .await?;
-        let confirmation = tokio::time::timeout(self.timeout, confirm)
+        let items = [(
+            exchange.to_string(),
+            routing_key.to_string(),
+            payload.to_vec(),
+        )];
+        self.publish_many_with(&items, Routing::Required)
             .await
-            .map_err(|_| QueueError::ConfirmTimeout(self.timeout))??;
-        if confirmation.is_nack() {
-            return Err(QueueError::Nacked);
-        }
-        Ok(())
+            .pop()
+            .unwrap_or(Err(QueueError::Unavailable))
     }
 
-    /// Publishes many messages on one channel and waits for all their confirms at once: a confirm
-    /// window instead of one round trip per message.
+    /// Publishes jobs (which must reach a queue) on one channel and waits for all their confirms
+    /// at once: a confirm window instead of one round trip per message.
     pub async fn publish_many(
         &self,
         items: &[(String, String, Vec<u8>)],
     ) -> Vec<Result<(), QueueError>> {
-        let channel = self.channel().clone();
+        self.publish_many_with(items, Routing::Required).await
+    }
+
+    pub async fn publish_many_with(
+        &self,
+        items: &[(String, String, Vec<u8>)],
+        routing: Routing,
+    ) -> Vec<Result<(), QueueError>> {
+        let channel = match self.channel().await {
+            Ok(c) => c,
+            Err(e) => {
+                let message = e.to_string();
+                return items
+                    .iter()
+                    .map(|_| Err(QueueError::NotPublished(message.clone())))
+                    .collect();
+            }
+        };
         let mut pending = Vec::with_capacity(items.len());
         for (exchange, key, payload) in items {
             let confirm = channel
                 .basic_publish(
                     s(exchange),
                     s(key),
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions {
+                        mandatory: routing == Routing::Required,
+                        ..BasicPublishOptions::default()
+                    },
                     payload,
                     BasicProperties::default()
                         .with_delivery_mode(2)
@@ -387,6 +610,7 @@ impl Publisher {
                 Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
                     Err(_) => Err(QueueError::ConfirmTimeout(self.timeout)),
                     Ok(Err(e)) => Err(e.into()),
+                    Ok(Ok(Confirmation::Ack(Some(_)))) => Err(QueueError::Unroutable),
                     Ok(Ok(c)) if c.is_nack() => Err(QueueError::Nacked),
                     Ok(Ok(_)) => Ok(()),
                 },
@@ -394,6 +618,21 @@ impl Publisher {
         }
         results
     }
+}
+
+async fn open_confirm_channels(
+    connection: &Connection,
+    count: usize,
+) -> Result<Vec<Channel>, QueueError> {
+    let mut list = Vec::with_capacity(count);
+    for _ in 0..count {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        list.push(channel);
+    }
+    Ok(list)
 }
 
 /// Parks a job in the delay queue closest to `wait`; it comes back to its sender's lane when the

@@ -723,6 +723,36 @@ impl State {
         Ok(())
     }
 
+    /// Whether a send of the message may have reached the Cloud API unseen: an attempt up to
+    /// `attempt` kept its claim (its outcome is unknown) and no "sent" marker says it was sent.
+    pub async fn may_have_been_sent(
+        &self,
+        message_id: Uuid,
+        attempt: u32,
+    ) -> Result<bool, StateError> {
+        let id = message_id.to_string();
+        let mut pipe = redis::pipe();
+        pipe.exists(self.key(&["done", &id]));
+        for a in 0..=attempt {
+            pipe.exists(self.key(&["claim", &id, &a.to_string()]));
+        }
+        let mut conn = self.conn.clone();
+        let found: Vec<bool> = pipe.query_async(&mut conn).await?;
+        let (done, claims) = found.split_first().unwrap_or((&false, &[]));
+        Ok(!done && claims.iter().any(|c| *c))
+    }
+
+    /// Forgets the send claims of attempts up to `attempt` (an operator sends the message again).
+    pub async fn forget_claims(&self, message_id: Uuid, attempt: u32) -> Result<(), StateError> {
+        let id = message_id.to_string();
+        let keys: Vec<String> = (0..=attempt)
+            .map(|a| self.key(&["claim", &id, &a.to_string()]))
+            .collect();
+        let mut conn = self.conn.clone();
+        let _: () = conn.del(keys).await?;
+        Ok(())
+    }
+
     /// Unique recipients counted in the moving 24 h for a tier counter.
     pub async fn tier_usage(&self, tier_counter: &str) -> Result<u64, StateError> {
         let mut conn = self.conn.clone();

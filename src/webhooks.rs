@@ -12,6 +12,7 @@ use crate::domain::MessageStatus;
 use crate::domain::job::{SendJob, TemplateRef};
 use crate::domain::phone;
 use crate::domain::policy::RECIPIENT_MARKETING_CAP_WAIT;
+use crate::domain::retry::patient_delay;
 use crate::domain::webhook::{
     self, FailedStatus, InboundMessage, StatusUpdate, TemplateChange, TemplateUpdate, Update,
 };
@@ -25,8 +26,10 @@ use crate::store::{self, ConsentEvent, MessageUpdate, StoreError};
 const CLAIM_BATCH: i64 = 32;
 /// How long a claimed event is left alone before another processor may take it.
 const CLAIM_LEASE_SECONDS: f64 = 120.0;
-/// Attempts before an event that keeps failing is parked as `failed` for a person to look at.
-const MAX_EVENT_ATTEMPTS: i32 = 10;
+/// The first wait before an event that failed is tried again; it doubles up to an hour.
+const EVENT_RETRY_BASE: Duration = Duration::from_secs(1);
+/// Failures after which an event counts as retrying for the gauge and its alert.
+const EVENT_RETRYING_AFTER: i32 = 3;
 
 pub async fn run(services: Services, mut stop: Shutdown) {
     let poll = services.config.background_poll.0;
@@ -50,6 +53,9 @@ pub async fn run(services: Services, mut stop: Shutdown) {
             }
             if let Ok(n) = stored::pending_events(&services.pool).await {
                 services.metrics.webhook_backlog.set(n);
+            }
+            if let Ok(n) = stored::retrying_events(&services.pool, EVENT_RETRYING_AFTER).await {
+                services.metrics.webhook_events_retrying.set(n);
             }
         }
         if last_cleanup.elapsed() >= Duration::from_secs(3600) {
@@ -78,9 +84,10 @@ pub async fn process_batch(services: &Services) -> Result<usize, StoreError> {
                     .await?;
             }
             Err(e) => {
-                let give_up = event.attempts >= MAX_EVENT_ATTEMPTS;
-                tracing::warn!(event = event.id, error = %e, give_up, "webhook event not processed");
-                stored::fail_event(&services.pool, event.id, &e.to_string(), give_up).await?;
+                let attempts = u32::try_from(event.attempts).unwrap_or(0);
+                let retry_in = patient_delay(EVENT_RETRY_BASE, attempts, fastrand::f64());
+                tracing::warn!(event = event.id, error = %e, attempts, ?retry_in, "webhook event not processed; trying again later");
+                stored::fail_event(&services.pool, event.id, &e.to_string(), retry_in).await?;
             }
         }
     }

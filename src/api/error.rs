@@ -116,6 +116,12 @@ impl From<EnqueueError> for ApiError {
                 None,
                 EnqueueError::StateRebuilding.to_string(),
             ),
+            EnqueueError::BrokerUnavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                None,
+                EnqueueError::BrokerUnavailable.to_string(),
+            ),
             other => ApiError::internal(other),
         }
     }

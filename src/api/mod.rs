@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod campaigns;
+pub mod dead;
 pub mod error;
 pub mod subscriptions;
 pub mod webhooks;
@@ -61,6 +62,7 @@ pub fn router(services: Services) -> Router {
         .merge(webhooks::routes())
         .merge(subscriptions::routes())
         .merge(campaigns::routes())
+        .merge(dead::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

@@ -18,14 +18,19 @@ use crate::process::{LocalStack, local_sender_id};
 use crate::store::{self, Sender, Template};
 
 mod campaign;
+mod rebuild;
 
 pub use campaign::CampaignBenchArgs;
+pub use rebuild::RebuildBenchArgs;
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum BenchMode {
     /// A campaign instead of notifications: import a contact CSV, estimate, launch over a pool of
     /// senders, with the API, a worker and the simulator as separate processes.
     Campaign(CampaignBenchArgs),
+    /// Redis restarted empty: how long the rebuild of its copy from PostgreSQL holds sends, for a
+    /// database of N contacts (filled by the bench itself).
+    Rebuild(RebuildBenchArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -95,8 +100,10 @@ impl CpuClock {
 }
 
 pub async fn run(mut config: Config, args: BenchArgs) -> Result<(), AppError> {
-    if let Some(BenchMode::Campaign(campaign)) = args.mode {
-        return campaign::run(config, campaign).await;
+    match args.mode {
+        Some(BenchMode::Campaign(campaign)) => return campaign::run(config, campaign).await,
+        Some(BenchMode::Rebuild(rebuild)) => return rebuild::run(config, rebuild).await,
+        None => {}
     }
     if args.senders == 0 || args.messages == 0 {
         return Err(AppError::Invalid(
@@ -294,6 +301,7 @@ async fn broker_capacity(services: &crate::app::Services, n: usize) -> Result<f6
     let queue = format!("{}.bench.raw", services.names.ns);
     let channel = services
         .amqp
+        .connection()
         .create_channel()
         .await
         .map_err(crate::queue::QueueError::from)?;
@@ -331,7 +339,7 @@ async fn broker_capacity(services: &crate::app::Services, n: usize) -> Result<f6
         Ok::<(), crate::queue::QueueError>(())
     });
     let (consume_channel, mut consumer) =
-        crate::queue::consume(&services.amqp, &queue, "bench-raw", 1000).await?;
+        crate::queue::consume(&services.amqp.connection(), &queue, "bench-raw", 1000).await?;
     let mut got = 0;
     while got < n {
         match consumer.next().await {

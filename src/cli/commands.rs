@@ -152,6 +152,26 @@ pub enum StateCommand {
 }
 
 #[derive(Subcommand)]
+pub enum DeadCommand {
+    /// Dead jobs waiting for an operator, oldest first (`--all`: also those sent again).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+    /// One dead job, with the job itself.
+    Show { id: i64 },
+    /// Send a dead job again, with a fresh attempt budget. A message whose send may have reached
+    /// the Cloud API unseen is refused unless `--force`.
+    Redrive {
+        id: i64,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum TemplatesCommand {
     /// Fill the registry from the Cloud API's template list of every sender's business account.
     Sync,
@@ -229,6 +249,37 @@ pub async fn state(config: Config, command: StateCommand) -> Result<(), AppError
         }
     };
     background.writer.close().await;
+    print(&answer);
+    Ok(())
+}
+
+pub async fn dead(api: &ApiArgs, command: DeadCommand) -> Result<(), AppError> {
+    let client = Client::new(api)?;
+    let answer = match command {
+        DeadCommand::List { all, after } => {
+            client
+                .json(
+                    Method::GET,
+                    &format!("/v1/dead?after={after}&all={all}"),
+                    None,
+                )
+                .await?
+        }
+        DeadCommand::Show { id } => {
+            client
+                .json(Method::GET, &format!("/v1/dead/{id}"), None)
+                .await?
+        }
+        DeadCommand::Redrive { id, force } => {
+            client
+                .json(
+                    Method::POST,
+                    &format!("/v1/dead/{id}/redrive?force={force}"),
+                    None,
+                )
+                .await?
+        }
+    };
     print(&answer);
     Ok(())
 }

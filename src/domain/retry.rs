@@ -26,10 +26,11 @@ impl BackoffPolicy {
     }
 }
 
-/// Delay before callback attempt `attempt` (1 = the first retry): `base` doubling to an hour,
-/// ±20 % jitter so a receiver coming back is not hit by every delivery at once. With a 5 s base,
-/// a day holds about 30 attempts.
-pub fn callback_delay(base: Duration, attempt: u32, unit: f64) -> Duration {
+/// Delay before attempt `attempt` (1 = the first retry) of work that must succeed in the end and
+/// may wait (HTTP callbacks, stored webhook events): `base` doubling to an hour, ±20 % jitter so a
+/// receiver or service coming back is not hit by everything at once. With a 5 s base, a day holds
+/// about 30 attempts.
+pub fn patient_delay(base: Duration, attempt: u32, unit: f64) -> Duration {
     base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)))
         .min(Duration::from_secs(3600))
         .mul_f64(0.8 + 0.4 * unit.clamp(0.0, 1.0))

@@ -15,6 +15,7 @@ use crate::domain::decision::{Quality, SenderStatus, TemplateStatus};
 pub mod campaigns;
 pub mod contacts;
 pub mod copy;
+pub mod dead;
 pub mod events;
 mod messages;
 pub mod webhooks;

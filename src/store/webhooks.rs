@@ -110,24 +110,35 @@ pub async fn finish_event(
     Ok(())
 }
 
-/// Records why processing failed; the event is tried again after its lease, or given up on.
+/// Records why processing failed; the event is tried again after `retry_in` (it stays pending:
+/// an event is never given up on, since a STOP or a status in it must be applied in the end).
 pub async fn fail_event(
     pool: &PgPool,
     id: i64,
     error: &str,
-    give_up: bool,
+    retry_in: std::time::Duration,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE webhook_events SET error = $2,
-             state = CASE WHEN $3 THEN 'failed' ELSE state END
+             claimed_until = now() + make_interval(secs => $3)
          WHERE id = $1",
     )
     .bind(id)
     .bind(error)
-    .bind(give_up)
+    .bind(retry_in.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Pending events that failed at least `attempts` times: what an operator should look at.
+pub async fn retrying_events(pool: &PgPool, attempts: i32) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_events WHERE state = 'pending' AND attempts >= $1",
+    )
+    .bind(attempts)
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Events waiting to be processed: the backlog a dashboard watches.

@@ -49,7 +49,7 @@ pub async fn run(services: Services, mut stop: Shutdown) {
 async fn consume(services: &Services, stop: &mut Shutdown) -> Result<(), crate::queue::QueueError> {
     let prefetch: u16 = 128;
     let (channel, mut consumer) = crate::queue::consume(
-        &services.amqp,
+        &services.amqp.connection(),
         &services.names.ingest(),
         &format!("{}-ingest", super::owner()),
         prefetch,
@@ -61,7 +61,8 @@ async fn consume(services: &Services, stop: &mut Shutdown) -> Result<(), crate::
             _ = stop.wait() => break,
             d = consumer.next() => match d {
                 Some(d) => d?,
-                None => break,
+                // The channel or connection closed under it: start again on a new one.
+                None => return Err(crate::queue::QueueError::ConsumerEnded),
             },
         };
         let Ok(permit) = slots.clone().acquire_owned().await else {

@@ -30,7 +30,7 @@ pub fn owner() -> String {
 }
 
 /// The work beside dispatching that only needs PostgreSQL and RabbitMQ: webhook processing, the
-/// event relay, HTTP callbacks and the job outbox relay (also run alone by tests about webhooks).
+/// event relay, HTTP callbacks, the job outbox relay and the dead-letter intake (also run alone by tests about webhooks).
 pub fn spawn_event_tasks(services: &Services, stop: &Shutdown) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(crate::webhooks::run(services.clone(), stop.clone())),
@@ -40,6 +40,7 @@ pub fn spawn_event_tasks(services: &Services, stop: &Shutdown) -> Vec<JoinHandle
             services.clone(),
             stop.clone(),
         )),
+        tokio::spawn(crate::dead::run_intake(services.clone(), stop.clone())),
     ]
 }
 
@@ -66,6 +67,22 @@ pub async fn run(services: Services, mut stop: Shutdown) -> Result<(), WorkerErr
     loop {
         if let Err(e) = services.catalog.refresh().await {
             tracing::warn!(error = %e, "could not refresh senders");
+        }
+        if !services.amqp.is_connected() {
+            // Without a broker this process cannot dispatch: hand its senders to a worker that
+            // has one (they move within lease_ttl), and take none until the connection is back.
+            if !running.is_empty() {
+                tracing::warn!(
+                    senders = running.len(),
+                    "RabbitMQ lost; giving up sender leases"
+                );
+                stop_all(&services, &owner, &mut running).await;
+            }
+            tokio::select! {
+                _ = stop.wait() => break,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            continue;
         }
         for sender in services.catalog.senders() {
             let id = sender.phone_number_id.clone();
@@ -121,13 +138,7 @@ pub async fn run(services: Services, mut stop: Shutdown) -> Result<(), WorkerErr
         }
     }
     tracing::info!("worker draining");
-    for r in running.values() {
-        r.stop.trigger();
-    }
-    for (id, r) in running {
-        let _ = r.handle.await;
-        let _ = services.state.release_lease(&id, &owner).await;
-    }
+    stop_all(&services, &owner, &mut running).await;
     let _ = ingest.await;
     for task in background {
         let _ = task.await;
@@ -136,11 +147,25 @@ pub async fn run(services: Services, mut stop: Shutdown) -> Result<(), WorkerErr
     Ok(())
 }
 
+/// Stops every dispatch loop (each drains its sends in flight) and gives up their leases.
+async fn stop_all(services: &Services, owner: &str, running: &mut HashMap<String, Running>) {
+    for r in running.values() {
+        r.stop.trigger();
+    }
+    for (id, r) in running.drain() {
+        let _ = r.handle.await;
+        let _ = services.state.release_lease(&id, owner).await;
+    }
+}
+
 async fn update_gauges<'a>(services: &Services, owned: impl Iterator<Item = &'a String>) {
     for id in owned {
         for lane in Lane::ALL {
-            if let Ok(Some(depth)) =
-                crate::queue::depth(&services.amqp, &services.names.lane_queue(id, lane)).await
+            if let Ok(Some(depth)) = crate::queue::depth(
+                &services.amqp.connection(),
+                &services.names.lane_queue(id, lane),
+            )
+            .await
             {
                 services
                     .metrics

@@ -120,7 +120,7 @@ pub async fn run(
     mut stop: Shutdown,
 ) -> Result<(), WorkerError> {
     let id = sender.phone_number_id.clone();
-    let channel = services.amqp.create_channel().await?;
+    let channel = services.amqp.connection().create_channel().await?;
     queue::declare_sender(&channel, &services.names, &id).await?;
     let _ = channel.close(200, "done".into()).await;
 
@@ -142,8 +142,13 @@ pub async fn run(
     for lane in Lane::ALL {
         let queue_name = services.names.lane_queue(&id, lane);
         let tag = format!("{}-{}", shared.owner, lane.suffix());
-        let (channel, consumer) =
-            queue::consume(&services.amqp, &queue_name, &tag, config.prefetch).await?;
+        let (channel, consumer) = queue::consume(
+            &services.amqp.connection(),
+            &queue_name,
+            &tag,
+            config.prefetch,
+        )
+        .await?;
         lanes.push(LaneState {
             consumer,
             channel,

@@ -391,6 +391,7 @@ async fn transactional_overtakes_a_marketing_backlog() {
         },
         tweak: |c| c.prefetch = 200,
         sim_webhooks: false,
+        amqp_url: None,
     })
     .await;
     let sender = "1065550208";
@@ -488,6 +489,7 @@ async fn a_business_portfolio_shares_one_messaging_limit() {
         sim: SimConfig::default(),
         tweak: |c| c.tier_scope = pregon::domain::tier::TierScope::BusinessPortfolio,
         sim_webhooks: false,
+        amqp_url: None,
     })
     .await;
     env.template("promo", "marketing").await;
@@ -735,6 +737,7 @@ async fn an_unknown_outcome_is_reconciled_from_metas_statuses() {
         },
         tweak: |c| c.http_timeout = pregon::config::HumanDuration(Duration::from_secs(1)),
         sim_webhooks: true,
+        amqp_url: None,
     })
     .await;
     let sender = "1065550217";

@@ -94,7 +94,7 @@ async fn bad_input_names_the_field_and_queues_nothing() {
     // Nothing was recorded or queued.
     assert!(env.counts(SENDER).await.is_empty());
     let depth = pregon::queue::depth(
-        &env.services.amqp,
+        &env.services.amqp.connection(),
         &env.services
             .names
             .lane_queue(SENDER, pregon::domain::Lane::Transactional),

@@ -18,6 +18,8 @@ pub struct Options {
     pub tweak: fn(&mut Config),
     /// Point the simulator's status webhooks at pregon's receiver.
     pub sim_webhooks: bool,
+    /// A RabbitMQ of the test's own (one it stops and starts), instead of the machine's.
+    pub amqp_url: Option<String>,
 }
 
 impl Default for Options {
@@ -26,6 +28,7 @@ impl Default for Options {
             sim: SimConfig::default(),
             tweak: |_| {},
             sim_webhooks: false,
+            amqp_url: None,
         }
     }
 }
@@ -104,6 +107,9 @@ impl Env {
         }
         if let Ok(url) = std::env::var("PREGON_AMQP_URL") {
             config.amqp_url = url;
+        }
+        if let Some(url) = &options.amqp_url {
+            config.amqp_url = url.clone();
         }
         (options.tweak)(&mut config);
         let (services, _background) = Services::connect(config.clone(), &format!("it-{id}"))
@@ -355,7 +361,7 @@ impl Env {
         self.sim.0.trigger();
         self.sim.1.abort();
         let _ = pregon::queue::delete_namespace(
-            &self.services.amqp,
+            &self.services.amqp.connection(),
             &self.services.names,
             &self.senders,
             &self.services.derived.delay_steps,
@@ -363,7 +369,8 @@ impl Env {
         .await;
         let _ = self.services.state.delete_all().await;
         self.services.pool.close().await;
-        let _ = self.services.amqp.close(200, "test done".into()).await;
+        self.services.amqp.close().await;
+        self.services.publisher.close().await;
         if let Ok(admin) = sqlx::PgPool::connect(&base_url("postgres")).await {
             let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -405,7 +412,13 @@ impl Env {
     pub async fn events_queue(&self, pattern: &str) -> lapin::Consumer {
         use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
         use lapin::types::FieldTable;
-        let channel = self.services.amqp.create_channel().await.unwrap();
+        let channel = self
+            .services
+            .amqp
+            .connection()
+            .create_channel()
+            .await
+            .unwrap();
         let queue = channel
             .queue_declare(
                 "".into(),

@@ -47,6 +47,7 @@ async fn setup(seed: u32, sender: &str, n: usize) -> (Env, Vec<String>) {
         },
         tweak: |_| {},
         sim_webhooks: false,
+        amqp_url: None,
     })
     .await;
     env.sender(sender, json!("unlimited"), 60).await;
@@ -210,9 +211,10 @@ async fn a_message_redelivered_too_often_is_recorded_failed_and_dead_lettered() 
         .services
         .names
         .lane_queue(sender, pregon::domain::Lane::Transactional);
-    let (channel, mut consumer) = pregon::queue::consume(&env.services.amqp, &queue, "crashing", 1)
-        .await
-        .unwrap();
+    let (channel, mut consumer) =
+        pregon::queue::consume(&env.services.amqp.connection(), &queue, "crashing", 1)
+            .await
+            .unwrap();
     for _ in 0..pregon::queue::REDELIVERY_LIMIT {
         let delivery = consumer
             .next()
@@ -239,10 +241,45 @@ async fn a_message_redelivered_too_often_is_recorded_failed_and_dead_lettered() 
         .unwrap();
     assert_eq!(reason, "redelivered_too_often");
     assert!(env.received(sender).await.is_empty());
-    let dead = pregon::queue::depth(&env.services.amqp, &env.services.names.dead())
+    // The dead-letter intake takes it off `ns.dead` and keeps it for an operator.
+    let listed = env
+        .eventually("the dead job listed", Duration::from_secs(10), async || {
+            let (status, page) = env.get("/v1/dead").await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            (page["data"].as_array().map(Vec::len) == Some(1)).then_some(page)
+        })
+        .await;
+    let dead = &listed["data"][0];
+    let message_id: String = sqlx::query_scalar("SELECT id::text FROM messages")
+        .fetch_one(&env.services.pool)
         .await
         .unwrap();
-    assert_eq!(dead, Some(1));
+    assert_eq!(dead["message_id"], message_id.as_str());
+    assert_eq!(dead["job"]["recipient"], to.as_str(), "{dead}");
+    let depth = pregon::queue::depth(&env.services.amqp.connection(), &env.services.names.dead())
+        .await
+        .unwrap();
+    assert_eq!(depth, Some(0), "nothing left unread in ns.dead");
+    // The operator sends it again: a fresh budget, sent once.
+    let id = dead["id"].as_i64().unwrap();
+    let (status, body) = env.post(&format!("/v1/dead/{id}/redrive"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["redriven_at"].is_string(), "{body}");
+    env.wait_counts(sender, Duration::from_secs(20), |c| {
+        c.get("sent") == Some(&1)
+    })
+    .await;
+    let (status, again) = env.post(&format!("/v1/dead/{id}/redrive"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    assert_eq!(again["error"]["code"], "already_redriven");
+    let (_, waiting) = env.get("/v1/dead").await;
+    assert_eq!(waiting["data"].as_array().map(Vec::len), Some(0));
+    let (_, all) = env.get("/v1/dead?all=true").await;
+    assert_eq!(all["data"].as_array().map(Vec::len), Some(1));
+    let (status, missing) = env.get("/v1/dead/999999").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.received(sender).await.len(), 1);
     env.cleanup().await;
 }
 
@@ -306,7 +343,7 @@ async fn a_postgresql_outage_holds_sends_and_loses_or_repeats_nothing() {
         all.iter().map(|r| r.to.clone()).collect::<HashSet<_>>(),
         rs.into_iter().collect()
     );
-    let dead = pregon::queue::depth(&env.services.amqp, &env.services.names.dead())
+    let dead = pregon::queue::depth(&env.services.amqp.connection(), &env.services.names.dead())
         .await
         .unwrap();
     assert_eq!(

@@ -49,6 +49,7 @@ async fn status_webhooks_are_signed_and_shaped_like_metas() {
         },
         tweak: |_| {},
         sim_webhooks: false,
+        amqp_url: None,
     })
     .await;
     let sender = "1065550500";

@@ -1,0 +1,110 @@
+//! Dead letters for operators: list, read and send again (`Operate`).
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::ApiState;
+use super::auth::{Authorized, Operate};
+use super::error::ApiError;
+use crate::dead::{self, DeadError};
+use crate::store::dead as stored;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/dead", get(list))
+        .route("/v1/dead/{id}", get(show))
+        .route("/v1/dead/{id}/redrive", post(redrive))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    limit: Option<i64>,
+    /// Also those sent again already.
+    #[serde(default)]
+    all: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RedriveQuery {
+    #[serde(default)]
+    force: Option<bool>,
+}
+
+impl From<DeadError> for ApiError {
+    fn from(e: DeadError) -> ApiError {
+        match e {
+            DeadError::Refused(r) => r.into(),
+            DeadError::App(e) => ApiError::internal(e),
+        }
+    }
+}
+
+/// A page of dead jobs, oldest first; `next_after` continues it.
+async fn list(
+    State(state): State<ApiState>,
+    _caller: Authorized<Operate>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request("invalid_query", None, e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("limit"),
+            "limit is 1 to 1000",
+        ));
+    }
+    let page = stored::list_dead_jobs(
+        &state.services.pool,
+        q.after.unwrap_or(0),
+        limit,
+        q.all.unwrap_or(false),
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    let next = (page.len() as i64 == limit)
+        .then(|| page.last().map(|d| d.id))
+        .flatten();
+    let data: Vec<_> = page.iter().map(dead::view).collect();
+    Ok(Json(json!({"data": data, "next_after": next})).into_response())
+}
+
+async fn show(
+    State(state): State<ApiState>,
+    _caller: Authorized<Operate>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    match stored::get_dead_job(&state.services.pool, id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Some(job) => Ok(Json(dead::view(&job)).into_response()),
+        None => Err(ApiError::not_found(
+            "unknown_dead_job",
+            format!("no dead job {id}"),
+        )),
+    }
+}
+
+async fn redrive(
+    State(state): State<ApiState>,
+    caller: Authorized<Operate>,
+    Path(id): Path<i64>,
+    query: Result<Query<RedriveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request("invalid_query", None, e.body_text()))?;
+    let by = format!("api_key:{}", caller.key_id);
+    let job = dead::redrive(&state.services, id, &by, q.force.unwrap_or(false)).await?;
+    Ok(Json(dead::view(&job)).into_response())
+}
