@@ -10,6 +10,7 @@ pub mod app;
 pub mod bench;
 pub mod campaigns;
 pub mod catalog;
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod contacts;

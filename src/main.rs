@@ -42,6 +42,10 @@ enum Command {
     Demo(pregon::demo::DemoArgs),
     /// End-to-end load run: enqueue → RabbitMQ → worker → simulator → PostgreSQL.
     Bench(pregon::bench::BenchArgs),
+    /// Fault injection: each scenario on services of its own (Redis, a RabbitMQ node, a database),
+    /// the API, two workers and the simulator as processes, under load; prints what was lost,
+    /// duplicated or over a limit.
+    Chaos(pregon::chaos::ChaosArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Apikey(commands::ApikeyCommand),
@@ -131,7 +135,7 @@ fn main() -> ExitCode {
     };
     let quiet = matches!(
         cli.command,
-        Some(Command::Demo(_)) | Some(Command::Bench(_))
+        Some(Command::Demo(_)) | Some(Command::Bench(_)) | Some(Command::Chaos(_))
     );
     init_tracing(
         &config,
@@ -229,6 +233,7 @@ async fn run(command: Command, config: Config) -> Result<(), AppError> {
         }
         Command::Demo(args) => pregon::demo::run(config, args).await,
         Command::Bench(args) => pregon::bench::run(config, args).await,
+        Command::Chaos(args) => pregon::chaos::run(config, args).await,
         Command::Apikey(command) => commands::apikey(&config, command).await,
         Command::Config => {
             print!("{}", config.redacted());

@@ -41,16 +41,20 @@ pub struct CampaignBenchArgs {
     pub webhooks: bool,
 }
 
-const APP_SECRET: &str = "pregon-bench-secret";
+pub(crate) const APP_SECRET: &str = "pregon-bench-secret";
 
 /// A child process that is killed if the bench stops early, and asked to drain otherwise.
-struct Child {
+pub(crate) struct Child {
     name: String,
     process: std::process::Child,
 }
 
 impl Child {
-    fn spawn(name: &str, args: &[&str], env: &[(String, String)]) -> Result<Child, AppError> {
+    pub(crate) fn spawn(
+        name: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<Child, AppError> {
         let process = std::process::Command::new(std::env::current_exe()?)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -64,12 +68,12 @@ impl Child {
         })
     }
 
-    fn pid(&self) -> String {
+    pub(crate) fn pid(&self) -> String {
         self.process.id().to_string()
     }
 
     /// SIGTERM, then up to 30 s for a clean drain.
-    fn terminate(&mut self) {
+    pub(crate) fn terminate(&mut self) {
         if let Ok(pid) = i32::try_from(self.process.id()) {
             // SAFETY: sending a signal to our own child has no memory effects.
             unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -158,14 +162,14 @@ fn snapshot(children: &[Child]) -> CpuSnapshot {
     }
 }
 
-fn free_port() -> Result<u16, AppError> {
+pub(crate) fn free_port() -> Result<u16, AppError> {
     let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(probe.local_addr()?.port())
 }
 
 /// The settings a child process needs to join this bench's namespace, as `PREGON_*` variables
 /// (which override any file or inherited environment).
-fn child_env(config: &Config, listen: &str, webhooks: bool) -> Vec<(String, String)> {
+pub(crate) fn child_env(config: &Config, listen: &str, webhooks: bool) -> Vec<(String, String)> {
     let mut env = vec![
         ("PREGON_DATABASE_URL".into(), config.database_url.clone()),
         ("PREGON_REDIS_PREFIX".into(), config.redis_prefix.clone()),
@@ -233,7 +237,7 @@ impl Api {
     }
 }
 
-async fn wait_ready(http: &reqwest::Client, url: &str) -> Result<(), AppError> {
+pub(crate) async fn wait_ready(http: &reqwest::Client, url: &str) -> Result<(), AppError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(r) = http.get(url).send().await

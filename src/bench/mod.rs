@@ -17,7 +17,7 @@ use crate::enqueue::{self, Request};
 use crate::process::{LocalStack, local_sender_id};
 use crate::store::{self, Sender, Template};
 
-mod campaign;
+pub(crate) mod campaign;
 mod rebuild;
 
 pub use campaign::CampaignBenchArgs;

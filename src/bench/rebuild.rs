@@ -75,23 +75,23 @@ pub async fn run(mut config: Config, args: RebuildBenchArgs) -> Result<(), AppEr
     let services = stack.services.clone();
     let filled = Instant::now();
     let mut tx = services.pool.begin().await.map_err(StoreError::from)?;
+    // The counts are integers from the command line, written into the statements.
+    let values = [
+        args.contacts,
+        args.sent,
+        args.inbound,
+        args.suppressed,
+        args.senders,
+    ];
     for statement in FILL.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(statement.to_string()));
-        for (i, value) in [
-            args.contacts,
-            args.sent,
-            args.inbound,
-            args.suppressed,
-            args.senders,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if statement.contains(&format!("${}", i + 1)) {
-                query = query.bind(value);
-            }
+        let mut sql = statement.to_string();
+        for (i, value) in values.iter().enumerate().rev() {
+            sql = sql.replace(&format!("${}", i + 1), &value.to_string());
         }
-        query.execute(&mut *tx).await.map_err(StoreError::from)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
     }
     tx.commit().await.map_err(StoreError::from)?;
     sqlx::raw_sql("ANALYZE")

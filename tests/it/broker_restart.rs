@@ -2,117 +2,14 @@
 //! port and data directory), never the machine's, and stops and starts it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
+use pregon::chaos::PrivateBroker;
 use pregon::simulator::SimConfig;
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::harness::{Env, Options, recipients, template_body};
-
-/// A RabbitMQ node beside the machine's, stopped and removed when dropped.
-struct PrivateBroker {
-    node: String,
-    dir: PathBuf,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// RabbitMQ's own scripts, not the packaged wrappers (which switch to the `rabbitmq` user and
-/// read the machine's node settings).
-fn rabbitmq_bin(program: &str) -> PathBuf {
-    let packaged = PathBuf::from("/usr/lib/rabbitmq/bin").join(program);
-    if packaged.exists() {
-        packaged
-    } else {
-        PathBuf::from(program)
-    }
-}
-
-impl PrivateBroker {
-    fn start() -> PrivateBroker {
-        let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-        let node = format!("pregon-it-{id}@localhost");
-        let dir = std::env::temp_dir().join(format!("pregon-it-rabbit-{id}"));
-        std::fs::create_dir_all(dir.join("log")).unwrap();
-        let port = free_port();
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\ndisk_free_limit.absolute = 10MB\n"),
-        )
-        .unwrap();
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
-        let d = dir.display();
-        std::fs::write(
-            dir.join("rabbitmq-env.conf"),
-            format!(
-                "NODENAME={node}\nNODE_PORT={port}\nDIST_PORT={dist}\nMNESIA_BASE={d}/mnesia\n\
-                 LOG_BASE={d}/log\nPID_FILE={d}/pid\nCONFIG_FILE={d}/rabbitmq.conf\n\
-                 ENABLED_PLUGINS_FILE={d}/enabled_plugins\n",
-                dist = free_port(),
-            ),
-        )
-        .unwrap();
-        let broker = PrivateBroker { node, dir, port };
-        let started = broker
-            .command("rabbitmq-server")
-            .arg("-detached")
-            .status()
-            .expect("rabbitmq-server runs");
-        assert!(started.success(), "the private RabbitMQ node starts");
-        // A detached node registers a few seconds after the command returns.
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        while !broker.try_ctl(&["await_startup", "--timeout", "10"]) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the private RabbitMQ node did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        broker
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(rabbitmq_bin(program));
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", std::env::var("HOME").unwrap_or_default())
-            .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        c
-    }
-
-    fn ctl_command(&self, args: &[&str]) -> Command {
-        let mut c = self.command("rabbitmqctl");
-        c.arg("-n").arg(&self.node).args(args);
-        c
-    }
-
-    fn try_ctl(&self, args: &[&str]) -> bool {
-        self.ctl_command(args).status().is_ok_and(|s| s.success())
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = self.ctl_command(&["stop"]).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 async fn enqueue(env: &Env, sender: &str, to: &str, key: &str) -> reqwest::Response {
     env.http
@@ -127,9 +24,12 @@ async fn enqueue(env: &Env, sender: &str, to: &str, key: &str) -> reqwest::Respo
 
 #[tokio::test]
 async fn a_broker_restart_is_survived_without_a_restart_of_pregon() {
-    let broker = tokio::task::spawn_blocking(PrivateBroker::start)
-        .await
-        .unwrap();
+    let broker = std::sync::Arc::new(
+        tokio::task::spawn_blocking(PrivateBroker::start)
+            .await
+            .unwrap()
+            .expect("a private RabbitMQ node"),
+    );
     let sender = "1065550950";
     let mut env = Env::start(Options {
         sim: SimConfig {
@@ -154,11 +54,11 @@ async fn a_broker_restart_is_survived_without_a_restart_of_pregon() {
     .await;
 
     // The broker goes away.
-    let mut stop = broker.ctl_command(&["stop_app"]);
-    let stopped = tokio::task::spawn_blocking(move || stop.status().unwrap())
+    let node = broker.clone();
+    let stopped = tokio::task::spawn_blocking(move || node.stop_app())
         .await
         .unwrap();
-    assert!(stopped.success());
+    assert!(stopped);
     // Enqueues are refused at once, with Retry-After, and nothing is written.
     let refused = env
         .eventually(
@@ -182,11 +82,11 @@ async fn a_broker_restart_is_survived_without_a_restart_of_pregon() {
     );
 
     // It comes back: pregon reconnects by itself; the queued messages go out, new ones are taken.
-    let mut start = broker.ctl_command(&["start_app"]);
-    let started = tokio::task::spawn_blocking(move || start.status().unwrap())
+    let node = broker.clone();
+    let started = tokio::task::spawn_blocking(move || node.start_app())
         .await
         .unwrap();
-    assert!(started.success());
+    assert!(started);
     let after = recipients(20, 96);
     let back = tokio::time::Instant::now();
     for (i, r) in after.iter().enumerate() {
