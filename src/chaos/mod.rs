@@ -401,9 +401,16 @@ async fn run_scenario(
     .fetch_all(&pool)
     .await
     .map_err(StoreError::from)?;
+    // Sends already decided before the opt-out may still land (a late answer keeps its row
+    // queued for seconds): those the simulator has by now are left out too.
+    let landed: HashSet<String> = received_all(&http, &sim_url, &senders)
+        .await?
+        .into_iter()
+        .map(|m| m.to)
+        .collect();
     let opted_out: Vec<String> = candidates
         .into_iter()
-        .filter(|r| !reached_before.contains(r))
+        .filter(|r| !reached_before.contains(r) && !landed.contains(r))
         .collect();
     let fault_ended = inject(scenario, args, &mut processes, &redis, &broker, &pool).await?;
     let recovery = recovery_after(&http, &sim_url, fault_ended).await;

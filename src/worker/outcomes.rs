@@ -318,10 +318,13 @@ pub(super) async fn park(
         requeue(&delivery).await;
         return;
     }
+    // Recorded before the ack, waiting out a PostgreSQL outage: a deferral of a day (a full
+    // tier) would otherwise leave the row `queued` all that time.
     if let Some(update) = update
-        && let Err(e) = services.writer.update(update).await
+        && let Err(e) = services.writer.update_patiently(update).await
     {
-        // The parked copy is authoritative now; the row catches up on its next outcome.
+        // Refused (not an outage): the parked copy is authoritative; the row catches up on its
+        // next outcome.
         tracing::warn!(id = %job.id, error = %e, "could not record the deferral");
     }
     ack(&delivery).await;

@@ -114,6 +114,58 @@ async fn a_broker_restart_is_survived_without_a_restart_of_pregon() {
     assert!(times.values().all(|n| *n == 1), "nobody reached twice");
     let (ready, _) = env.get("/readyz").await;
     assert_eq!(ready, StatusCode::OK);
+
+    // Flow control: a memory alarm blocks publishers, and enqueue says so at once.
+    let node = broker.clone();
+    let alarmed = tokio::task::spawn_blocking(move || {
+        node.ctl(&["set_vm_memory_high_watermark", "absolute", "1"])
+    })
+    .await
+    .unwrap();
+    assert!(alarmed);
+    // Until the alarm reaches the publishing connection, an enqueue may still be taken.
+    let taken = std::cell::Cell::new(0i64);
+    let tries = std::cell::Cell::new(0);
+    let blocked = env
+        .eventually(
+            "a 503 while publishers are blocked",
+            Duration::from_secs(20),
+            async || {
+                tries.set(tries.get() + 1);
+                let key = format!("while-blocked-{}", tries.get());
+                let answer = enqueue(&env, sender, &before[1], &key).await;
+                if answer.status() == StatusCode::ACCEPTED {
+                    taken.set(taken.get() + 1);
+                }
+                (answer.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(answer)
+            },
+        )
+        .await;
+    let body: serde_json::Value = blocked.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "broker_unavailable", "{body}");
+    let node = broker.clone();
+    let cleared =
+        tokio::task::spawn_blocking(move || node.ctl(&["set_vm_memory_high_watermark", "0.4"]))
+            .await
+            .unwrap();
+    assert!(cleared);
+    env.eventually(
+        "enqueue after the alarm",
+        Duration::from_secs(30),
+        async || {
+            (enqueue(&env, sender, &before[1], "after-alarm")
+                .await
+                .status()
+                == StatusCode::ACCEPTED)
+                .then_some(())
+        },
+    )
+    .await;
+    let expected = 221 + taken.get();
+    env.wait_counts(sender, Duration::from_secs(30), |c| {
+        c.get("sent") == Some(&expected)
+    })
+    .await;
     env.cleanup().await;
     drop(broker);
 }
