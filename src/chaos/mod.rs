@@ -41,6 +41,8 @@ pub enum Scenario {
     PostgresOutage,
     /// The Cloud API answers 5 % of sends after the HTTP timeout (all along).
     SlowCloudApi,
+    /// A memory alarm on the RabbitMQ node blocks publishers (flow control) for 15 s.
+    FlowControl,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -100,6 +102,7 @@ pub async fn run(base: Config, args: ChaosArgs) -> Result<(), AppError> {
             Scenario::BrokerRestart,
             Scenario::PostgresOutage,
             Scenario::SlowCloudApi,
+            Scenario::FlowControl,
         ]
     } else {
         args.scenario.clone()
@@ -545,6 +548,19 @@ async fn inject(
             set_connections(&admin, "pregon_chaos", true).await?;
         }
         Scenario::SlowCloudApi => {}
+        Scenario::FlowControl => {
+            let b = broker.clone();
+            tokio::task::spawn_blocking(move || {
+                b.ctl(&["set_vm_memory_high_watermark", "absolute", "1"])
+            })
+            .await
+            .map_err(|e| AppError::Invalid(e.to_string()))?;
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let b = broker.clone();
+            tokio::task::spawn_blocking(move || b.ctl(&["set_vm_memory_high_watermark", "0.4"]))
+                .await
+                .map_err(|e| AppError::Invalid(e.to_string()))?;
+        }
     }
     Ok(Instant::now())
 }
