@@ -3,8 +3,9 @@
 //! Topology (every name starts with the namespace `ns`):
 //! - `ns.send` (direct): routing key `{phone_number_id}.tx|mk` → quorum queue `ns.send.{id}.tx|mk`,
 //!   single active consumer, dead-lettering to `ns.dead` past the delivery limit;
-//! - `ns.delay.{ms}` (fanout) → classic queue of the same name with a TTL that dead-letters back to
-//!   `ns.send` under the message's original routing key: retries and deferrals without a plugin;
+//! - `ns.wait.{ms}` (fanout) → quorum queue of the same name with a TTL that dead-letters back
+//!   (at least once) to `ns.send` under the message's original routing key: retries and deferrals
+//!   without a plugin;
 //! - `ns.dead` (fanout) → quorum queue `ns.dead`: exhausted and undecodable jobs, kept for inspection;
 //! - `ns.ingest` (topic) → quorum queue `ns.ingest`: enqueue requests published by other systems.
 
@@ -92,8 +93,11 @@ impl Names {
     pub fn lane_queue(&self, phone_number_id: &str, lane: Lane) -> String {
         format!("{}.send.{phone_number_id}.{}", self.ns, lane.suffix())
     }
+    /// The delay queue (and its exchange) of a step. Quorum queues, named `wait`: the classic
+    /// `{ns}.delay.{ms}` queues of earlier versions cannot change type in place, and drain by
+    /// themselves into `ns.send` once nothing is parked in them any more.
     pub fn delay(&self, step: Duration) -> String {
-        format!("{}.delay.{}", self.ns, step.as_millis())
+        format!("{}.wait.{}", self.ns, step.as_millis())
     }
     pub fn dead(&self) -> String {
         format!("{}.dead", self.ns)
@@ -187,12 +191,17 @@ pub async fn declare_base(
                 FieldTable::default(),
             )
             .await?;
+        // Replicated with the cluster, and dead-lettered back at least once: a waiting job
+        // survives the loss of a node and is never dropped on its way back to its lane.
         let args = table(&[
+            ("x-queue-type", text("quorum")),
             (
                 "x-message-ttl",
                 AMQPValue::LongLongInt(step.as_millis() as i64),
             ),
             ("x-dead-letter-exchange", text(&names.send_exchange())),
+            ("x-dead-letter-strategy", text("at-least-once")),
+            ("x-overflow", text("reject-publish")),
         ]);
         declare_queue(channel, &name, &args).await?;
         bind(channel, &name, &name, "").await?;
