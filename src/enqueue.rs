@@ -343,6 +343,14 @@ async fn replay_or_reuse_key(
 
 /// Publishes committed jobs with confirms and clears the confirmed ones from the outbox.
 async fn publish_from_outbox(services: Services, jobs: Vec<(Uuid, OutboxJob)>) {
+    let confirmed = publish_jobs(&services, &jobs).await;
+    if !confirmed.is_empty() {
+        services.writer.clear_outbox(confirmed).await;
+    }
+}
+
+/// Publishes jobs of the outbox to `ns.send`; the ids RabbitMQ confirmed.
+async fn publish_jobs(services: &Services, jobs: &[(Uuid, OutboxJob)]) -> Vec<Uuid> {
     let exchange = services.names.send_exchange();
     let items: Vec<(String, String, Vec<u8>)> = jobs
         .iter()
@@ -358,9 +366,7 @@ async fn publish_from_outbox(services: Services, jobs: Vec<(Uuid, OutboxJob)>) {
             }
         }
     }
-    if !confirmed.is_empty() {
-        services.writer.clear_outbox(confirmed).await;
-    }
+    confirmed
 }
 
 /// How long a job may sit in the outbox before the relay publishes it: longer than the publish
@@ -408,17 +414,7 @@ async fn relay_once(services: &Services) -> Result<usize, EnqueueError> {
     if jobs.is_empty() {
         return Ok(0);
     }
-    let exchange = services.names.send_exchange();
-    let items: Vec<(String, String, Vec<u8>)> = jobs
-        .iter()
-        .map(|(_, j)| (exchange.clone(), j.routing_key.clone(), j.payload.clone()))
-        .collect();
-    let published = services.publisher.publish_many(&items).await;
-    let confirmed: Vec<Uuid> = jobs
-        .iter()
-        .zip(published)
-        .filter_map(|((id, _), outcome)| outcome.is_ok().then_some(*id))
-        .collect();
+    let confirmed = publish_jobs(services, &jobs).await;
     crate::store::delete_outbox_jobs(&mut tx, &confirmed).await?;
     tx.commit().await.map_err(StoreError::from)?;
     services.metrics.jobs_relayed.inc_by(confirmed.len() as u64);

@@ -268,14 +268,7 @@ async fn list_contacts(
 ) -> Result<Response, ApiError> {
     let Query(q) =
         query.map_err(|e| ApiError::bad_request("invalid_query", None, e.body_text()))?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            Some("limit"),
-            "limit is 1 to 1000",
-        ));
-    }
+    let limit = super::page_limit(q.limit)?;
     let page = contact_store::contacts_with_tag(
         &state.services.pool,
         q.after.unwrap_or(0),

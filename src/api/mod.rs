@@ -67,6 +67,19 @@ pub fn router(services: Services) -> Router {
         .with_state(state)
 }
 
+/// The `limit` of a paged list: 100 when absent, 1 to 1000.
+pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("limit"),
+            "limit is 1 to 1000",
+        ));
+    }
+    Ok(limit)
+}
+
 fn ops_routes() -> Router<ApiState> {
     Router::new()
         .route("/metrics", get(metrics))

@@ -294,7 +294,7 @@ async fn one_key_is_one_message_whatever_races_or_restarts() {
     assert_eq!(created, 1, "one request created the message");
     assert_eq!(ids.len(), 1, "every answer names the same message");
     // Redis comes back empty (and is rebuilt): the key still holds.
-    env.services.state.delete_all().await.unwrap();
+    env.lose_redis(None).await;
     pregon::state_copy::ensure(&env.services, Duration::from_secs(10))
         .await
         .unwrap();

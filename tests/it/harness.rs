@@ -461,6 +461,52 @@ impl Env {
         body
     }
 
+    /// What a Redis restart without persistence does to this test's keys, in one step (as a
+    /// restart does): every key under the prefix is gone. With `hold`, the rebuild claim is taken
+    /// in the same transaction under that token, so no process rebuilds until the test lets go.
+    pub async fn lose_redis(&self, hold: Option<&str>) {
+        let client = redis::Client::open(self.config.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let prefix = format!("{{{}}}", self.config.redis_prefix);
+        let pattern = format!("\\{{{}\\}}:*", self.config.redis_prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert!(
+            keys.contains(&format!("{prefix}:copy")),
+            "the copy marker was there"
+        );
+        let mut tx = redis::pipe();
+        tx.atomic();
+        for key in &keys {
+            tx.del(key).ignore();
+        }
+        if let Some(token) = hold {
+            tx.cmd("SET")
+                .arg(format!("{prefix}:copy-rebuild"))
+                .arg(token)
+                .arg("PX")
+                .arg(600_000)
+                .ignore();
+        }
+        let _: () = tx.query_async(&mut conn).await.unwrap();
+    }
+
     /// Polls `check` until it gives a value, or panics after `timeout` with `what`.
     pub async fn eventually<T>(
         &self,

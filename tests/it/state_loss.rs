@@ -13,50 +13,6 @@ use serde_json::{Value, json};
 
 use crate::harness::{Env, Options, inbound, recipients, template_body, text_body};
 
-/// What a Redis restart without persistence does to this test's keys, in one step: every key
-/// under the prefix is gone. The rebuild claim is taken in the same transaction, so no process
-/// rebuilds until the test lets go of it.
-async fn lose_redis_and_hold_the_rebuild(env: &Env, token: &str) {
-    let client = redis::Client::open(env.config.redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let prefix = format!("{{{}}}", env.config.redis_prefix);
-    let pattern = format!("\\{{{}\\}}:*", env.config.redis_prefix);
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        keys.extend(page);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    assert!(
-        keys.contains(&format!("{prefix}:copy")),
-        "the copy marker was there"
-    );
-    let mut tx = redis::pipe();
-    tx.atomic();
-    for key in &keys {
-        tx.del(key).ignore();
-    }
-    tx.cmd("SET")
-        .arg(format!("{prefix}:copy-rebuild"))
-        .arg(token)
-        .arg("PX")
-        .arg(600_000)
-        .ignore();
-    let _: () = tx.query_async(&mut conn).await.unwrap();
-}
-
 async fn let_the_rebuild_go(env: &Env) {
     let client = redis::Client::open(env.config.redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -180,7 +136,7 @@ async fn redis_restarted_empty_holds_everything_then_rebuilds_it_from_postgresql
     assert!(published.into_iter().all(|p| p.is_ok()));
 
     // Redis restarts empty; the rebuild is held back so the hold can be seen.
-    lose_redis_and_hold_the_rebuild(&env, "test-holds-the-rebuild").await;
+    env.lose_redis(Some("test-holds-the-rebuild")).await;
     env.start_worker();
     let (status, answer) = env
         .http
