@@ -1,7 +1,9 @@
 //! Dead letters. Jobs that end in `ns.dead` (attempts used up, redelivered too often, undecodable,
 //! or dead-lettered by RabbitMQ past its delivery limit) are taken off the queue into PostgreSQL by
 //! an intake in every worker, so nothing sits unread in RabbitMQ. An operator lists them, reads
-//! one, and sends it again (`pregon dead …`, `/v1/dead`).
+//! one, and sends it again (`pregon dead …`, `/v1/dead`). Enqueue requests from the ingest queue
+//! that RabbitMQ dead-lettered past its delivery limit land here too, as `ingest` dead jobs, and
+//! are sent again by publishing them to the ingest exchange once more.
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use crate::domain::DeliveryMode;
 use crate::domain::job::SendJob;
 use crate::domain::refusal::Refusal;
 use crate::queue::QueueError;
-use crate::store::dead::{self as stored, DeadJob};
+use crate::store::dead::{self as stored, DeadJob, DeadSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadError {
@@ -41,6 +43,7 @@ pub fn view(job: &DeadJob) -> Value {
     let decoded: Value = serde_json::from_slice(&job.payload).unwrap_or(Value::Null);
     json!({
         "id": job.id,
+        "source": job.source,
         "message_id": job.message_id,
         "sender": job.sender,
         "dead_at": job.dead_at,
@@ -94,9 +97,17 @@ async fn intake(
             Ok(None) => return Err(QueueError::ConsumerEnded),
             Ok(Some(d)) => d?,
         };
-        let job = SendJob::decode(&delivery.data).ok();
+        let from_ingest = crate::queue::first_death_queue(&delivery.properties).is_some_and(|q| {
+            q == services.names.ingest_queue() || q == services.names.legacy_ingest_queue()
+        });
+        let (source, job) = if from_ingest {
+            (DeadSource::Ingest, None)
+        } else {
+            (DeadSource::Send, SendJob::decode(&delivery.data).ok())
+        };
         let kept = stored::insert_dead_job(
             &services.pool,
+            source,
             job.as_ref().map(|j| j.id),
             job.as_ref().map(|j| j.sender.as_str()),
             &delivery.data,
@@ -104,7 +115,7 @@ async fn intake(
         .await;
         match kept {
             Ok(id) => {
-                tracing::warn!(dead_job = id, message = ?job.as_ref().map(|j| j.id), "job dead-lettered; kept for an operator");
+                tracing::warn!(dead_job = id, source = source.code(), message = ?job.as_ref().map(|j| j.id), "job dead-lettered; kept for an operator");
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
             Err(e) => {
@@ -140,6 +151,9 @@ pub async fn redrive(
             format!("dead job {id} was sent again already"),
         )
         .into());
+    }
+    if dead.source == DeadSource::Ingest {
+        return redrive_ingest(services, dead, by).await;
     }
     let mut job = SendJob::decode(&dead.payload).map_err(|e| {
         Refusal::rejected(
@@ -178,6 +192,37 @@ pub async fn redrive(
         .into());
     }
     tracing::info!(dead_job = id, message = %job.id, by, "dead job sent again");
+    Ok(stored::get_dead_job(&services.pool, id)
+        .await?
+        .unwrap_or(dead))
+}
+
+/// Publishes a dead ingest request to the ingest exchange again, where it is validated and
+/// enqueued like any other (its idempotency key, if it has one, still holds). Marked first, so two
+/// operators cannot both publish it; unmarked again when the publish fails.
+async fn redrive_ingest(
+    services: &Services,
+    dead: DeadJob,
+    by: &str,
+) -> Result<DeadJob, DeadError> {
+    let id = dead.id;
+    if !stored::mark_redriven(&services.pool, id, by).await? {
+        return Err(Refusal::conflict(
+            "already_redriven",
+            "id",
+            format!("dead job {id} was sent again already"),
+        )
+        .into());
+    }
+    let published = services
+        .publisher
+        .publish(&services.names.ingest(), "redrive", &dead.payload)
+        .await;
+    if let Err(e) = published {
+        stored::unmark_redriven(&services.pool, id).await?;
+        return Err(DeadError::App(e.into()));
+    }
+    tracing::info!(dead_job = id, by, "dead ingest request published again");
     Ok(stored::get_dead_job(&services.pool, id)
         .await?
         .unwrap_or(dead))

@@ -7,7 +7,11 @@
 //!   (at least once) to `ns.send` under the message's original routing key: retries and deferrals
 //!   without a plugin;
 //! - `ns.dead` (fanout) → quorum queue `ns.dead`: exhausted and undecodable jobs, kept for inspection;
-//! - `ns.ingest` (topic) → quorum queue `ns.ingest`: enqueue requests published by other systems.
+//! - `ns.ingest` (topic) → quorum queue `ns.ingest.requests`: enqueue requests published by other
+//!   systems, dead-lettering to `ns.dead` past the delivery limit (a request that keeps killing its
+//!   consumer is kept for an operator, not redelivered forever). The queue `ns.ingest` of earlier
+//!   versions had no dead-letter exchange, and RabbitMQ cannot add one in place: it is unbound,
+//!   drained by the workers and deleted once empty.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -56,7 +60,7 @@ impl QueueError {
 
 /// How many times a quorum queue redelivers one message (crashes, requeues) before RabbitMQ
 /// dead-letters it on its own; a backstop behind [`REDELIVERY_LIMIT`].
-const DELIVERY_LIMIT: i64 = 50;
+pub const DELIVERY_LIMIT: i64 = 50;
 
 /// Redeliveries after which the worker gives a message up itself, records it failed and moves it
 /// to the dead-letter queue, so it never disappears with its row still `queued`.
@@ -102,7 +106,16 @@ impl Names {
     pub fn dead(&self) -> String {
         format!("{}.dead", self.ns)
     }
+    /// The ingest exchange.
     pub fn ingest(&self) -> String {
+        format!("{}.ingest", self.ns)
+    }
+    /// The queue bound to the ingest exchange, with a dead-letter exchange.
+    pub fn ingest_queue(&self) -> String {
+        format!("{}.ingest.requests", self.ns)
+    }
+    /// The ingest queue of earlier versions (no dead-letter exchange): drained, then deleted.
+    pub fn legacy_ingest_queue(&self) -> String {
         format!("{}.ingest", self.ns)
     }
     pub fn events(&self) -> String {
@@ -176,11 +189,15 @@ pub async fn declare_base(
             FieldTable::default(),
         )
         .await?;
-    let quorum = [("x-queue-type", text("quorum"))];
-    declare_queue(channel, &names.dead(), &table(&quorum)).await?;
+    declare_plain_quorum(channel, &names.dead()).await?;
     bind(channel, &names.dead(), &names.dead(), "").await?;
-    declare_queue(channel, &names.ingest(), &table(&quorum)).await?;
-    bind(channel, &names.ingest(), &names.ingest(), "#").await?;
+    declare_queue(
+        channel,
+        &names.ingest_queue(),
+        &dead_lettering_quorum(names),
+    )
+    .await?;
+    bind(channel, &names.ingest_queue(), &names.ingest(), "#").await?;
     for step in delay_steps {
         let name = names.delay(*step);
         channel
@@ -218,12 +235,8 @@ pub async fn declare_sender(
 ) -> Result<(), QueueError> {
     for lane in Lane::ALL {
         let queue = names.lane_queue(phone_number_id, lane);
-        let args = table(&[
-            ("x-queue-type", text("quorum")),
-            ("x-single-active-consumer", AMQPValue::Boolean(true)),
-            ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
-            ("x-dead-letter-exchange", text(&names.dead())),
-        ]);
+        let mut args = dead_lettering_quorum(names);
+        args.insert(s("x-single-active-consumer"), AMQPValue::Boolean(true));
         declare_queue(channel, &queue, &args).await?;
         bind(
             channel,
@@ -234,6 +247,71 @@ pub async fn declare_sender(
         .await?;
     }
     Ok(())
+}
+
+/// A durable quorum queue with no other argument.
+pub async fn declare_plain_quorum(channel: &Channel, name: &str) -> Result<(), QueueError> {
+    declare_queue(channel, name, &table(&[("x-queue-type", text("quorum"))])).await
+}
+
+/// A quorum queue that dead-letters to `ns.dead` once a message was delivered
+/// [`DELIVERY_LIMIT`] times.
+fn dead_lettering_quorum(names: &Names) -> FieldTable {
+    table(&[
+        ("x-queue-type", text("quorum")),
+        ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
+        ("x-dead-letter-exchange", text(&names.dead())),
+    ])
+}
+
+/// Unbinds the ingest queue of earlier versions from the ingest exchange, so nothing new reaches
+/// it while the workers drain it. True when it still exists.
+pub async fn retire_legacy_ingest(
+    connection: &Connection,
+    names: &Names,
+) -> Result<bool, QueueError> {
+    if depth(connection, &names.legacy_ingest_queue())
+        .await?
+        .is_none()
+    {
+        return Ok(false);
+    }
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_unbind(
+            s(&names.legacy_ingest_queue()),
+            s(&names.ingest()),
+            s("#"),
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = channel.close(200, s("done")).await;
+    Ok(true)
+}
+
+/// Deletes a queue (whatever it holds: callers check first).
+pub async fn delete_queue(connection: &Connection, queue: &str) -> Result<(), QueueError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_delete(s(queue), QueueDeleteOptions::default())
+        .await?;
+    let _ = channel.close(200, s("done")).await;
+    Ok(())
+}
+
+/// The queue a dead-lettered message was dead-lettered from (RabbitMQ's `x-first-death-queue`);
+/// None for a message published to `ns.dead` by pregon itself.
+pub fn first_death_queue(properties: &BasicProperties) -> Option<String> {
+    match properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get("x-first-death-queue")?
+    {
+        AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
+        _ => None,
+    }
 }
 
 async fn declare_queue(channel: &Channel, name: &str, args: &FieldTable) -> Result<(), QueueError> {
@@ -265,6 +343,19 @@ async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> Resu
 
 /// Messages ready in a queue, or None if it does not exist.
 pub async fn depth(connection: &Connection, queue: &str) -> Result<Option<u32>, QueueError> {
+    Ok(stats(connection, queue).await?.map(|s| s.ready))
+}
+
+/// What a queue holds and who reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready for delivery (not those delivered and not yet acknowledged).
+    pub ready: u32,
+    pub consumers: u32,
+}
+
+/// A queue's [`QueueStats`], or None if it does not exist.
+pub async fn stats(connection: &Connection, queue: &str) -> Result<Option<QueueStats>, QueueError> {
     // A passive declare of a missing queue closes the channel, so use a throwaway one.
     let channel = connection.create_channel().await?;
     let result = channel
@@ -279,7 +370,10 @@ pub async fn depth(connection: &Connection, queue: &str) -> Result<Option<u32>, 
         .await;
     let _ = channel.close(200, s("done")).await;
     match result {
-        Ok(q) => Ok(Some(q.message_count())),
+        Ok(q) => Ok(Some(QueueStats {
+            ready: q.message_count(),
+            consumers: q.consumer_count(),
+        })),
         Err(_) => Ok(None),
     }
 }
@@ -292,7 +386,11 @@ pub async fn delete_namespace(
     delay_steps: &[Duration],
 ) -> Result<(), QueueError> {
     let channel = connection.create_channel().await?;
-    let mut queues: Vec<String> = vec![names.dead(), names.ingest()];
+    let mut queues: Vec<String> = vec![
+        names.dead(),
+        names.ingest_queue(),
+        names.legacy_ingest_queue(),
+    ];
     for sender in senders {
         for lane in Lane::ALL {
             queues.push(names.lane_queue(sender, lane));

@@ -305,22 +305,7 @@ async fn broker_capacity(services: &crate::app::Services, n: usize) -> Result<f6
         .create_channel()
         .await
         .map_err(crate::queue::QueueError::from)?;
-    let mut args = lapin::types::FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        lapin::types::AMQPValue::LongString("quorum".into()),
-    );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .map_err(crate::queue::QueueError::from)?;
+    crate::queue::declare_plain_quorum(&channel, &queue).await?;
     let payload = vec![b'x'; 700];
     let started = Instant::now();
     let publisher = services.publisher.clone();

@@ -6,9 +6,43 @@ use uuid::Uuid;
 
 use super::StoreError;
 
+/// Where a dead job came from, with the stable code stored in `dead_jobs.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadSource {
+    /// A send job from a sender's lane.
+    Send,
+    /// An enqueue request from the ingest queue.
+    Ingest,
+}
+
+impl DeadSource {
+    pub fn code(self) -> &'static str {
+        match self {
+            DeadSource::Send => "send",
+            DeadSource::Ingest => "ingest",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<DeadSource> {
+        [DeadSource::Send, DeadSource::Ingest]
+            .into_iter()
+            .find(|s| s.code() == code)
+    }
+}
+
+impl TryFrom<String> for DeadSource {
+    type Error = String;
+    fn try_from(code: String) -> Result<DeadSource, String> {
+        DeadSource::from_code(&code).ok_or_else(|| format!("unknown dead job source {code:?}"))
+    }
+}
+
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct DeadJob {
     pub id: i64,
+    #[sqlx(try_from = "String")]
+    pub source: DeadSource,
     pub message_id: Option<Uuid>,
     pub sender: Option<String>,
     #[serde(skip)]
@@ -20,13 +54,16 @@ pub struct DeadJob {
 
 pub async fn insert_dead_job(
     pool: &PgPool,
+    source: DeadSource,
     message_id: Option<Uuid>,
     sender: Option<&str>,
     payload: &[u8],
 ) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
-        "INSERT INTO dead_jobs (message_id, sender, payload) VALUES ($1, $2, $3) RETURNING id",
+        "INSERT INTO dead_jobs (source, message_id, sender, payload) VALUES ($1, $2, $3, $4)
+         RETURNING id",
     )
+    .bind(source.code())
     .bind(message_id)
     .bind(sender)
     .bind(payload)
@@ -42,7 +79,7 @@ pub async fn list_dead_jobs(
     all: bool,
 ) -> Result<Vec<DeadJob>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT id, message_id, sender, payload, dead_at, redriven_at, redriven_by FROM dead_jobs
+        "SELECT id, source, message_id, sender, payload, dead_at, redriven_at, redriven_by FROM dead_jobs
          WHERE id > $1 AND ($3 OR redriven_at IS NULL) ORDER BY id LIMIT $2",
     )
     .bind(after)
@@ -54,7 +91,7 @@ pub async fn list_dead_jobs(
 
 pub async fn get_dead_job(pool: &PgPool, id: i64) -> Result<Option<DeadJob>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT id, message_id, sender, payload, dead_at, redriven_at, redriven_by
+        "SELECT id, source, message_id, sender, payload, dead_at, redriven_at, redriven_by
          FROM dead_jobs WHERE id = $1",
     )
     .bind(id)
@@ -116,4 +153,45 @@ pub async fn redrive_dead_job(
     .await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Marks a dead job sent again; false when it already was. For a job that is sent again by
+/// publishing it (an ingest request), not through the outbox.
+pub async fn mark_redriven(pool: &PgPool, id: i64, by: &str) -> Result<bool, StoreError> {
+    let marked = sqlx::query(
+        "UPDATE dead_jobs SET redriven_at = now(), redriven_by = $2
+         WHERE id = $1 AND redriven_at IS NULL",
+    )
+    .bind(id)
+    .bind(by)
+    .execute(pool)
+    .await?;
+    Ok(marked.rows_affected() == 1)
+}
+
+/// Undoes [`mark_redriven`] when the publish that followed it failed, so it can be tried again.
+pub async fn unmark_redriven(pool: &PgPool, id: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE dead_jobs SET redriven_at = NULL, redriven_by = NULL WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeadSource;
+
+    #[test]
+    fn sources_keep_their_stable_codes() {
+        for (source, code) in [(DeadSource::Send, "send"), (DeadSource::Ingest, "ingest")] {
+            assert_eq!(source.code(), code);
+            assert_eq!(DeadSource::from_code(code), Some(source));
+            assert_eq!(
+                serde_json::to_value(source).unwrap(),
+                serde_json::json!(code)
+            );
+        }
+        assert_eq!(DeadSource::from_code("lane"), None);
+    }
 }

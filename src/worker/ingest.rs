@@ -1,8 +1,10 @@
 //! Direct ingest: other systems may publish enqueue requests to the `ns.ingest` exchange instead
 //! of calling HTTP. Each is validated exactly like the HTTP path; an invalid one is recorded in
-//! `ingest_refusals` with its reason, never dropped.
+//! `ingest_refusals` with its reason, never dropped. One that keeps killing its consumer is
+//! dead-lettered by RabbitMQ past the queue's delivery limit and kept in `dead_jobs`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -31,26 +33,107 @@ pub struct Envelope {
     pub message: Value,
 }
 
-pub async fn run(services: Services, mut stop: Shutdown) {
+pub async fn run(services: Services, stop: Shutdown) {
+    let legacy = {
+        let services = services.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { drain_legacy(&services, stop).await })
+    };
+    consume_forever(&services, &services.names.ingest_queue(), stop).await;
+    let _ = legacy.await;
+}
+
+/// Consumes one ingest queue for the life of the process, starting again on a new channel when
+/// the broker went away.
+async fn consume_forever(services: &Services, queue: &str, mut stop: Shutdown) {
     loop {
-        match consume(&services, &mut stop).await {
+        match consume(services, queue, &mut stop).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "ingest consumer stopped; restarting");
+                tracing::warn!(error = %e, queue, "ingest consumer stopped; restarting");
                 tokio::select! {
                     _ = stop.wait() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
         }
     }
 }
 
-async fn consume(services: &Services, stop: &mut Shutdown) -> Result<(), crate::queue::QueueError> {
+/// Drains the ingest queue of earlier versions (it has no dead-letter exchange and RabbitMQ cannot
+/// add one in place): unbound from the exchange so nothing new arrives, consumed until empty, then
+/// deleted. Nothing to do once it is gone.
+async fn drain_legacy(services: &Services, mut stop: Shutdown) {
+    let queue = services.names.legacy_ingest_queue();
+    loop {
+        match crate::queue::retire_legacy_ingest(&services.amqp.connection(), &services.names).await
+        {
+            Ok(false) => return,
+            Ok(true) => break,
+            Err(e) => tracing::warn!(error = %e, "could not unbind the old ingest queue"),
+        }
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+    tracing::info!(queue, "draining the ingest queue of an earlier version");
+    // RabbitMQ cannot delete a quorum queue "only if empty", so a worker deletes it once it is
+    // empty, its own consumer has settled everything it held, and no other worker reads it. Two
+    // workers that each see the other reading try again after a random wait.
+    loop {
+        let (stopper, drained) = crate::app::shutdown_channel();
+        let consumer = {
+            let services = services.clone();
+            let queue = queue.clone();
+            tokio::spawn(async move { consume_forever(&services, &queue, drained).await })
+        };
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                _ = stop.wait() => { stopping = true; break }
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+            match crate::queue::depth(&services.amqp.connection(), &queue).await {
+                Ok(Some(0)) | Ok(None) => break,
+                _ => {}
+            }
+        }
+        stopper.trigger();
+        let _ = consumer.await;
+        if stopping {
+            return;
+        }
+        let connection = services.amqp.connection();
+        match crate::queue::stats(&connection, &queue).await {
+            Ok(None) => return,
+            Ok(Some(stats)) if stats.ready == 0 && stats.consumers == 0 => {
+                match crate::queue::delete_queue(&connection, &queue).await {
+                    Ok(()) => {
+                        tracing::info!(queue, "old ingest queue drained and deleted");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not delete the old ingest queue"),
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500 + fastrand::u64(0..2000))) => {}
+        }
+    }
+}
+
+async fn consume(
+    services: &Services,
+    queue: &str,
+    stop: &mut Shutdown,
+) -> Result<(), crate::queue::QueueError> {
     let prefetch: u16 = 128;
     let (channel, mut consumer) = crate::queue::consume(
         &services.amqp.connection(),
-        &services.names.ingest(),
+        queue,
         &format!("{}-ingest", super::owner()),
         prefetch,
     )
@@ -69,12 +152,26 @@ async fn consume(services: &Services, stop: &mut Shutdown) -> Result<(), crate::
             break;
         };
         let services = services.clone();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
-            let ack = handle(&services, &delivery.data).await;
-            if ack {
+            // A request that cannot be settled now (PostgreSQL or Redis away, the same key being
+            // enqueued by another delivery) is retried here, with backoff, rather than requeued:
+            // every requeue counts towards the delivery limit, and an outage must not send good
+            // requests to the dead letters. Only a stopping worker hands it back.
+            let mut wait = Duration::from_millis(250);
+            let settled = loop {
+                if handle(&services, &delivery.data).await {
+                    break true;
+                }
+                tokio::select! {
+                    _ = stop.wait() => break false,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            };
+            if settled {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             } else {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 let _ = delivery
                     .nack(BasicNackOptions {
                         requeue: true,

@@ -455,6 +455,35 @@ impl Env {
             .unwrap()
     }
 
+    /// Acts as a consumer that dies with every delivery of `queue`: takes each and hands it back,
+    /// at most `times` times or until nothing arrives for 2 s. Returns the deliveries seen.
+    pub async fn crash_consumer_of(&self, queue: &str, times: u64) -> u64 {
+        use futures_util::StreamExt;
+        let (channel, mut consumer) =
+            pregon::queue::consume(&self.services.amqp.connection(), queue, "crashing", 1)
+                .await
+                .unwrap();
+        let mut deliveries = 0;
+        while deliveries < times {
+            let Ok(Some(delivery)) =
+                tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
+            else {
+                break;
+            };
+            deliveries += 1;
+            delivery
+                .unwrap()
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        channel.close(200, "crashed enough".into()).await.unwrap();
+        deliveries
+    }
+
     pub async fn message(&self, id: &str) -> Value {
         let (status, body) = self.get(&format!("/v1/messages/{id}")).await;
         assert_eq!(status, StatusCode::OK, "{body}");

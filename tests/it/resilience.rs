@@ -192,8 +192,6 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
 
 #[tokio::test]
 async fn a_message_redelivered_too_often_is_recorded_failed_and_dead_lettered() {
-    use futures_util::StreamExt;
-    use lapin::options::BasicNackOptions;
     let mut env = Env::start(Options::default()).await;
     let sender = "1065550402";
     env.sender(sender, json!(1000), 80).await;
@@ -211,25 +209,10 @@ async fn a_message_redelivered_too_often_is_recorded_failed_and_dead_lettered() 
         .services
         .names
         .lane_queue(sender, pregon::domain::Lane::Transactional);
-    let (channel, mut consumer) =
-        pregon::queue::consume(&env.services.amqp.connection(), &queue, "crashing", 1)
-            .await
-            .unwrap();
-    for _ in 0..pregon::queue::REDELIVERY_LIMIT {
-        let delivery = consumer
-            .next()
-            .await
-            .expect("the job is in its lane")
-            .unwrap();
-        delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await
-            .unwrap();
-    }
-    channel.close(200, "crashed enough".into()).await.unwrap();
+    let crashes = env
+        .crash_consumer_of(&queue, pregon::queue::REDELIVERY_LIMIT)
+        .await;
+    assert_eq!(crashes, pregon::queue::REDELIVERY_LIMIT);
     env.start_worker();
     env.wait_counts(sender, Duration::from_secs(20), |c| {
         c.get("failed") == Some(&1)
