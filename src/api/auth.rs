@@ -35,8 +35,12 @@ pub enum Permission {
     Read,
     Send,
     Consent,
+    /// Read a person's consent and suppression.
+    ReadConsent,
     Subscriptions,
     Contacts,
+    /// Bulk exports of data every sender shares: contacts and the consent log.
+    Export,
     Campaigns,
     SyncTemplates,
     /// Senders, template registration by hand, suppressions.
@@ -71,8 +75,11 @@ impl Role {
         match self {
             Role::Admin => true,
             Role::Viewer => p == Read,
-            Role::Service => matches!(p, Read | Send | Consent | Subscriptions),
-            Role::Marketing => matches!(p, Read | Consent | Contacts | Campaigns | SyncTemplates),
+            Role::Service => matches!(p, Read | Send | Consent | ReadConsent | Subscriptions),
+            Role::Marketing => matches!(
+                p,
+                Read | Consent | ReadConsent | Contacts | Export | Campaigns | SyncTemplates
+            ),
         }
     }
 }
@@ -100,6 +107,60 @@ impl Caller {
         self.senders
             .as_ref()
             .is_none_or(|list| list.iter().any(|s| s == phone_number_id))
+    }
+
+    /// The senders this key is limited to; None when it may use every sender.
+    pub fn sender_scope(&self) -> Option<&[String]> {
+        self.senders.as_deref()
+    }
+
+    /// A resource that spans several senders (a campaign's pool) is this key's only if every one
+    /// of them is: acting on it acts on each.
+    pub fn may_use_all(&self, senders: &[String]) -> bool {
+        senders.iter().all(|s| self.may_use_sender(s))
+    }
+
+    /// Data every sender shares in bulk (the whole consent log, every contact) is for keys that
+    /// are not limited to some senders.
+    pub fn require_unscoped(&self, what: &str) -> Result<(), ApiError> {
+        match self.senders {
+            None => Ok(()),
+            Some(_) => Err(ApiError::forbidden(format!(
+                "a key limited to some senders may not {what}: it spans every sender"
+            ))),
+        }
+    }
+
+    /// A person's consent and suppression are a key's to read and record only when one of its
+    /// senders has talked to them, if it is limited to some senders. Others are answered as
+    /// unknown, so a limited key learns nothing about the rest of the business's customers.
+    pub async fn require_recipient(&self, pool: &PgPool, recipient: &str) -> Result<(), ApiError> {
+        let Some(senders) = self.sender_scope() else {
+            return Ok(());
+        };
+        if store::recipient_known_to(pool, recipient, senders)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(
+                "unknown_recipient",
+                format!("none of this key's senders has talked to {recipient}"),
+            ))
+        }
+    }
+
+    /// A key limited to some senders may only hand out keys limited to some of the same senders:
+    /// never a key wider than itself.
+    pub fn require_within_scope(&self, senders: Option<&[String]>) -> Result<(), ApiError> {
+        match (self.sender_scope(), senders) {
+            (None, _) => Ok(()),
+            (Some(_), Some(wanted)) if self.may_use_all(wanted) => Ok(()),
+            (Some(_), _) => Err(ApiError::forbidden(
+                "a key limited to some senders may only create keys limited to some of them".into(),
+            )),
+        }
     }
 
     pub fn require_sender(&self, phone_number_id: &str) -> Result<(), ApiError> {
@@ -136,6 +197,8 @@ needs! {
     Read => Some(Permission::Read);
     SendMessages => Some(Permission::Send);
     WriteConsent => Some(Permission::Consent);
+    ReadConsent => Some(Permission::ReadConsent);
+    Export => Some(Permission::Export);
     ManageSubscriptions => Some(Permission::Subscriptions);
     ManageContacts => Some(Permission::Contacts);
     RunCampaigns => Some(Permission::Campaigns);
@@ -294,6 +357,27 @@ mod tests {
         assert!(Role::parse("marketing") == Some(Role::Marketing));
         assert!(caller.may_use_sender("1"));
         assert!(!caller.may_use_sender("2"));
+        assert!(caller.may_use_all(&["1".into()]));
+        assert!(!caller.may_use_all(&["1".into(), "2".into()]));
+        assert!(caller.require_unscoped("export").is_err());
+        let unscoped = Caller {
+            senders: None,
+            ..caller.clone()
+        };
+        assert!(unscoped.require_unscoped("export").is_ok());
+        for (wanted, allowed) in [
+            (Some(vec!["1".to_string()]), true),
+            (Some(vec![]), true),
+            (Some(vec!["1".to_string(), "2".to_string()]), false),
+            (None, false),
+        ] {
+            assert_eq!(
+                caller.require_within_scope(wanted.as_deref()).is_ok(),
+                allowed,
+                "{wanted:?}"
+            );
+            assert!(unscoped.require_within_scope(wanted.as_deref()).is_ok());
+        }
         let secret = generate_secret();
         assert!(secret.starts_with("pgn_") && secret.len() == 68);
         assert_eq!(hash_key(&secret).len(), 32);

@@ -19,9 +19,7 @@ use crate::store::campaigns as cstore;
 use crate::store::contacts as contact_store;
 
 use super::ApiState;
-use super::auth::{
-    Authorized, Caller, ManageContacts, Read, RunCampaigns, SyncTemplates, WriteConsent,
-};
+use super::auth::{Authorized, Caller, Export, ManageContacts, Read, RunCampaigns, SyncTemplates};
 use super::error::{ApiError, parse_json};
 
 pub fn routes() -> Router<ApiState> {
@@ -140,6 +138,9 @@ async fn import_contacts(
             evidence: q.evidence,
         }),
     };
+    if consent.is_some() {
+        caller.require_unscoped("record consent by import")?;
+    }
     let options = ImportOptions {
         phone_column: q.phone,
         name_column: q.name,
@@ -352,8 +353,9 @@ async fn delete_contact(
 
 async fn export_contacts(
     State(state): State<ApiState>,
-    _caller: Authorized<ManageContacts>,
+    caller: Authorized<Export>,
 ) -> Result<Response, ApiError> {
+    caller.require_unscoped("export every contact")?;
     let pool = state.services.pool.clone();
     Ok(csv_stream(
         "contacts.csv",
@@ -373,8 +375,9 @@ async fn export_contacts(
 
 async fn export_consent(
     State(state): State<ApiState>,
-    _caller: Authorized<WriteConsent>,
+    caller: Authorized<Export>,
 ) -> Result<Response, ApiError> {
+    caller.require_unscoped("export the consent log")?;
     let pool = state.services.pool.clone();
     Ok(csv_stream(
         "consent.csv",
@@ -422,19 +425,22 @@ async fn create_campaign(
 
 async fn list_campaigns(
     State(state): State<ApiState>,
-    _caller: Authorized<Read>,
+    caller: Authorized<Read>,
 ) -> Result<Response, ApiError> {
-    let list = cstore::list_campaigns(&state.services.pool, 200)
+    let list = cstore::list_campaigns(&state.services.pool, caller.sender_scope(), 200)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!({"data": list})).into_response())
 }
 
-async fn load(state: &ApiState, raw: &str) -> Result<cstore::Campaign, ApiError> {
+/// The campaign a caller names, if it may see it: a key limited to some senders sees only the
+/// campaigns whose whole pool it may use, and is told of no other (404, as if it did not exist).
+async fn load(state: &ApiState, caller: &Caller, raw: &str) -> Result<cstore::Campaign, ApiError> {
     let id = campaign_id(raw)?;
     cstore::get_campaign(&state.services.pool, id)
         .await
         .map_err(ApiError::internal)?
+        .filter(|c| caller.may_use_all(&c.senders))
         .ok_or_else(|| ApiError::not_found("unknown_campaign", format!("no campaign {id}")))
 }
 
@@ -442,10 +448,10 @@ async fn load(state: &ApiState, raw: &str) -> Result<cstore::Campaign, ApiError>
 /// cheap to poll every second whatever the campaign's size.
 async fn get_campaign(
     State(state): State<ApiState>,
-    _caller: Authorized<Read>,
+    caller: Authorized<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = campaign_id(&id)?;
+    let id = load(&state, &caller, &id).await?.id;
     let progress = campaigns::progress(&state.services, id, &state.rates)
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_campaign", format!("no campaign {id}")))?;
@@ -454,10 +460,10 @@ async fn get_campaign(
 
 async fn estimate(
     State(state): State<ApiState>,
-    _caller: Authorized<RunCampaigns>,
+    caller: Authorized<RunCampaigns>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let c = load(&state, &id).await?;
+    let c = load(&state, &caller, &id).await?;
     let estimate = campaigns::estimate(&state.services, &c).await?;
     Ok(Json(estimate).into_response())
 }
@@ -468,7 +474,7 @@ async fn act(
     id: String,
     action: Action,
 ) -> Result<Response, ApiError> {
-    let id = campaign_id(&id)?;
+    let id = load(&state, caller, &id).await?.id;
     let c = campaigns::act(&state.services, id, action, &actor(caller)).await?;
     Ok(Json(c).into_response())
 }
@@ -507,10 +513,10 @@ async fn cancel(
 
 async fn failures_csv(
     State(state): State<ApiState>,
-    _caller: Authorized<Read>,
+    caller: Authorized<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let c = load(&state, &id).await?;
+    let c = load(&state, &caller, &id).await?;
     let pool = state.services.pool.clone();
     let header_line = crate::domain::csv::line([
         "recipient",
@@ -555,10 +561,10 @@ async fn failures_csv(
 /// US number for marketing, suppressed), in planning order.
 async fn exclusions_csv(
     State(state): State<ApiState>,
-    _caller: Authorized<Read>,
+    caller: Authorized<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let c = load(&state, &id).await?;
+    let c = load(&state, &caller, &id).await?;
     let pool = state.services.pool.clone();
     Ok(csv_stream(
         "exclusions.csv",
@@ -586,17 +592,17 @@ async fn retry_failed(
     caller: Authorized<RunCampaigns>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = campaign_id(&id)?;
+    let id = load(&state, &caller, &id).await?.id;
     let outcome = campaigns::retry_failed(&state.services, id, &actor(&caller)).await?;
     Ok(Json(outcome).into_response())
 }
 
 async fn replies(
     State(state): State<ApiState>,
-    _caller: Authorized<Read>,
+    caller: Authorized<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let c = load(&state, &id).await?;
+    let c = load(&state, &caller, &id).await?;
     let list = cstore::replies(&state.services.pool, c.id, 1000)
         .await
         .map_err(ApiError::internal)?;

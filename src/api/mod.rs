@@ -28,7 +28,8 @@ use crate::enqueue::{self, Accepted, Request};
 use crate::store::{self, ConsentEvent, Sender, Template};
 
 use auth::{
-    AnyKey, Authorized, Caller, KeyCache, ManageKeys, Operate, Role, SendMessages, WriteConsent,
+    AnyKey, Authorized, Caller, KeyCache, ManageKeys, Operate, ReadConsent, Role, SendMessages,
+    WriteConsent,
 };
 use error::{ApiError, parse_json};
 
@@ -291,10 +292,11 @@ struct SenderBody {
 
 async fn put_sender(
     State(state): State<ApiState>,
-    _caller: Authorized<Operate>,
+    caller: Authorized<Operate>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let b: SenderBody = parse_json(&body)?;
+    caller.require_sender(&b.phone_number_id)?;
     if b.phone_number_id.is_empty() || !b.phone_number_id.chars().all(|c| c.is_ascii_alphanumeric())
     {
         return Err(ApiError::bad_request(
@@ -394,17 +396,19 @@ async fn list_senders(
 
 async fn pause_sender(
     State(state): State<ApiState>,
-    _caller: Authorized<Operate>,
+    caller: Authorized<Operate>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require_sender(&id)?;
     set_paused(state, id, true).await
 }
 
 async fn resume_sender(
     State(state): State<ApiState>,
-    _caller: Authorized<Operate>,
+    caller: Authorized<Operate>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require_sender(&id)?;
     set_paused(state, id, false).await
 }
 
@@ -590,6 +594,9 @@ async fn post_consent(
             "an opt-in needs evidence (what the person agreed to, and how)",
         ));
     }
+    caller
+        .require_recipient(&state.services.pool, &recipient)
+        .await?;
     let event = ConsentEvent {
         recipient,
         purpose: b.purpose,
@@ -612,10 +619,13 @@ async fn post_consent(
 
 async fn get_consent(
     State(state): State<ApiState>,
-    _caller: Authorized<AnyKey>,
+    caller: Authorized<ReadConsent>,
     Path(recipient): Path<String>,
 ) -> Result<Response, ApiError> {
     let recipient = phone_field(&recipient, "recipient")?;
+    caller
+        .require_recipient(&state.services.pool, &recipient)
+        .await?;
     let history = store::consent_history(&state.services.pool, &recipient)
         .await
         .map_err(ApiError::internal)?;
@@ -645,10 +655,11 @@ struct ApiKeyBody {
 
 async fn post_api_key(
     State(state): State<ApiState>,
-    _caller: Authorized<ManageKeys>,
+    caller: Authorized<ManageKeys>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let b: ApiKeyBody = parse_json(&body)?;
+    caller.require_within_scope(b.senders.as_deref())?;
     let role = Role::parse(&b.role).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_field",

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::ApiState;
 use super::auth::{
-    AnyKey, Authorized, Caller, ManageSubscriptions, Operate, Role, generate_secret,
+    AnyKey, Authorized, Caller, ManageSubscriptions, Operate, ReadConsent, Role, generate_secret,
 };
 use super::error::{ApiError, parse_json};
 use crate::events::EVENT_TYPES;
@@ -181,10 +181,13 @@ async fn deliveries(
 
 async fn get_suppression(
     State(state): State<ApiState>,
-    _caller: Authorized<AnyKey>,
+    caller: Authorized<ReadConsent>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let recipient = super::phone_field(&raw, "recipient")?;
+    caller
+        .require_recipient(&state.services.pool, &recipient)
+        .await?;
     match suppression(&state.services.pool, &recipient)
         .await
         .map_err(ApiError::internal)?
@@ -199,10 +202,13 @@ async fn get_suppression(
 
 async fn lift_suppression(
     State(state): State<ApiState>,
-    _caller: Authorized<Operate>,
+    caller: Authorized<Operate>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let recipient = super::phone_field(&raw, "recipient")?;
+    caller
+        .require_recipient(&state.services.pool, &recipient)
+        .await?;
     let had = state
         .services
         .unsuppress(&recipient)

@@ -88,13 +88,20 @@ pub async fn get_campaign(pool: &PgPool, id: Uuid) -> Result<Option<Campaign>, S
     .await?)
 }
 
-pub async fn list_campaigns(pool: &PgPool, limit: i64) -> Result<Vec<Campaign>, StoreError> {
+/// The newest campaigns; with `senders`, only those whose whole pool is among them.
+pub async fn list_campaigns(
+    pool: &PgPool,
+    senders: Option<&[String]>,
+    limit: i64,
+) -> Result<Vec<Campaign>, StoreError> {
     Ok(sqlx::query_as::<_, Campaign>(concat!(
         "SELECT ",
         campaign_columns!(),
-        " FROM campaigns ORDER BY created_at DESC LIMIT $1"
+        " FROM campaigns WHERE ($2::text[] IS NULL OR senders <@ $2)
+          ORDER BY created_at DESC LIMIT $1"
     ))
     .bind(limit)
+    .bind(senders)
     .fetch_all(pool)
     .await?)
 }

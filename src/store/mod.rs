@@ -314,6 +314,23 @@ pub struct ConsentRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// Whether one of `senders` has messaged `recipient` or heard from them: the people whose consent
+/// a key limited to those senders may read and record.
+pub async fn recipient_known_to(
+    pool: &PgPool,
+    recipient: &str,
+    senders: &[String],
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE recipient = $1 AND sender = ANY($2))
+             OR EXISTS (SELECT 1 FROM inbound_messages WHERE recipient = $1 AND sender = ANY($2))",
+    )
+    .bind(recipient)
+    .bind(senders)
+    .fetch_one(pool)
+    .await?)
+}
+
 pub async fn consent_history(
     pool: &PgPool,
     recipient: &str,

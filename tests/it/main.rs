@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL, Redis and RabbitMQ, and the simulator over HTTP.
 //! Each test isolates itself, so they run in parallel.
 
+mod authorization;
 mod broker_restart;
 mod campaigns;
 mod dispatch;
