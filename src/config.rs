@@ -122,6 +122,8 @@ pub struct Config {
     pub callback_max_age: HumanDuration,
     pub callback_concurrency: usize,
     pub callback_retry_base: HumanDuration,
+    pub callback_allow_http: bool,
+    pub callback_allow_private: bool,
     pub template_pause_recheck: HumanDuration,
     pub campaign_poll: HumanDuration,
     pub campaign_window: u32,
@@ -180,6 +182,8 @@ impl Default for Config {
             callback_max_age: secs(86_400),
             callback_concurrency: 32,
             callback_retry_base: secs(5),
+            callback_allow_http: false,
+            callback_allow_private: false,
             template_pause_recheck: secs(60),
             campaign_poll: HumanDuration(Duration::from_millis(250)),
             campaign_window: 20_000,
@@ -342,6 +346,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     ("callback_timeout", "timeout of one HTTP callback delivery"),
     (
+        "callback_allow_http",
+        "accept plain http:// callback URLs (development only; https otherwise)",
+    ),
+    (
+        "callback_allow_private",
+        "let callbacks reach loopback, private, link-local and metadata addresses (development only)",
+    ),
+    (
         "callback_max_age",
         "how long a failing callback delivery is retried before it is given up",
     ),
@@ -392,6 +404,14 @@ pub struct Derived {
 }
 
 impl Config {
+    /// What callbacks may reach besides public https endpoints.
+    pub fn callback_policy(&self) -> crate::domain::callback::CallbackPolicy {
+        crate::domain::callback::CallbackPolicy {
+            allow_http: self.callback_allow_http,
+            allow_private: self.callback_allow_private,
+        }
+    }
+
     /// Defaults, then the file (if any), then `PREGON_*` variables from `env`.
     pub fn load(
         file: Option<&Path>,

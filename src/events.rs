@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::app::{Services, Shutdown};
+use crate::domain::callback::{CallbackPolicy, check_url, is_public};
 use crate::domain::retry::patient_delay;
 use crate::store::StoreError;
 use crate::store::events::{self as stored, DeliveryResult, DueDelivery};
@@ -111,9 +112,14 @@ pub async fn relay_once(services: &Services) -> Result<usize, RelayError> {
 /// Posts due callback deliveries until shutdown.
 pub async fn run_callbacks(services: Services, mut stop: Shutdown) {
     let config = services.config.clone();
+    let policy = config.callback_policy();
     let http = match reqwest::Client::builder()
         .timeout(config.callback_timeout.0)
         .connect_timeout(config.http_connect_timeout.0)
+        // A redirect could lead inside; the answer is recorded as it is instead.
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(PublicOnly { policy })
         .build()
     {
         Ok(c) => c,
@@ -163,10 +169,69 @@ pub async fn run_callbacks(services: Services, mut stop: Shutdown) {
     let _ = tokio::time::timeout(config.callback_timeout.0, slots.acquire_many(all)).await;
 }
 
+/// Resolves a callback's host and keeps only the addresses callbacks may reach, at the moment the
+/// delivery connects: a name that resolved to a public address when it was subscribed and now
+/// resolves inside (DNS rebinding) is refused here.
+struct PublicOnly {
+    policy: CallbackPolicy,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0} resolves only to addresses callbacks may not reach")]
+struct NotPublic(String);
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.policy.allow_private;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| allow_private || is_public(a.ip()))
+                .collect();
+            if found.is_empty() {
+                return Err(Box::new(NotPublic(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(found.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// What a subscriber is told about a failed request: what kind of failure, never the internal
+/// detail (resolver messages, addresses, TLS internals), which goes to the log instead.
+fn public_error(e: &reqwest::Error) -> &'static str {
+    let refused_address =
+        std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .any(|cause| cause.is::<NotPublic>());
+    if refused_address {
+        "address not allowed: the host resolves to a loopback, private, link-local or metadata address"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    }
+}
+
 async fn deliver(services: &Services, http: &reqwest::Client, d: DueDelivery) {
     let body = serde_json::to_vec(&d.payload).unwrap_or_default();
     let timestamp = chrono::Utc::now().timestamp();
     let signature = callback_signature(d.secret.as_bytes(), timestamp, &body);
+    // A literal address in the URL is never resolved, so it is judged here.
+    let allowed = url::Url::parse(&d.url)
+        .ok()
+        .is_some_and(|u| check_url(&u, services.config.callback_policy()).is_ok());
+    if !allowed {
+        let result = DeliveryResult::Failed {
+            status: None,
+            error: "address not allowed: the url is not an https URL of a public host".into(),
+            retry_at: None,
+        };
+        return record(services, d.id, &result).await;
+    }
     let answer = http
         .post(&d.url)
         .header("content-type", "application/json")
@@ -206,17 +271,20 @@ async fn deliver(services: &Services, http: &reqwest::Client, d: DueDelivery) {
             error: format!("receiver answered HTTP {}", r.status().as_u16()),
             retry_at: retry_at(),
         },
-        Err(e) => DeliveryResult::Failed {
-            status: None,
-            error: if e.is_timeout() {
-                "timed out".into()
-            } else {
-                format!("request failed: {e}")
-            },
-            retry_at: retry_at(),
-        },
+        Err(e) => {
+            tracing::info!(delivery = d.id, error = %e, "callback delivery failed");
+            DeliveryResult::Failed {
+                status: None,
+                error: public_error(&e).into(),
+                retry_at: retry_at(),
+            }
+        }
     };
-    let outcome = match &result {
+    record(services, d.id, &result).await;
+}
+
+async fn record(services: &Services, id: i64, result: &DeliveryResult) {
+    let outcome = match result {
         DeliveryResult::Delivered { .. } => "delivered",
         DeliveryResult::Failed { retry_at: None, .. } => "gave_up",
         DeliveryResult::Failed { .. } => "failed",
@@ -226,9 +294,9 @@ async fn deliver(services: &Services, http: &reqwest::Client, d: DueDelivery) {
         .callback_deliveries
         .with_label_values(&[outcome])
         .inc();
-    if let Err(e) = stored::record_delivery(&services.pool, d.id, &result).await {
+    if let Err(e) = stored::record_delivery(&services.pool, id, result).await {
         // The lease runs out and the delivery is made again: at least once.
-        tracing::warn!(delivery = d.id, error = %e, "could not record a callback delivery");
+        tracing::warn!(delivery = id, error = %e, "could not record a callback delivery");
     }
 }
 

@@ -15,6 +15,7 @@ use super::auth::{
     AnyKey, Authorized, Caller, ManageSubscriptions, Operate, ReadConsent, Role, generate_secret,
 };
 use super::error::{ApiError, parse_json};
+use crate::domain::callback::{CallbackRefusal, check_url};
 use crate::events::EVENT_TYPES;
 use crate::store::events as stored;
 use crate::store::webhooks::suppression;
@@ -48,14 +49,26 @@ async fn create(
     let b: SubscriptionBody = parse_json(&body)?;
     let url = reqwest::Url::parse(&b.url)
         .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .filter(|u| u.host().is_some())
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_field",
                 Some("url"),
-                "url must be an absolute http(s) URL",
+                "url must be an absolute https URL",
             )
         })?;
+    if let Err(refusal) = check_url(&url, state.services.config.callback_policy()) {
+        let status = match refusal {
+            CallbackRefusal::AddressNotAllowed => StatusCode::UNPROCESSABLE_ENTITY,
+            CallbackRefusal::NotHttps | CallbackRefusal::Credentials => StatusCode::BAD_REQUEST,
+        };
+        return Err(ApiError::new(
+            status,
+            refusal.code(),
+            Some("url"),
+            refusal.to_string(),
+        ));
+    }
     let events = b.events.unwrap_or_else(|| vec!["*".into()]);
     if events.is_empty() {
         return Err(ApiError::bad_request(

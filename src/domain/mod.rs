@@ -3,6 +3,7 @@
 //! Nothing in here performs I/O: every function takes plain values and returns plain values, so the
 //! rules that keep a business's numbers safe are unit-tested without any server running.
 
+pub mod callback;
 pub mod campaign;
 pub mod csv;
 pub mod decision;

@@ -976,3 +976,193 @@ async fn failed_statuses_suppress_opt_out_or_retry_a_day_later() {
     );
     env.cleanup().await;
 }
+
+/// Accepts connections on this machine and counts them: what a callback must never reach.
+async fn inside_listener() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (port, accepted)
+}
+
+async fn last_delivery(env: &Env, subscription: &str) -> Value {
+    env.eventually(
+        "a recorded callback attempt",
+        Duration::from_secs(20),
+        async || {
+            let (_, d) = env
+                .get(&format!("/v1/subscriptions/{subscription}/deliveries"))
+                .await;
+            let first = d["deliveries"][0].clone();
+            (first["attempts"].as_i64().unwrap_or(0) >= 1).then_some(first)
+        },
+    )
+    .await
+}
+
+/// With the production defaults (https only, public addresses only), inside addresses are refused
+/// when a subscription is made, and a name that resolves inside by the time a delivery connects
+/// (DNS rebinding) is refused then: nothing ever connects, and the subscriber is told why without
+/// internal detail.
+#[tokio::test]
+async fn callbacks_cannot_reach_inside_the_network() {
+    let mut env = Env::start(Options {
+        tweak: |c| {
+            c.callback_allow_http = false;
+            c.callback_allow_private = false;
+        },
+        ..Options::default()
+    })
+    .await;
+    let sender = "1065550920";
+    env.sender(sender, json!("TIER_1K"), 80).await;
+    env.template("order_update", "utility").await;
+    let refused = [
+        ("http://hooks.example.com/x", 400, "invalid_field"),
+        ("https://user:pw@hooks.example.com/x", 400, "invalid_field"),
+        ("https://127.0.0.1/x", 422, "callback_address_not_allowed"),
+        ("https://localhost:9/x", 422, "callback_address_not_allowed"),
+        ("https://10.0.0.1/x", 422, "callback_address_not_allowed"),
+        (
+            "https://192.168.0.10/x",
+            422,
+            "callback_address_not_allowed",
+        ),
+        (
+            "https://169.254.169.254/latest/meta-data/",
+            422,
+            "callback_address_not_allowed",
+        ),
+        ("https://[::1]/x", 422, "callback_address_not_allowed"),
+        (
+            "https://[::ffff:7f00:1]/x",
+            422,
+            "callback_address_not_allowed",
+        ),
+        (
+            "https://[fd00:ec2::254]/x",
+            422,
+            "callback_address_not_allowed",
+        ),
+        ("https://2130706433/x", 422, "callback_address_not_allowed"),
+    ];
+    for (url, status, code) in refused {
+        let (got, body) = env.post("/v1/subscriptions", json!({"url": url})).await;
+        assert_eq!(got.as_u16(), status, "{url}: {body}");
+        assert_eq!(body["error"]["code"], code, "{url}: {body}");
+        assert_eq!(body["error"]["field"], "url", "{url}: {body}");
+    }
+    let (got, body) = env
+        .post(
+            "/v1/subscriptions",
+            json!({"url": "https://hooks.example.com/x"}),
+        )
+        .await;
+    assert_eq!(got, StatusCode::CREATED, "{body}");
+    let subscriptions: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions")
+        .fetch_one(&env.services.pool)
+        .await
+        .unwrap();
+    assert_eq!(subscriptions, 1, "nothing refused was kept");
+
+    // As if these were accepted while their names resolved outside: a name that now resolves to
+    // loopback, and a literal inside address.
+    let (port, accepted) = inside_listener().await;
+    let (owner, _) = pregon::api::auth::create_key(
+        &env.services.pool,
+        "rebinder",
+        pregon::api::auth::Role::Admin,
+        None,
+    )
+    .await
+    .unwrap();
+    let mut subscriptions = Vec::new();
+    for url in [
+        format!("https://localhost:{port}/hook"),
+        format!("https://127.0.0.1:{port}/hook"),
+    ] {
+        let sub = store::events::insert_subscription(
+            &env.services.pool,
+            owner.id,
+            &url,
+            &["message.queued".into()],
+            "0123456789abcdef",
+        )
+        .await
+        .unwrap();
+        subscriptions.push(sub.id.to_string());
+    }
+    env.start_worker();
+    enqueue(
+        &env,
+        sender,
+        template_body(&recipients(1, 920)[0], "order_update"),
+    )
+    .await;
+    for sub in &subscriptions {
+        let delivery = last_delivery(&env, sub).await;
+        let error = delivery["last_error"].as_str().unwrap_or_default();
+        assert!(error.starts_with("address not allowed"), "{delivery}");
+        assert!(
+            !error.contains("127.0.0.1"),
+            "no internal detail: {delivery}"
+        );
+        assert!(delivery["last_status"].is_null(), "{delivery}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a callback connected inside"
+    );
+    env.cleanup().await;
+}
+
+/// A redirect is not followed (it could lead inside): the 3xx is recorded as the answer.
+#[tokio::test]
+async fn callbacks_do_not_follow_redirects() {
+    use axum::routing::post;
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550921";
+    env.sender(sender, json!("TIER_1K"), 80).await;
+    env.template("order_update", "utility").await;
+    let (port, accepted) = inside_listener().await;
+    let target = format!("http://127.0.0.1:{port}/internal");
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move || {
+            let target = target.clone();
+            async move { axum::response::Redirect::temporary(&target) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (code, sub) = env
+        .post(
+            "/v1/subscriptions",
+            json!({"url": url, "events": ["message.queued"]}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{sub}");
+    env.start_worker();
+    enqueue(
+        &env,
+        sender,
+        template_body(&recipients(1, 921)[0], "order_update"),
+    )
+    .await;
+    let delivery = last_delivery(&env, sub["id"].as_str().unwrap()).await;
+    assert_eq!(delivery["last_status"], 307, "{delivery}");
+    assert_ne!(delivery["state"], "delivered", "{delivery}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    env.cleanup().await;
+}
