@@ -154,7 +154,9 @@ async fn send_message(
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .filter(|k| {
+                    crate::domain::message::check_idempotency_key(k, "Idempotency-Key").is_ok()
+                })
                 .ok_or_else(|| {
                     ApiError::bad_request(
                         "invalid_header",

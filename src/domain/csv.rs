@@ -91,12 +91,19 @@ impl RecordReader {
     }
 }
 
-/// One CSV field, quoted when it needs to be.
+/// One CSV field, quoted when it needs to be. A value a spreadsheet would run as a formula (it
+/// begins with `=`, `+`, `-`, `@`, a tab or a carriage return: CSV injection) is written with a
+/// leading `'`, which spreadsheets show as text; exports hold what customers typed.
 pub fn field(value: &str) -> Cow<'_, str> {
+    let value: Cow<'_, str> = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{value}"))
+    } else {
+        Cow::Borrowed(value)
+    };
     if value.contains([',', '"', '\n', '\r']) {
         Cow::Owned(format!("\"{}\"", value.replace('"', "\"\"")))
     } else {
-        Cow::Borrowed(value)
+        value
     }
 }
 
@@ -116,6 +123,28 @@ pub fn line<'a>(fields: impl IntoIterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_that_spreadsheets_would_run_are_written_as_text() {
+        let cases = [
+            ("Ana", "Ana"),
+            ("5215512345678", "5215512345678"),
+            (
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\"",
+            ),
+            ("+52 55", "'+52 55"),
+            ("-1+2", "'-1+2"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tcmd", "'\tcmd"),
+            ("\r=1", "\"'\r=1\""),
+            ("a=b", "a=b"),
+            ("", ""),
+        ];
+        for (value, written) in cases {
+            assert_eq!(field(value), written, "{value:?}");
+        }
+    }
 
     fn read_all(chunks: &[&[u8]]) -> Vec<Vec<String>> {
         let mut reader = RecordReader::default();

@@ -97,10 +97,41 @@ pub mod limits {
 /// Fields pregon accepts beside Meta's own and strips before sending.
 pub const EXTENSION_FIELDS: &[&str] = &["idempotency_key"];
 
+/// The longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// An idempotency key, wherever it comes from (the header, the body, an ingest envelope): 1 to
+/// 255 bytes with no control character. Checked before anything is written, so a bad key is one
+/// refused request, never a failed write that takes the other messages of its batch with it.
+pub fn check_idempotency_key(key: &str, field: &str) -> Result<(), Invalid> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || key.chars().any(char::is_control)
+    {
+        return Err(invalid(
+            "invalid_field",
+            field,
+            format!(
+                "{field} must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes with no control character"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub fn validate(body: &Value) -> Result<ValidatedMessage, Invalid> {
     let obj = body
         .as_object()
         .ok_or_else(|| invalid("invalid_body", "", "the message body must be a JSON object"))?;
+    match obj.get("idempotency_key") {
+        None => {}
+        Some(Value::String(key)) => check_idempotency_key(key, "idempotency_key")?,
+        Some(_) => {
+            return Err(invalid(
+                "invalid_field",
+                "idempotency_key",
+                "idempotency_key must be a string",
+            ));
+        }
+    }
     match obj.get("messaging_product").and_then(Value::as_str) {
         Some("whatsapp") => {}
         _ => {
@@ -623,6 +654,32 @@ fn media(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotency_keys_are_short_printable_text() {
+        let long = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES);
+        let too_long = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES + 1);
+        let cases = [
+            ("order-1234-shipped", true),
+            ("pedido ñandú 7", true),
+            (long.as_str(), true),
+            (too_long.as_str(), false),
+            ("", false),
+            ("a\0b", false),
+            ("tab\there", false),
+            ("line\nbreak", false),
+        ];
+        for (key, ok) in cases {
+            assert_eq!(check_idempotency_key(key, "k").is_ok(), ok, "{key:?}");
+        }
+        let mut body = serde_json::json!({"messaging_product": "whatsapp", "to": "5215512345678",
+            "type": "text", "text": {"body": "hola"}});
+        assert!(validate(&body).is_ok());
+        body["idempotency_key"] = serde_json::json!("a\u{0}b");
+        assert_eq!(validate(&body).unwrap_err().field, "idempotency_key");
+        body["idempotency_key"] = serde_json::json!(7);
+        assert_eq!(validate(&body).unwrap_err().field, "idempotency_key");
+    }
     use serde_json::json;
 
     fn buttons(n: usize) -> Value {

@@ -222,6 +222,11 @@ async fn handle(services: &Services, data: &[u8]) -> bool {
         )
         .await;
     }
+    if let Some(key) = &envelope.idempotency_key
+        && let Err(e) = crate::domain::message::check_idempotency_key(key, "idempotency_key")
+    {
+        return refuse(e.code, Some(e.field), e.message).await;
+    }
     let delivery = match envelope.delivery.as_deref().map(DeliveryMode::parse) {
         None => DeliveryMode::AtMostOnce,
         Some(Some(d)) => d,

@@ -453,3 +453,50 @@ async fn health_metrics_and_readiness() {
     );
     env.cleanup().await;
 }
+
+/// An idempotency key the database could not index (a NUL byte, thousands of bytes) is refused on
+/// its own item; the items batched with it are queued.
+#[tokio::test]
+async fn a_bad_idempotency_key_in_the_body_fails_alone() {
+    let env = env().await;
+    let rs = recipients(4, 6);
+    let keyed = |to: &str, key: serde_json::Value| {
+        let mut body = template_body(to, "order_update");
+        body["idempotency_key"] = key;
+        body
+    };
+    let (status, body) = env
+        .post(
+            &format!("/v1/{SENDER}/messages/batch"),
+            json!({"messages": [
+                keyed(&rs[0], json!("good-1")),
+                keyed(&rs[1], json!("nul\u{0}byte")),
+                keyed(&rs[2], json!("k".repeat(3000))),
+                keyed(&rs[3], json!("good-2")),
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["accepted"], 2, "{body}");
+    for i in [1, 2] {
+        assert_eq!(body["results"][i]["status"], "refused", "{body}");
+        assert_eq!(
+            body["results"][i]["error"]["field"], "idempotency_key",
+            "{body}"
+        );
+    }
+    let (status, single) = env
+        .post(
+            &format!("/v1/{SENDER}/messages"),
+            keyed(&rs[1], json!("nul\u{0}byte")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{single}");
+    assert_eq!(single["error"]["field"], "idempotency_key");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&env.services.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
+    env.cleanup().await;
+}
