@@ -72,7 +72,8 @@ fn secs(n: u64) -> HumanDuration {
     HumanDuration(Duration::from_secs(n))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` prints the redacted form: a logged or panicked `Config` never shows a secret.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub database_url: String,
@@ -565,6 +566,11 @@ impl Config {
 
     /// The effective configuration with secrets blanked, for `pregon config`.
     pub fn redacted(&self) -> String {
+        toml::to_string(&self.blanked()).unwrap_or_default()
+    }
+
+    /// A copy with every secret blanked: passwords in URLs, app secrets, the verify token.
+    fn blanked(&self) -> Config {
         let mut c = self.clone();
         c.database_url = redact_url(&c.database_url);
         c.redis_url = redact_url(&c.redis_url);
@@ -575,11 +581,19 @@ impl Config {
         if !c.webhook_verify_token.is_empty() {
             c.webhook_verify_token = "***".into();
         }
-        toml::to_string(&c).unwrap_or_default()
+        c
     }
 }
 
-fn redact_url(url: &str) -> String {
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let blanked = serde_json::to_value(self.blanked()).map_err(|_| std::fmt::Error)?;
+        write!(f, "Config {blanked}")
+    }
+}
+
+/// A URL with the password of its credentials replaced by `***`.
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];
@@ -654,6 +668,29 @@ mod tests {
         assert!(err.to_string().contains("galaxy"), "{err}");
         let err = Config::load(None, env(&[("PREGON_DEFAULT_MPS", "5000")])).unwrap_err();
         assert!(err.to_string().contains("default_mps"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let config = Config {
+            database_url: "postgres://pregon:db-secret@h/pregon".into(),
+            amqp_url: "amqp://guest:amqp-secret@h:5672/%2f".into(),
+            redis_url: "redis://:redis-secret@h:6379".into(),
+            webhook_app_secrets: "app-secret".into(),
+            webhook_verify_token: "verify-secret".into(),
+            ..Config::default()
+        };
+        let shown = format!("{config:?} {}", config.redacted());
+        for secret in [
+            "db-secret",
+            "amqp-secret",
+            "redis-secret",
+            "app-secret",
+            "verify-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("postgres://pregon:***@h/pregon"), "{shown}");
     }
 
     #[test]

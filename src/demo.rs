@@ -65,7 +65,9 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     config.amqp_namespace = "pregon-demo".into();
     println!(
         "pregon demo: RabbitMQ {}, Redis {}, PostgreSQL {}",
-        config.amqp_namespace, config.redis_prefix, config.database_url
+        config.amqp_namespace,
+        config.redis_prefix,
+        crate::config::redact_url(&config.database_url)
     );
     println!("simulated Cloud API at {sim_url}");
     let mut stack = LocalStack::fresh(config, "demo").await?;

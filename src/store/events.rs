@@ -87,7 +87,8 @@ pub async fn outbox_depth(pool: &PgPool) -> Result<i64, StoreError> {
 // ---------------------------------------------------------------------------------------------
 // Subscriptions
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+/// `Debug` leaves the signing secret out.
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct Subscription {
     pub id: Uuid,
     pub api_key_id: Uuid,
@@ -163,7 +164,21 @@ pub async fn delete_subscription(pool: &PgPool, id: Uuid) -> Result<(), StoreErr
 // ---------------------------------------------------------------------------------------------
 // Callback deliveries
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("api_key_id", &self.api_key_id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &"***")
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// `Debug` leaves the signing secret out.
+#[derive(Clone, sqlx::FromRow)]
 pub struct DueDelivery {
     pub id: i64,
     pub event_type: String,
@@ -172,6 +187,19 @@ pub struct DueDelivery {
     pub created_at: DateTime<Utc>,
     pub url: String,
     pub secret: String,
+}
+
+impl std::fmt::Debug for DueDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DueDelivery")
+            .field("id", &self.id)
+            .field("event_type", &self.event_type)
+            .field("attempts", &self.attempts)
+            .field("created_at", &self.created_at)
+            .field("url", &self.url)
+            .field("secret", &"***")
+            .finish_non_exhaustive()
+    }
 }
 
 /// Takes due deliveries for `lease_seconds`: a deliverer that dies leaves them to be taken again.

@@ -131,7 +131,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 // ---------------------------------------------------------------------------------------------
 // Senders and templates
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+/// `Debug` leaves the access token out: a logged sender never shows it.
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct Sender {
     pub phone_number_id: String,
     pub business_portfolio_id: String,
@@ -149,6 +150,25 @@ pub struct Sender {
     pub waba_id: Option<String>,
     #[serde(skip)]
     pub access_token: String,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("phone_number_id", &self.phone_number_id)
+            .field("business_portfolio_id", &self.business_portfolio_id)
+            .field("display_phone_number", &self.display_phone_number)
+            .field("tier", &self.tier)
+            .field("quality", &self.quality)
+            .field("status", &self.status)
+            .field("paused", &self.paused)
+            .field("paused_reason", &self.paused_reason)
+            .field("mps", &self.mps)
+            .field("tier_spread_seconds", &self.tier_spread_seconds)
+            .field("waba_id", &self.waba_id)
+            .field("access_token", &"***")
+            .finish()
+    }
 }
 
 pub async fn upsert_sender(pool: &PgPool, s: &Sender) -> Result<Sender, StoreError> {
@@ -376,4 +396,37 @@ pub async fn find_api_key(pool: &PgPool, hash: &[u8]) -> Result<Option<ApiKey>, 
     .bind(hash)
     .fetch_optional(pool)
     .await?)
+}
+
+#[cfg(test)]
+mod debug_tests {
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let sender = super::Sender {
+            phone_number_id: "1".into(),
+            business_portfolio_id: "bp".into(),
+            display_phone_number: None,
+            tier: 1000,
+            quality: crate::domain::decision::Quality::Green,
+            status: crate::domain::decision::SenderStatus::Connected,
+            paused: false,
+            paused_reason: None,
+            mps: 80,
+            tier_spread_seconds: None,
+            waba_id: None,
+            access_token: "EAAG-token-secret".into(),
+        };
+        let subscription = super::events::Subscription {
+            id: uuid::Uuid::nil(),
+            api_key_id: uuid::Uuid::nil(),
+            url: "https://hooks.example.com".into(),
+            events: vec!["*".into()],
+            secret: "signing-secret".into(),
+            created_at: chrono::Utc::now(),
+        };
+        let shown = format!("{sender:?} {subscription:?}");
+        assert!(!shown.contains("token-secret"), "{shown}");
+        assert!(!shown.contains("signing-secret"), "{shown}");
+        assert!(shown.contains("phone_number_id: \"1\""), "{shown}");
+    }
 }
