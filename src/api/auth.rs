@@ -254,27 +254,50 @@ pub async fn create_key(
     role: Role,
     senders: Option<Vec<String>>,
 ) -> Result<(ApiKey, String), StoreError> {
+    create_expiring_key(pool, name, role, senders, None).await
+}
+
+/// A key that stops working at `expires_at` (never, when None).
+pub async fn create_expiring_key(
+    pool: &PgPool,
+    name: &str,
+    role: Role,
+    senders: Option<Vec<String>>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(ApiKey, String), StoreError> {
     let secret = generate_secret();
     let key = ApiKey {
         id: Uuid::now_v7(),
         name: name.to_string(),
         role: role.as_str().to_string(),
         senders,
+        expires_at,
     };
     store::insert_api_key(pool, &key, &hash_key(&secret)).await?;
     Ok((key, secret))
 }
 
-/// Verified keys, cached briefly so a request does not cost a database round trip.
-/// Verified callers by key hash, with when they were verified.
-type Verified = HashMap<Vec<u8>, (Caller, Instant)>;
-
-#[derive(Clone, Default)]
-pub struct KeyCache {
-    inner: Arc<Mutex<Verified>>,
+/// Verified callers by key hash, with when they were verified; and hashes found to be no key,
+/// with when.
+#[derive(Default)]
+struct Cached {
+    verified: HashMap<Vec<u8>, (Caller, Instant)>,
+    unknown: HashMap<Vec<u8>, Instant>,
 }
 
-const CACHE_TTL: Duration = Duration::from_secs(30);
+/// Verified keys, cached for a second so a request does not cost a database round trip while a
+/// revocation or an expiry still takes effect within a second in every process; unknown tokens
+/// are remembered longer, so a flood of made-up keys costs no query each (secrets are 256 random
+/// bits: a token unknown now is not going to become a key).
+#[derive(Clone, Default)]
+pub struct KeyCache {
+    inner: Arc<Mutex<Cached>>,
+}
+
+const VERIFIED_TTL: Duration = Duration::from_secs(1);
+const UNKNOWN_TTL: Duration = Duration::from_secs(60);
+/// Beyond this many remembered unknown tokens the list starts again, so memory stays bounded.
+const UNKNOWN_MAX: usize = 100_000;
 
 impl KeyCache {
     pub async fn authenticate(
@@ -294,27 +317,55 @@ impl KeyCache {
                 ApiError::unauthorized("the Authorization header must be Bearer <api key>")
             })?;
         let hash = hash_key(secret);
-        if let Some((caller, at)) = self
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&hash)
-            && at.elapsed() < CACHE_TTL
         {
-            return Ok(caller.clone());
+            let cached = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((caller, at)) = cached.verified.get(&hash)
+                && at.elapsed() < VERIFIED_TTL
+            {
+                return Ok(caller.clone());
+            }
+            if cached
+                .unknown
+                .get(&hash)
+                .is_some_and(|at| at.elapsed() < UNKNOWN_TTL)
+            {
+                return Err(ApiError::unauthorized(
+                    "unknown, expired or revoked API key",
+                ));
+            }
         }
-        let key = store::find_api_key(pool, &hash)
+        let Some(key) = store::find_api_key(pool, &hash)
             .await
             .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
+        else {
+            let mut cached = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            cached.verified.remove(&hash);
+            if cached.unknown.len() >= UNKNOWN_MAX {
+                cached.unknown.clear();
+            }
+            cached.unknown.insert(hash, Instant::now());
+            return Err(ApiError::unauthorized(
+                "unknown, expired or revoked API key",
+            ));
+        };
         let caller = Caller {
             key_id: key.id,
             role: Role::parse(&key.role).unwrap_or(Role::Viewer),
             senders: key.senders,
         };
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        // Last use is bookkeeping: it never holds the request up.
+        let touch_pool = pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store::touch_api_key(&touch_pool, key.id).await {
+                tracing::debug!(error = %e, "could not record an API key's last use");
+            }
+        });
+        let mut cached = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        cached
+            .verified
+            .retain(|_, (_, at)| at.elapsed() < VERIFIED_TTL);
+        cached
+            .verified
             .insert(hash, (caller.clone(), Instant::now()));
         Ok(caller)
     }

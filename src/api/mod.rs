@@ -58,7 +58,8 @@ pub fn router(services: Services) -> Router {
         .route("/v1/templates", post(put_template).get(list_templates))
         .route("/v1/consent", post(post_consent))
         .route("/v1/consent/{recipient}", get(get_consent))
-        .route("/v1/apikeys", post(post_api_key))
+        .route("/v1/apikeys", post(post_api_key).get(list_api_keys))
+        .route("/v1/apikeys/{id}", axum::routing::delete(revoke_api_key))
         .merge(ops_routes())
         .merge(webhooks::routes())
         .merge(subscriptions::routes())
@@ -653,6 +654,9 @@ struct ApiKeyBody {
     role: String,
     #[serde(default)]
     senders: Option<Vec<String>>,
+    /// RFC 3339; the key stops working then.
+    #[serde(default)]
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 async fn post_api_key(
@@ -676,14 +680,66 @@ async fn post_api_key(
             "name is required",
         ));
     }
-    let (key, secret) = auth::create_key(&state.services.pool, &b.name, role, b.senders)
-        .await
-        .map_err(ApiError::internal)?;
+    if b.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("expires_at"),
+            "expires_at must be in the future",
+        ));
+    }
+    let (key, secret) =
+        auth::create_expiring_key(&state.services.pool, &b.name, role, b.senders, b.expires_at)
+            .await
+            .map_err(ApiError::internal)?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"key": key, "secret": secret})),
     )
         .into_response())
+}
+
+/// Every key (never a secret): role, senders, created, expires, last used, revoked. A key
+/// limited to some senders sees only the keys within its own scope.
+async fn list_api_keys(
+    State(state): State<ApiState>,
+    caller: Authorized<ManageKeys>,
+) -> Result<Response, ApiError> {
+    let keys: Vec<store::ApiKeyInfo> = store::list_api_keys(&state.services.pool)
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .filter(|k| caller.require_within_scope(k.senders.as_deref()).is_ok())
+        .collect();
+    Ok(Json(json!({"data": keys})).into_response())
+}
+
+/// Revokes a key: every process refuses it within a second.
+async fn revoke_api_key(
+    State(state): State<ApiState>,
+    caller: Authorized<ManageKeys>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_id", Some("id"), "key ids are UUIDs"))?;
+    let pool = &state.services.pool;
+    let key = store::api_key(pool, id)
+        .await
+        .map_err(ApiError::internal)?
+        .filter(|k| caller.require_within_scope(k.senders.as_deref()).is_ok())
+        .ok_or_else(|| ApiError::not_found("unknown_api_key", format!("no API key {id}")))?;
+    if key.revoked_at.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_revoked",
+            Some("id"),
+            format!("API key {id} was revoked already"),
+        ));
+    }
+    store::revoke_api_key(pool, id, &format!("api_key:{}", caller.key_id))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

@@ -189,7 +189,14 @@ pub enum ApikeyCommand {
         /// Limit the key to these sender phone_number_ids (comma-separated).
         #[arg(long, value_delimiter = ',')]
         senders: Vec<String>,
+        /// The key stops working after this long (e.g. 90d, 12h); never when left out.
+        #[arg(long, value_parser = crate::domain::duration::parse_duration)]
+        expires_in: Option<std::time::Duration>,
     },
+    /// List every key (never a secret): role, senders, created, expires, last used, revoked.
+    List,
+    /// Revoke a key: every process refuses it within a second.
+    Revoke { id: uuid::Uuid },
 }
 
 pub async fn apikey(config: &Config, command: ApikeyCommand) -> Result<(), AppError> {
@@ -198,14 +205,18 @@ pub async fn apikey(config: &Config, command: ApikeyCommand) -> Result<(), AppEr
             name,
             role,
             senders,
+            expires_in,
         } => {
             let role = Role::parse(&role)
                 .ok_or_else(|| AppError::Invalid(format!("role is {}", Role::NAMES)))?;
-            store::ensure_database(&config.database_url).await?;
-            let pool = store::connect(&config.database_url, 2).await?;
-            store::migrate(&pool).await?;
+            let pool = key_database(config).await?;
             let senders = (!senders.is_empty()).then_some(senders);
-            let (key, secret) = auth::create_key(&pool, &name, role, senders).await?;
+            let expires_at = expires_in
+                .map(|d| chrono::Duration::from_std(d).map(|d| chrono::Utc::now() + d))
+                .transpose()
+                .map_err(|_| AppError::Invalid("--expires-in is too long".into()))?;
+            let (key, secret) =
+                auth::create_expiring_key(&pool, &name, role, senders, expires_at).await?;
             println!("{secret}");
             eprintln!(
                 "created {} key \"{}\" ({}); the secret above is shown only once",
@@ -213,7 +224,36 @@ pub async fn apikey(config: &Config, command: ApikeyCommand) -> Result<(), AppEr
             );
             Ok(())
         }
+        ApikeyCommand::List => {
+            let pool = key_database(config).await?;
+            let keys = store::list_api_keys(&pool).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&keys)
+                    .map_err(|e| AppError::Invalid(e.to_string()))?
+            );
+            Ok(())
+        }
+        ApikeyCommand::Revoke { id } => {
+            let pool = key_database(config).await?;
+            if store::revoke_api_key(&pool, id, "cli").await? {
+                eprintln!("revoked {id}; every process refuses it within a second");
+                Ok(())
+            } else {
+                Err(AppError::Invalid(format!(
+                    "no API key {id}, or it was revoked already"
+                )))
+            }
+        }
     }
+}
+
+/// The database the keys live in, migrated, for the key commands that work on it directly.
+async fn key_database(config: &Config) -> Result<sqlx::PgPool, AppError> {
+    store::ensure_database(&config.database_url).await?;
+    let pool = store::connect(&config.database_url, 2).await?;
+    store::migrate(&pool).await?;
+    Ok(pool)
 }
 
 pub async fn consent(config: Config, command: ConsentCommand) -> Result<(), AppError> {

@@ -373,29 +373,91 @@ pub struct ApiKey {
     pub name: String,
     pub role: String,
     pub senders: Option<Vec<String>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A key as an operator lists it (never its secret or hash).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub senders: Option<Vec<String>>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<String>,
 }
 
 pub async fn insert_api_key(pool: &PgPool, key: &ApiKey, hash: &[u8]) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO api_keys (id, name, role, senders, key_hash) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO api_keys (id, name, role, senders, key_hash, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(key.id)
     .bind(&key.name)
     .bind(&key.role)
     .bind(&key.senders)
     .bind(hash)
+    .bind(key.expires_at)
     .execute(pool)
     .await?;
     Ok(())
 }
 
+/// The key with this hash, if it is neither revoked nor expired.
 pub async fn find_api_key(pool: &PgPool, hash: &[u8]) -> Result<Option<ApiKey>, StoreError> {
     Ok(sqlx::query_as::<_, ApiKey>(
-        "SELECT id, name, role, senders FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        "SELECT id, name, role, senders, expires_at FROM api_keys
+         WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
     )
     .bind(hash)
     .fetch_optional(pool)
     .await?)
+}
+
+/// Records that a key was used; written at most once a minute per key.
+pub async fn touch_api_key(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE api_keys SET last_used_at = now()
+         WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn list_api_keys(pool: &PgPool) -> Result<Vec<ApiKeyInfo>, StoreError> {
+    Ok(sqlx::query_as::<_, ApiKeyInfo>(
+        "SELECT id, name, role, senders, created_at, expires_at, last_used_at, revoked_at, revoked_by
+         FROM api_keys ORDER BY created_at, id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn api_key(pool: &PgPool, id: Uuid) -> Result<Option<ApiKeyInfo>, StoreError> {
+    Ok(sqlx::query_as::<_, ApiKeyInfo>(
+        "SELECT id, name, role, senders, created_at, expires_at, last_used_at, revoked_at, revoked_by
+         FROM api_keys WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Revokes a key; false when it was revoked already (or does not exist).
+pub async fn revoke_api_key(pool: &PgPool, id: Uuid, by: &str) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE api_keys SET revoked_at = now(), revoked_by = $2 WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(by)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 #[cfg(test)]

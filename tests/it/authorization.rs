@@ -398,6 +398,13 @@ async fn every_route_answers_each_role_only_for_its_own_senders() {
             ),
             json!({"name": "child", "role": "viewer", "senders": ["{sender}"]}),
         ),
+        row(get.clone(), "/v1/apikeys", ADMIN_ONLY, None),
+        row(
+            Method::DELETE,
+            "/v1/apikeys/00000000-0000-0000-0000-000000000000",
+            [404, 403, 403, 403],
+            None,
+        ),
         with_body(
             row(post.clone(), "/v1/apikeys", REFUSED, None),
             json!({"name": "wider", "role": "viewer"}),

@@ -500,3 +500,123 @@ async fn a_bad_idempotency_key_in_the_body_fails_alone() {
     assert_eq!(rows, 2);
     env.cleanup().await;
 }
+
+/// A revoked key is refused within a second, an expired key at once; the list shows when each
+/// was last used and who revoked it, never a secret.
+#[tokio::test]
+async fn api_keys_are_listed_revoked_and_expire() {
+    let env = env().await;
+    let (status, created) = env
+        .post(
+            "/v1/apikeys",
+            json!({"name": "orders", "role": "viewer", "expires_at": "2999-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_string();
+    let id = created["key"]["id"].as_str().unwrap().to_string();
+    let (status, _) = env
+        .request(Method::GET, "/v1/senders", Some(&secret), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = env
+        .eventually(
+            "the last use recorded",
+            Duration::from_secs(5),
+            async || {
+                let (status, list) = env.get("/v1/apikeys").await;
+                assert_eq!(status, StatusCode::OK, "{list}");
+                let key = list["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|k| k["id"] == id.as_str())
+                    .cloned()
+                    .unwrap();
+                key["last_used_at"].is_string().then_some((key, list))
+            },
+        )
+        .await;
+    let (key, list) = listed;
+    assert_eq!(key["expires_at"], "2999-01-01T00:00:00Z", "{key}");
+    assert!(key["revoked_at"].is_null());
+    assert!(!list.to_string().contains(&secret), "no secret in the list");
+    assert!(!list.to_string().contains("key_hash"));
+
+    let (status, _) = env
+        .request(
+            Method::DELETE,
+            &format!("/v1/apikeys/{id}"),
+            Some(&env.admin_key.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    env.eventually(
+        "the revoked key refused",
+        Duration::from_secs(3),
+        async || {
+            let (status, _) = env
+                .request(Method::GET, "/v1/senders", Some(&secret), None)
+                .await;
+            (status == StatusCode::UNAUTHORIZED).then_some(())
+        },
+    )
+    .await;
+    let (status, again) = env
+        .request(
+            Method::DELETE,
+            &format!("/v1/apikeys/{id}"),
+            Some(&env.admin_key.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    assert_eq!(again["error"]["code"], "already_revoked");
+    let (_, list) = env.get("/v1/apikeys").await;
+    let key = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert!(key["revoked_at"].is_string(), "{key}");
+    assert!(
+        key["revoked_by"].as_str().unwrap().starts_with("api_key:"),
+        "{key}"
+    );
+
+    let (status, past) = env
+        .post(
+            "/v1/apikeys",
+            json!({"name": "old", "role": "viewer", "expires_at": "2001-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{past}");
+    assert_eq!(past["error"]["field"], "expires_at");
+    let (_, soon) = pregon::api::auth::create_expiring_key(
+        &env.services.pool,
+        "soon",
+        pregon::api::auth::Role::Viewer,
+        None,
+        Some(chrono::Utc::now() + chrono::Duration::milliseconds(300)),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, body) = env
+        .request(Method::GET, "/v1/senders", Some(&soon), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, missing) = env
+        .request(
+            Method::DELETE,
+            "/v1/apikeys/00000000-0000-0000-0000-000000000000",
+            Some(&env.admin_key.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+    env.cleanup().await;
+}
