@@ -1,7 +1,10 @@
 //! An in-process cache of senders and templates, loaded from PostgreSQL and refreshed on a miss
 //! or when older than a few seconds, so enqueue does not hit the database for them per message.
+//! Reloads are single-flight and a miss reloads at most once a second, however many requests name
+//! an unknown sender or template: a batch of a thousand unknown templates costs one reload.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -16,11 +19,17 @@ struct Snapshot {
     loaded: Option<Instant>,
 }
 
+/// How often a miss may reload the catalogue.
+const MISS_RELOAD: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct Catalog {
     pool: PgPool,
     max_age: Duration,
     inner: Arc<RwLock<Snapshot>>,
+    /// Held while reloading: whoever waited for it finds the catalogue fresh and does not reload.
+    reloading: Arc<tokio::sync::Mutex<()>>,
+    reloads: Arc<AtomicU64>,
 }
 
 impl Catalog {
@@ -29,7 +38,24 @@ impl Catalog {
             pool,
             max_age,
             inner: Arc::new(RwLock::new(Snapshot::default())),
+            reloading: Arc::new(tokio::sync::Mutex::new(())),
+            reloads: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How many times this catalogue was loaded from PostgreSQL.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Reloads unless the catalogue was loaded within `fresh` (by this caller or one it waited
+    /// for).
+    async fn reload_unless_loaded_within(&self, fresh: Duration) -> Result<(), StoreError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        if !self.older_than(fresh) {
+            return Ok(());
+        }
+        self.refresh().await
     }
 
     pub async fn refresh(&self) -> Result<(), StoreError> {
@@ -45,26 +71,38 @@ impl Catalog {
             .map(|t| ((t.name.clone(), t.language.clone()), t))
             .collect();
         inner.loaded = Some(Instant::now());
+        self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    fn stale(&self) -> bool {
+    fn older_than(&self, age: Duration) -> bool {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        inner.loaded.is_none_or(|t| t.elapsed() > self.max_age)
+        inner.loaded.is_none_or(|t| t.elapsed() > age)
+    }
+
+    /// Reloads when the catalogue is older than its maximum age.
+    async fn keep_fresh(&self) -> Result<(), StoreError> {
+        if self.older_than(self.max_age) {
+            self.reload_unless_loaded_within(self.max_age).await?;
+        }
+        Ok(())
+    }
+
+    /// After a miss: something registered moments ago by another process shows up, at the cost
+    /// of at most one reload a second.
+    async fn reload_after_miss(&self) -> Result<(), StoreError> {
+        if self.older_than(MISS_RELOAD) {
+            self.reload_unless_loaded_within(MISS_RELOAD).await?;
+        }
+        Ok(())
     }
 
     pub async fn sender(&self, phone_number_id: &str) -> Result<Option<Arc<Sender>>, StoreError> {
-        let refreshed = self.stale();
-        if refreshed {
-            self.refresh().await?;
-        }
+        self.keep_fresh().await?;
         if let Some(s) = self.cached_sender(phone_number_id) {
             return Ok(Some(s));
         }
-        if !refreshed {
-            // A sender registered moments ago by another process.
-            self.refresh().await?;
-        }
+        self.reload_after_miss().await?;
         Ok(self.cached_sender(phone_number_id))
     }
 
@@ -78,21 +116,17 @@ impl Catalog {
         name: &str,
         language: &str,
     ) -> Result<Option<Template>, StoreError> {
-        let refreshed = self.stale();
-        if refreshed {
-            self.refresh().await?;
-        }
+        self.keep_fresh().await?;
         let key = (name.to_string(), language.to_string());
-        let found = {
+        let cached = || {
             let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
             inner.templates.get(&key).cloned()
         };
-        if found.is_some() || refreshed {
-            return Ok(found);
+        if let Some(found) = cached() {
+            return Ok(Some(found));
         }
-        self.refresh().await?;
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        Ok(inner.templates.get(&key).cloned())
+        self.reload_after_miss().await?;
+        Ok(cached())
     }
 
     pub fn senders(&self) -> Vec<Arc<Sender>> {

@@ -865,9 +865,11 @@ async fn contacts_by_json_and_the_exclusion_report() {
     );
     let (status, csv) = get_text(&env, &format!("/v1/campaigns/{id}/exclusions.csv")).await;
     assert_eq!(status, StatusCode::OK);
+    // The duplicate is listed as it was given; its leading `+` would make a spreadsheet read
+    // it as a formula, so the cell carries a leading `'`.
     assert_eq!(
         csv,
-        "recipient,reason\n5215530000002,no_opt_in\n12,invalid_number\n+52 1 55 3000 0001,duplicate\n"
+        "recipient,reason\n5215530000002,no_opt_in\n12,invalid_number\n'+52 1 55 3000 0001,duplicate\n"
     );
 
     // Deleting a contact keeps its consent log, the record of what was agreed; it leaves its lists.

@@ -620,3 +620,33 @@ async fn api_keys_are_listed_revoked_and_expire() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
     env.cleanup().await;
 }
+
+/// A thousand messages naming templates nobody registered cost at most a reload or two of the
+/// catalogue, not one each.
+#[tokio::test]
+async fn unknown_templates_do_not_reload_the_catalogue_each() {
+    let env = env().await;
+    let to = &recipients(1, 7)[0];
+    let before = env.services.catalog.reloads();
+    let messages: Vec<serde_json::Value> = (0..1000)
+        .map(|i| template_body(to, &format!("missing_{i}")))
+        .collect();
+    let (status, body) = env
+        .post(
+            &format!("/v1/{SENDER}/messages/batch"),
+            json!({ "messages": messages }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["refused"], 1000, "{body}");
+    assert_eq!(
+        body["results"][999]["error"]["code"], "unknown_template",
+        "{body}"
+    );
+    let reloads = env.services.catalog.reloads() - before;
+    assert!(
+        reloads <= 2,
+        "{reloads} reloads for 1,000 unknown templates"
+    );
+    env.cleanup().await;
+}
