@@ -145,12 +145,7 @@ pub async fn redrive(
         .await?
         .ok_or_else(|| Refusal::not_found("unknown_dead_job", "id", format!("no dead job {id}")))?;
     if dead.redriven_at.is_some() {
-        return Err(Refusal::conflict(
-            "already_redriven",
-            "id",
-            format!("dead job {id} was sent again already"),
-        )
-        .into());
+        return Err(already_redriven(id));
     }
     if dead.source == DeadSource::Ingest {
         return redrive_ingest(services, dead, by).await;
@@ -184,17 +179,21 @@ pub async fn redrive(
     if !stored::redrive_dead_job(&services.pool, id, by, job.id, &routing_key, &job.encode())
         .await?
     {
-        return Err(Refusal::conflict(
-            "already_redriven",
-            "id",
-            format!("dead job {id} was sent again already"),
-        )
-        .into());
+        return Err(already_redriven(id));
     }
     tracing::info!(dead_job = id, message = %job.id, by, "dead job sent again");
     Ok(stored::get_dead_job(&services.pool, id)
         .await?
         .unwrap_or(dead))
+}
+
+fn already_redriven(id: i64) -> DeadError {
+    Refusal::conflict(
+        "already_redriven",
+        "id",
+        format!("dead job {id} was sent again already"),
+    )
+    .into()
 }
 
 /// Publishes a dead ingest request to the ingest exchange again, where it is validated and
@@ -207,12 +206,7 @@ async fn redrive_ingest(
 ) -> Result<DeadJob, DeadError> {
     let id = dead.id;
     if !stored::mark_redriven(&services.pool, id, by).await? {
-        return Err(Refusal::conflict(
-            "already_redriven",
-            "id",
-            format!("dead job {id} was sent again already"),
-        )
-        .into());
+        return Err(already_redriven(id));
     }
     let published = services
         .publisher

@@ -451,10 +451,8 @@ async fn get_campaign(
     caller: Authorized<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = load(&state, &caller, &id).await?.id;
-    let progress = campaigns::progress(&state.services, id, &state.rates)
-        .await?
-        .ok_or_else(|| ApiError::not_found("unknown_campaign", format!("no campaign {id}")))?;
+    let c = load(&state, &caller, &id).await?;
+    let progress = campaigns::progress(&state.services, c, &state.rates).await?;
     Ok(Json(progress).into_response())
 }
 

@@ -39,15 +39,14 @@ pub struct Progress {
 }
 
 /// Counts by state (deferred, failed, skipped, cancelled and excluded broken down by reason or
-/// code), the recent rate and what remains.
+/// code), the recent rate and what remains, for a campaign the caller has loaded (and checked the
+/// caller may see).
 pub async fn progress(
     services: &Services,
-    id: Uuid,
+    c: cstore::Campaign,
     rates: &RateTracker,
-) -> Result<Option<Progress>, CampaignError> {
-    let Some(c) = cstore::get_campaign(&services.pool, id).await? else {
-        return Ok(None);
-    };
+) -> Result<Progress, CampaignError> {
+    let id = c.id;
     let rows = cstore::counts(&services.pool, id).await?;
     let totals = count_map(&rows);
     let mut counts: BTreeMap<String, Value> = BTreeMap::new();
@@ -104,7 +103,7 @@ pub async fn progress(
         _ => None,
     };
     let events = cstore::campaign_events(&services.pool, id).await?;
-    Ok(Some(Progress {
+    Ok(Progress {
         campaign: c,
         counts,
         total,
@@ -112,7 +111,7 @@ pub async fn progress(
         rate_per_second: rate,
         eta_seconds: eta,
         events,
-    }))
+    })
 }
 
 /// Recent completion rate per campaign, from the progress reads themselves (each API process keeps

@@ -120,15 +120,7 @@ pub async fn redrive_dead_job(
     payload: &[u8],
 ) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await?;
-    let marked = sqlx::query(
-        "UPDATE dead_jobs SET redriven_at = now(), redriven_by = $2
-         WHERE id = $1 AND redriven_at IS NULL",
-    )
-    .bind(id)
-    .bind(by)
-    .execute(&mut *tx)
-    .await?;
-    if marked.rows_affected() == 0 {
+    if !mark_redriven(&mut *tx, id, by).await? {
         return Ok(false);
     }
     sqlx::query(
@@ -155,16 +147,20 @@ pub async fn redrive_dead_job(
     Ok(true)
 }
 
-/// Marks a dead job sent again; false when it already was. For a job that is sent again by
-/// publishing it (an ingest request), not through the outbox.
-pub async fn mark_redriven(pool: &PgPool, id: i64, by: &str) -> Result<bool, StoreError> {
+/// Marks a dead job sent again; false when it already was. On its own for a job that is sent
+/// again by publishing it (an ingest request); inside [`redrive_dead_job`]'s transaction otherwise.
+pub async fn mark_redriven(
+    executor: impl sqlx::PgExecutor<'_>,
+    id: i64,
+    by: &str,
+) -> Result<bool, StoreError> {
     let marked = sqlx::query(
         "UPDATE dead_jobs SET redriven_at = now(), redriven_by = $2
          WHERE id = $1 AND redriven_at IS NULL",
     )
     .bind(id)
     .bind(by)
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(marked.rows_affected() == 1)
 }

@@ -543,14 +543,16 @@ async fn api_keys_are_listed_revoked_and_expire() {
     assert!(!list.to_string().contains(&secret), "no secret in the list");
     assert!(!list.to_string().contains("key_hash"));
 
-    let (status, _) = env
-        .request(
+    let revoke = async |id: &str| {
+        env.request(
             Method::DELETE,
             &format!("/v1/apikeys/{id}"),
             Some(&env.admin_key.clone()),
             None,
         )
-        .await;
+        .await
+    };
+    let (status, _) = revoke(&id).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     env.eventually(
         "the revoked key refused",
@@ -563,14 +565,7 @@ async fn api_keys_are_listed_revoked_and_expire() {
         },
     )
     .await;
-    let (status, again) = env
-        .request(
-            Method::DELETE,
-            &format!("/v1/apikeys/{id}"),
-            Some(&env.admin_key.clone()),
-            None,
-        )
-        .await;
+    let (status, again) = revoke(&id).await;
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
     assert_eq!(again["error"]["code"], "already_revoked");
     let (_, list) = env.get("/v1/apikeys").await;
@@ -609,14 +604,7 @@ async fn api_keys_are_listed_revoked_and_expire() {
         .request(Method::GET, "/v1/senders", Some(&soon), None)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    let (status, missing) = env
-        .request(
-            Method::DELETE,
-            "/v1/apikeys/00000000-0000-0000-0000-000000000000",
-            Some(&env.admin_key.clone()),
-            None,
-        )
-        .await;
+    let (status, missing) = revoke("00000000-0000-0000-0000-000000000000").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
     env.cleanup().await;
 }
