@@ -112,6 +112,11 @@ pub struct Config {
     pub shutdown_grace: HumanDuration,
     pub batch_max_items: usize,
     pub max_body_bytes: usize,
+    pub import_max_bytes: u64,
+    pub api_key_rate: u32,
+    pub api_key_burst: u32,
+    pub api_max_in_flight: usize,
+    pub api_request_timeout: HumanDuration,
     pub suppress_unreachable: bool,
     pub webhook_verify_token: String,
     pub webhook_app_secrets: String,
@@ -172,6 +177,11 @@ impl Default for Config {
             shutdown_grace: secs(30),
             batch_max_items: 1000,
             max_body_bytes: 4 * 1024 * 1024,
+            import_max_bytes: 512 * 1024 * 1024,
+            api_key_rate: 200,
+            api_key_burst: 400,
+            api_max_in_flight: 1024,
+            api_request_timeout: secs(30),
             suppress_unreachable: true,
             webhook_verify_token: String::new(),
             webhook_app_secrets: String::new(),
@@ -317,6 +327,26 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "most messages in one /messages/batch request",
     ),
     ("max_body_bytes", "largest accepted HTTP request body"),
+    (
+        "import_max_bytes",
+        "largest contact CSV one import accepts (413 beyond it)",
+    ),
+    (
+        "api_key_rate",
+        "requests per second each API key may make, per API process (0: no limit; 429 beyond it)",
+    ),
+    (
+        "api_key_burst",
+        "requests an API key may make at once after being idle (at least api_key_rate)",
+    ),
+    (
+        "api_max_in_flight",
+        "requests one API process works on at once (503 overloaded beyond it)",
+    ),
+    (
+        "api_request_timeout",
+        "longest a request is answered in before 503 request_timeout (uploads excepted)",
+    ),
     (
         "suppress_unreachable",
         "suppress recipients Meta reports as not on WhatsApp (131026)",
@@ -498,6 +528,11 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(
                 "log_format must be text or json".into(),
+            ));
+        }
+        if self.api_max_in_flight == 0 || self.api_request_timeout.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "api_max_in_flight and api_request_timeout must be positive".into(),
             ));
         }
         if self.callback_concurrency == 0 || self.background_poll.0.is_zero() {

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub pacing_wait_seconds: prometheus::CounterVec,
     pub sender_paused: IntGaugeVec,
     pub ingest_refused: IntCounterVec,
+    /// API requests turned away before a handler ran, by reason (rate_limited, overloaded,
+    /// request_timeout).
+    pub api_refused: IntCounterVec,
     /// Webhook POSTs and verification handshakes by outcome.
     pub webhook_requests: IntCounterVec,
     /// Webhook updates processed, by kind (status, inbound, template, …, unknown).
@@ -107,6 +110,11 @@ impl Metrics {
             "pregon_lane_holds_total",
             "Lane holds by sender and reason",
             &["sender", "reason"],
+        );
+        let api_refused = counter(
+            "pregon_api_refused_total",
+            "API requests turned away by the abuse limits, by reason",
+            &["reason"],
         );
         let ingest_refused = counter(
             "pregon_ingest_refused_total",
@@ -292,6 +300,7 @@ impl Metrics {
             pacing_wait_seconds,
             sender_paused,
             ingest_refused,
+            api_refused,
             webhook_requests,
             webhook_updates,
             webhook_ack_seconds,

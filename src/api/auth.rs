@@ -229,6 +229,7 @@ impl<N: Need> FromRequestParts<ApiState> for Authorized<N> {
             .keys
             .authenticate(&state.services.pool, &parts.headers)
             .await?;
+        state.key_rate.check(caller.key_id)?;
         if let Some(permission) = N::PERMISSION {
             caller.require(permission)?;
         }

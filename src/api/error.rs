@@ -59,6 +59,19 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, None, message)
     }
 
+    /// A 429: the caller has used up its request rate and may try again in `seconds`.
+    pub fn too_many_requests(seconds: u32) -> ApiError {
+        ApiError {
+            retry_after: Some(seconds),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                None,
+                format!("this API key has used up its request rate; try again in {seconds} s"),
+            )
+        }
+    }
+
     pub fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "request failed");
         ApiError::new(

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod campaigns;
 pub mod dead;
 pub mod error;
+pub mod limits;
 pub mod subscriptions;
 pub mod webhooks;
 
@@ -39,15 +40,27 @@ pub struct ApiState {
     pub keys: KeyCache,
     /// Recent campaign completion rates, fed by progress reads.
     pub rates: crate::campaigns::RateTracker,
+    /// Requests per second per API key.
+    pub key_rate: limits::KeyRate,
 }
 
 pub fn router(services: Services) -> Router {
     let limit = services.config.max_body_bytes;
+    let refused = services.metrics.api_refused.clone();
+    let budget = limits::RequestBudget::new(&services.config, refused.clone());
     let state = ApiState {
+        key_rate: limits::KeyRate::from_config(&services.config, refused),
         services,
         keys: KeyCache::default(),
         rates: campaigns::rate_tracker(),
     };
+    state.key_rate.forget_idle_keys();
+    // Uploads take as long as the client's line does: they share the in-flight places but have
+    // no timeout.
+    let uploads = campaigns::upload_routes().layer(axum::middleware::from_fn_with_state(
+        budget.for_uploads(),
+        limits::within_budget,
+    ));
     Router::new()
         .route("/v1/{phone_number_id}/messages", post(send_message))
         .route("/v1/{phone_number_id}/messages/batch", post(send_batch))
@@ -60,12 +73,18 @@ pub fn router(services: Services) -> Router {
         .route("/v1/consent/{recipient}", get(get_consent))
         .route("/v1/apikeys", post(post_api_key).get(list_api_keys))
         .route("/v1/apikeys/{id}", axum::routing::delete(revoke_api_key))
-        .merge(ops_routes())
         .merge(webhooks::routes())
         .merge(subscriptions::routes())
         .merge(campaigns::routes())
         .merge(dead::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            budget,
+            limits::within_budget,
+        ))
+        .merge(uploads)
         .layer(DefaultBodyLimit::max(limit))
+        // Health checks and metrics answer even when the API is saturated.
+        .merge(ops_routes())
         .with_state(state)
 }
 
@@ -92,6 +111,7 @@ fn ops_routes() -> Router<ApiState> {
 /// Only /metrics, /healthz and /readyz: what a worker-only process serves on `listen`.
 pub fn ops_router(services: Services) -> Router {
     ops_routes().with_state(ApiState {
+        key_rate: limits::KeyRate::new(0, 0, services.metrics.api_refused.clone()),
         services,
         keys: KeyCache::default(),
         rates: campaigns::rate_tracker(),

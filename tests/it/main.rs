@@ -8,6 +8,7 @@ mod dispatch;
 mod enqueue;
 mod harness;
 mod ingest;
+mod limits;
 mod resilience;
 mod simulator;
 mod state_loss;
