@@ -13,7 +13,7 @@ use crate::domain::tier::Tier;
 use crate::metrics::Metrics;
 use crate::queue::{self, Broker, Names, Publisher, QueueError};
 use crate::state::{SenderMirror, State, StateError};
-use crate::store::webhooks::TemplateField;
+use crate::store::webhooks::{TemplateField, TemplateUpdated};
 use crate::store::{
     self, ConsentEvent, MessageWriter, Sender, StoreError, Template, WriterConfig, WriterHandle,
 };
@@ -203,8 +203,10 @@ impl Services {
     /// Appends consent events to the log, then mirrors them to Redis, before returning: a
     /// change is visible to the worker before the caller hears back.
     /// Changes a template's status, quality or category in the registry (with its history), in
-    /// Redis and in this process's catalog at once, as Meta reported it by webhook or by a send's
-    /// answer (132015, 132016). Returns the template, or `None` when it is not in the registry.
+    /// Redis and in this process's catalog at once, as Meta reported it by webhook (`at` the
+    /// entry's time) or by a send's answer (132015, 132016; `at` None: now). A change older than
+    /// the one the field holds is not applied.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update_template(
         &self,
         name: &str,
@@ -213,7 +215,8 @@ impl Services {
         value: &str,
         why: Option<&str>,
         template_id: Option<&str>,
-    ) -> Result<Option<Template>, AppError> {
+        at: Option<i64>,
+    ) -> Result<TemplateUpdated, AppError> {
         let updated = store::webhooks::update_template_field(
             &self.pool,
             name,
@@ -222,9 +225,10 @@ impl Services {
             value,
             why,
             template_id,
+            meta_time(at),
         )
         .await?;
-        if let Some(template) = &updated {
+        if let TemplateUpdated::Applied(template) = &updated {
             if field == TemplateField::Status && value == TemplateStatus::Paused.as_str() {
                 // The first probe of a paused template comes one recheck after the pause.
                 let every = self.config.template_pause_recheck.0;
@@ -273,15 +277,27 @@ impl Services {
         phone_number_id: &str,
         change: &crate::domain::webhook::SenderChange,
     ) -> Result<(), AppError> {
-        store::webhooks::update_sender_health(
+        let stale = store::webhooks::update_sender_health(
             &self.pool,
             phone_number_id,
             change.quality.as_deref(),
             change.status.as_deref(),
             change.tier.map(Tier::limit),
             change.mps,
+            meta_time(change.at),
         )
         .await?;
+        if stale > 0 {
+            self.metrics
+                .webhook_updates
+                .with_label_values(&["stale"])
+                .inc_by(u64::from(stale));
+            tracing::info!(
+                sender = phone_number_id,
+                fields = stale,
+                "a number health update older than the state it would change was left out"
+            );
+        }
         if let Some(sender) = self.reload_sender(phone_number_id).await? {
             let unable = sender.paused || sender.status != SenderStatus::Connected;
             self.metrics
@@ -377,4 +393,11 @@ pub async fn termination_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// When Meta made a change, from its webhook's seconds; now for what pregon learned itself (or
+/// an entry without a usable time).
+fn meta_time(at: Option<i64>) -> chrono::DateTime<chrono::Utc> {
+    at.and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
+        .unwrap_or_else(chrono::Utc::now)
 }

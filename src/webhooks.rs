@@ -19,7 +19,7 @@ use crate::domain::webhook::{
 use crate::domain::{Category, DeliveryMode};
 use crate::enqueue;
 use crate::state::now_ms;
-use crate::store::webhooks::{self as stored, TemplateField};
+use crate::store::webhooks::{self as stored, TemplateField, TemplateUpdated};
 use crate::store::{self, ConsentEvent, MessageUpdate, StoreError};
 
 /// Events a processor takes at once.
@@ -144,6 +144,7 @@ async fn process_event(services: &Services, body: &[u8]) -> Result<Outcome, AppE
                 if let Some(limit) = u.limit {
                     let change = webhook::SenderChange {
                         tier: Some(limit),
+                        at: u.at,
                         ..Default::default()
                     };
                     for id in stored::senders_of_account(&services.pool, &u.waba_id).await? {
@@ -156,6 +157,7 @@ async fn process_event(services: &Services, body: &[u8]) -> Result<Outcome, AppE
                 if let Some(status) = webhook::account_status(u) {
                     let change = webhook::SenderChange {
                         status: Some(status.to_string()),
+                        at: u.at,
                         ..Default::default()
                     };
                     let senders = match &u.phone_number {
@@ -506,11 +508,18 @@ async fn apply_template(
             &value,
             reason.as_deref(),
             u.template_id.as_deref(),
+            u.at,
         )
         .await?;
     Ok(match updated {
-        Some(_) => None,
-        None => Some(format!(
+        TemplateUpdated::Applied(_) => None,
+        TemplateUpdated::Stale => {
+            count(services, "stale");
+            tracing::info!(template = %u.name, language = %u.language, at = ?u.at,
+                "a template update older than the template's state was left out");
+            None
+        }
+        TemplateUpdated::NotRegistered => Some(format!(
             "template {} ({}) is not in the registry",
             u.name, u.language
         )),

@@ -55,6 +55,9 @@ pub struct InboundMessage {
 /// `phone_number_quality_update`: names the number by its display number, not its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NumberQualityUpdate {
+    /// When Meta made the change: the entry's `time`, in seconds since the epoch. An update older
+    /// than the state it would change is a replay or arrived out of order, and is not applied.
+    pub at: Option<i64>,
     pub display_phone_number: String,
     pub event: String,
     pub limit: Option<Tier>,
@@ -63,6 +66,9 @@ pub struct NumberQualityUpdate {
 /// `business_capability_update`: limits for the whole business account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapabilityUpdate {
+    /// When Meta made the change: the entry's `time`, in seconds since the epoch. An update older
+    /// than the state it would change is a replay or arrived out of order, and is not applied.
+    pub at: Option<i64>,
     pub waba_id: String,
     pub limit: Option<Tier>,
     pub max_phone_numbers: Option<i64>,
@@ -70,6 +76,9 @@ pub struct CapabilityUpdate {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountUpdate {
+    /// When Meta made the change: the entry's `time`, in seconds since the epoch. An update older
+    /// than the state it would change is a replay or arrived out of order, and is not applied.
+    pub at: Option<i64>,
     pub waba_id: String,
     pub event: String,
     pub phone_number: Option<String>,
@@ -78,6 +87,9 @@ pub struct AccountUpdate {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateUpdate {
+    /// When Meta made the change: the entry's `time`, in seconds since the epoch. An update older
+    /// than the state it would change is a replay or arrived out of order, and is not applied.
+    pub at: Option<i64>,
     pub template_id: Option<String>,
     pub name: String,
     pub language: String,
@@ -130,6 +142,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Update>, ParseError> {
     let mut updates = Vec::new();
     for entry in entries {
         let waba_id = text(entry.get("id")).unwrap_or_default();
+        let at = number(entry.get("time"));
         let Some(changes) = entry.get("changes").and_then(Value::as_array) else {
             updates.push(unknown("entry", entry, "entry without a \"changes\" array"));
             continue;
@@ -140,13 +153,13 @@ pub fn parse(body: &[u8]) -> Result<Vec<Update>, ParseError> {
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             let value = change.get("value").unwrap_or(&Value::Null);
-            read_change(field, value, &waba_id, &mut updates);
+            read_change(field, value, &waba_id, at, &mut updates);
         }
     }
     Ok(updates)
 }
 
-fn read_change(field: &str, value: &Value, waba_id: &str, out: &mut Vec<Update>) {
+fn read_change(field: &str, value: &Value, waba_id: &str, at: Option<i64>, out: &mut Vec<Update>) {
     match field {
         "messages" => read_messages(value, out),
         "phone_number_quality_update" => out.push(
@@ -156,6 +169,7 @@ fn read_change(field: &str, value: &Value, waba_id: &str, out: &mut Vec<Update>)
             ) {
                 (Some(display_phone_number), Some(event)) => {
                     Update::NumberQuality(NumberQualityUpdate {
+                        at,
                         display_phone_number,
                         event,
                         limit: ["max_daily_conversations_per_business", "current_limit"]
@@ -167,6 +181,7 @@ fn read_change(field: &str, value: &Value, waba_id: &str, out: &mut Vec<Update>)
             },
         ),
         "business_capability_update" => out.push(Update::Capability(CapabilityUpdate {
+            at,
             waba_id: waba_id.to_string(),
             limit: [
                 "max_daily_conversations_per_business",
@@ -180,6 +195,7 @@ fn read_change(field: &str, value: &Value, waba_id: &str, out: &mut Vec<Update>)
         })),
         "account_update" => out.push(match text(value.get("event")) {
             Some(event) => Update::Account(AccountUpdate {
+                at,
                 waba_id: waba_id.to_string(),
                 event,
                 phone_number: text(value.get("phone_number")),
@@ -189,20 +205,20 @@ fn read_change(field: &str, value: &Value, waba_id: &str, out: &mut Vec<Update>)
             }),
             None => unknown(field, value, "no event"),
         }),
-        "message_template_status_update" => out.push(template(field, value, |v| {
+        "message_template_status_update" => out.push(template(field, value, at, |v| {
             Some(TemplateChange::Status {
                 event: text(v.get("event"))?,
                 reason: text(v.get("reason")).filter(|r| r != "NONE"),
                 title: v.get("other_info").and_then(|o| text(o.get("title"))),
             })
         })),
-        "message_template_quality_update" => out.push(template(field, value, |v| {
+        "message_template_quality_update" => out.push(template(field, value, at, |v| {
             Some(TemplateChange::Quality {
                 previous: text(v.get("previous_quality_score")),
                 new: text(v.get("new_quality_score"))?,
             })
         })),
-        "template_category_update" => out.push(template(field, value, |v| {
+        "template_category_update" => out.push(template(field, value, at, |v| {
             Some(TemplateChange::Category {
                 previous: text(v.get("previous_category")),
                 new: text(v.get("new_category")).or_else(|| text(v.get("correct_category")))?,
@@ -309,12 +325,14 @@ fn inbound(m: &Value) -> Option<InboundMessage> {
 fn template(
     field: &str,
     value: &Value,
+    at: Option<i64>,
     change: impl Fn(&Value) -> Option<TemplateChange>,
 ) -> Update {
     let name = text(value.get("message_template_name"));
     let language = text(value.get("message_template_language"));
     match (name, language, change(value)) {
         (Some(name), Some(language), Some(kind)) => Update::Template(TemplateUpdate {
+            at,
             template_id: text(value.get("message_template_id")),
             name,
             language,
@@ -368,6 +386,8 @@ pub struct SenderChange {
     pub status: Option<String>,
     pub tier: Option<Tier>,
     pub mps: Option<i32>,
+    /// When Meta made the change (seconds since the epoch); None when pregon learned it itself.
+    pub at: Option<i64>,
 }
 
 /// The throughput Meta grants after a THROUGHPUT_UPGRADE.
@@ -376,6 +396,7 @@ pub const UPGRADED_MPS: i32 = 1000;
 pub fn number_quality_change(u: &NumberQualityUpdate) -> SenderChange {
     let mut change = SenderChange {
         tier: u.limit,
+        at: u.at,
         ..SenderChange::default()
     };
     match u.event.to_ascii_uppercase().as_str() {
@@ -682,6 +703,37 @@ mod tests {
     }
 
     #[test]
+    fn updates_carry_when_meta_made_them() {
+        let value = json!({"event": "PAUSED", "message_template_name": "promo",
+                           "message_template_language": "es_MX"});
+        for (time, at) in [
+            (json!(1_700_000_000), Some(1_700_000_000)),
+            (json!("1700000001"), Some(1_700_000_001)),
+            (json!("yesterday"), None),
+            (Value::Null, None),
+        ] {
+            let body = json!({"object": "whatsapp_business_account",
+                "entry": [{"id": "WABA1", "time": time, "changes": [
+                    {"field": "message_template_status_update", "value": value},
+                    {"field": "account_update", "value": {"event": "ACCOUNT_RESTRICTION"}},
+                    {"field": "business_capability_update", "value": {"max_daily_conversations_per_business": 1000}},
+                    {"field": "phone_number_quality_update", "value": {"display_phone_number": "15550001", "event": "FLAGGED"}}]}]});
+            let updates = parse(body.to_string().as_bytes()).unwrap();
+            let ats: Vec<Option<i64>> = updates
+                .iter()
+                .map(|u| match u {
+                    Update::Template(t) => t.at,
+                    Update::Account(a) => a.at,
+                    Update::Capability(c) => c.at,
+                    Update::NumberQuality(n) => number_quality_change(n).at,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(ats, vec![at; 4], "{time}");
+        }
+    }
+
+    #[test]
     fn unknown_kinds_and_fields_are_kept_not_fatal() {
         let u = parse(&envelope("security", json!({"x": 1}))).unwrap();
         assert!(matches!(&u[0], Update::Unknown { field, .. } if field == "security"));
@@ -696,6 +748,7 @@ mod tests {
     #[test]
     fn account_updates_stop_and_restore_numbers() {
         let acc = |event: &str, ban: Option<&str>| AccountUpdate {
+            at: None,
             waba_id: "W".into(),
             event: event.into(),
             phone_number: None,

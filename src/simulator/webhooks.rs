@@ -123,5 +123,7 @@ fn envelope(events: &[Outgoing]) -> Value {
         })
         .collect();
     changes.extend(other);
-    json!({"object": "whatsapp_business_account", "entry": [{"id": "simulated-waba", "changes": changes}]})
+    let time = chrono::Utc::now().timestamp();
+    json!({"object": "whatsapp_business_account",
+           "entry": [{"id": "simulated-waba", "time": time, "changes": changes}]})
 }

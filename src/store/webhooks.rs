@@ -643,6 +643,10 @@ pub async fn senders_of_account(pool: &PgPool, waba_id: &str) -> Result<Vec<Stri
 
 /// Applies what Meta reported about a number. A number reported CONNECTED again also leaves a
 /// pause pregon itself put on after an account-level error; an operator's pause stays.
+///
+/// Each field moves only forward in Meta's time: a value reported `at` a moment older than the
+/// one the field holds is a replay or came late, and is left out. Returns how many reported
+/// fields were left out so.
 pub async fn update_sender_health(
     pool: &PgPool,
     phone_number_id: &str,
@@ -650,27 +654,41 @@ pub async fn update_sender_health(
     status: Option<&str>,
     tier: Option<i64>,
     mps: Option<i32>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE senders SET
-             quality = COALESCE($2, quality),
-             status = COALESCE($3, status),
-             tier = COALESCE($4, tier),
+    at: DateTime<Utc>,
+) -> Result<u32, StoreError> {
+    let stale: Option<i32> = sqlx::query_scalar(
+        "WITH f AS (
+             SELECT phone_number_id,
+                 $2::text IS NOT NULL AND (quality_at IS NULL OR quality_at <= $6) AS q,
+                 $3::text IS NOT NULL AND (status_at IS NULL OR status_at <= $6) AS st,
+                 $4::bigint IS NOT NULL AND (tier_at IS NULL OR tier_at <= $6) AS t
+             FROM senders WHERE phone_number_id = $1
+         )
+         UPDATE senders s SET
+             quality = CASE WHEN f.q THEN $2 ELSE quality END,
+             quality_at = CASE WHEN f.q THEN $6 ELSE quality_at END,
+             status = CASE WHEN f.st THEN $3 ELSE status END,
+             status_at = CASE WHEN f.st THEN $6 ELSE status_at END,
+             tier = CASE WHEN f.t THEN $4 ELSE tier END,
+             tier_at = CASE WHEN f.t THEN $6 ELSE tier_at END,
              mps = COALESCE($5, mps),
-             paused = CASE WHEN $3 = 'CONNECTED' AND pause_source = 'cloud_api' THEN FALSE ELSE paused END,
-             paused_reason = CASE WHEN $3 = 'CONNECTED' AND pause_source = 'cloud_api' THEN NULL ELSE paused_reason END,
-             pause_source = CASE WHEN $3 = 'CONNECTED' AND pause_source = 'cloud_api' THEN NULL ELSE pause_source END,
+             paused = CASE WHEN f.st AND $3 = 'CONNECTED' AND pause_source = 'cloud_api' THEN FALSE ELSE paused END,
+             paused_reason = CASE WHEN f.st AND $3 = 'CONNECTED' AND pause_source = 'cloud_api' THEN NULL ELSE paused_reason END,
+             pause_source = CASE WHEN f.st AND $3 = 'CONNECTED' AND pause_source = 'cloud_api' THEN NULL ELSE pause_source END,
              updated_at = now()
-         WHERE phone_number_id = $1",
+         FROM f WHERE s.phone_number_id = f.phone_number_id
+         RETURNING (($2::text IS NOT NULL AND NOT f.q)::int + ($3::text IS NOT NULL AND NOT f.st)::int
+                    + ($4::bigint IS NOT NULL AND NOT f.t)::int)",
     )
     .bind(phone_number_id)
     .bind(quality)
     .bind(status)
     .bind(tier)
     .bind(mps)
-    .execute(pool)
+    .bind(at)
+    .fetch_optional(pool)
     .await?;
-    Ok(())
+    Ok(u32::try_from(stale.unwrap_or(0)).unwrap_or(0))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -690,9 +708,20 @@ impl TemplateField {
     }
 }
 
+/// What became of a template change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplateUpdated {
+    /// Applied (or already so): the template as it is now.
+    Applied(super::Template),
+    /// The field holds a change Meta made later: this one is a replay or came late.
+    Stale,
+    NotRegistered,
+}
+
 /// Sets one field of a registered template and keeps the change in `template_changes` (only when
-/// the value really changed, so a duplicate webhook leaves no trace). Returns the template as it
-/// is now, or None when it is not in the registry.
+/// the value really changed, so a duplicate webhook leaves no trace). A change made `at` a moment
+/// older than the one the field holds is not applied (see [`update_sender_health`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn update_template_field(
     pool: &PgPool,
     name: &str,
@@ -701,33 +730,50 @@ pub async fn update_template_field(
     value: &str,
     reason: Option<&str>,
     template_id: Option<&str>,
-) -> Result<Option<super::Template>, StoreError> {
+    at: DateTime<Utc>,
+) -> Result<TemplateUpdated, StoreError> {
     let column = field.column();
     let sql = format!(
-        "WITH old AS (SELECT {column} AS v FROM templates WHERE name = $1 AND language = $2),
-         upd AS (
-             UPDATE templates SET {column} = $3,
+        "WITH old AS (
+             SELECT {column} AS v, ({column}_at IS NULL OR {column}_at <= $7) AS fresh
+             FROM templates WHERE name = $1 AND language = $2
+         ), upd AS (
+             UPDATE templates SET {column} = $3, {column}_at = $7,
                  status_reason = CASE WHEN $6 = 'status' THEN $4 ELSE status_reason END,
                  template_id = COALESCE($5, template_id), updated_at = now()
-             WHERE name = $1 AND language = $2
+             WHERE name = $1 AND language = $2 AND (SELECT fresh FROM old)
              RETURNING name, language, category, status, parameters
          ), hist AS (
              INSERT INTO template_changes (name, language, change, old_value, new_value, reason)
-             SELECT $1, $2, $6, old.v, $3, $4 FROM old WHERE old.v IS DISTINCT FROM $3
+             SELECT $1, $2, $6, old.v, $3, $4 FROM old WHERE old.fresh AND old.v IS DISTINCT FROM $3
          )
          SELECT name, language, category, status, parameters FROM upd"
     );
-    Ok(
-        sqlx::query_as::<_, super::Template>(sqlx::AssertSqlSafe(sql))
-            .bind(name)
-            .bind(language)
-            .bind(value)
-            .bind(reason)
-            .bind(template_id)
-            .bind(column)
-            .fetch_optional(pool)
-            .await?,
+    let updated = sqlx::query_as::<_, super::Template>(sqlx::AssertSqlSafe(sql))
+        .bind(name)
+        .bind(language)
+        .bind(value)
+        .bind(reason)
+        .bind(template_id)
+        .bind(column)
+        .bind(at)
+        .fetch_optional(pool)
+        .await?;
+    if let Some(template) = updated {
+        return Ok(TemplateUpdated::Applied(template));
+    }
+    let registered: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM templates WHERE name = $1 AND language = $2)",
     )
+    .bind(name)
+    .bind(language)
+    .fetch_one(pool)
+    .await?;
+    Ok(if registered {
+        TemplateUpdated::Stale
+    } else {
+        TemplateUpdated::NotRegistered
+    })
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]

@@ -205,6 +205,7 @@ pub(super) async fn mark_template(
             value,
             Some(why),
             None,
+            None,
         )
         .await
     {

@@ -1166,3 +1166,138 @@ async fn callbacks_do_not_follow_redirects() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
     env.cleanup().await;
 }
+
+/// Meta's envelope around one change made at `time` (seconds since the epoch).
+fn envelope_at(field: &str, value: Value, time: i64) -> Value {
+    let mut body = envelope(field, value);
+    body["entry"][0]["time"] = json!(time);
+    body
+}
+
+/// Waits until every stored webhook event has been processed.
+async fn processed(env: &Env) {
+    env.eventually("webhooks processed", Duration::from_secs(10), async || {
+        let pending = store::webhooks::pending_events(&env.services.pool)
+            .await
+            .unwrap();
+        (pending == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replayed_or_late_update_never_undoes_a_newer_one() {
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550931";
+    let (code, body) = env
+        .post(
+            "/v1/senders",
+            json!({"phone_number_id": sender, "business_portfolio_id": "bp", "tier": 1000,
+                   "display_phone_number": "15550931", "waba_id": "it-waba", "access_token": "t"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    env.template("promo", "utility").await;
+    env.start_background();
+    let t = 1_800_000_000;
+    let tpl = |event: &str, time: i64| {
+        envelope_at(
+            "message_template_status_update",
+            json!({"event": event, "message_template_id": 77, "message_template_name": "promo",
+                   "message_template_language": "es_MX", "reason": "NONE"}),
+            time,
+        )
+    };
+    let status_of_template = async || {
+        store::list_templates(&env.services.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|x| x.name == "promo")
+            .unwrap()
+            .status
+            .as_str()
+            .to_string()
+    };
+    let paused = tpl("PAUSED", t);
+    env.webhook(&paused).await;
+    processed(&env).await;
+    assert_eq!(status_of_template().await, "PAUSED");
+    // A signed APPROVED from an hour before, sent again: the pause stands.
+    env.webhook(&tpl("APPROVED", t - 3600)).await;
+    // The pause itself, delivered twice more: nothing changes, nothing is recorded again.
+    env.webhook(&paused).await;
+    env.webhook(&paused).await;
+    processed(&env).await;
+    assert_eq!(status_of_template().await, "PAUSED");
+    assert_eq!(
+        env.services
+            .catalog
+            .template("promo", "es_MX")
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str(),
+        "PAUSED"
+    );
+    // A later APPROVED is applied.
+    env.webhook(&tpl("APPROVED", t + 60)).await;
+    processed(&env).await;
+    assert_eq!(status_of_template().await, "APPROVED");
+    let changes = store::webhooks::template_changes(&env.services.pool, "promo", "es_MX")
+        .await
+        .unwrap();
+    let values: Vec<&str> = changes.iter().map(|c| c.new_value.as_str()).collect();
+    assert_eq!(values, ["PAUSED", "APPROVED"]);
+
+    // The number: flagged at t; an older "unflagged" and an older reinstatement come late.
+    let quality = |event: &str, time: i64| {
+        envelope_at(
+            "phone_number_quality_update",
+            json!({"display_phone_number": "15550931", "event": event}),
+            time,
+        )
+    };
+    let account = |ban: &str, time: i64| {
+        envelope_at(
+            "account_update",
+            json!({"event": "DISABLED_UPDATE", "ban_info": {"waba_ban_state": ban}}),
+            time,
+        )
+    };
+    env.webhook(&quality("FLAGGED", t)).await;
+    env.webhook(&account("DISABLE", t)).await;
+    processed(&env).await;
+    env.webhook(&quality("UNFLAGGED", t - 10)).await;
+    env.webhook(&account("REINSTATE", t - 10)).await;
+    processed(&env).await;
+    let health = async || {
+        let s = store::list_senders(&env.services.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.phone_number_id == sender)
+            .unwrap();
+        (s.quality.to_string(), s.status.to_string())
+    };
+    assert_eq!(health().await, ("RED".to_string(), "BANNED".to_string()));
+    env.webhook(&quality("UNFLAGGED", t + 10)).await;
+    env.webhook(&account("REINSTATE", t + 10)).await;
+    processed(&env).await;
+    assert_eq!(
+        health().await,
+        ("GREEN".to_string(), "CONNECTED".to_string())
+    );
+    let stale = env
+        .services
+        .metrics
+        .webhook_updates
+        .with_label_values(&["stale"])
+        .get();
+    assert_eq!(
+        stale, 3,
+        "one template update and two number fields left out"
+    );
+    env.cleanup_senders(&[sender]).await;
+}
