@@ -17,6 +17,14 @@ struct Snapshot {
     senders: HashMap<String, Arc<Sender>>,
     templates: HashMap<(String, String), Template>,
     loaded: Option<Instant>,
+    /// Registrations put in by this process, with when: a reload whose reads began before one
+    /// of them keeps it, instead of putting back the older rows it read.
+    puts: Vec<(Instant, Put)>,
+}
+
+enum Put {
+    Sender(Arc<Sender>),
+    Template(Template),
 }
 
 /// How often a miss may reload the catalogue.
@@ -59,6 +67,7 @@ impl Catalog {
     }
 
     pub async fn refresh(&self) -> Result<(), StoreError> {
+        let began = Instant::now();
         let senders = store::list_senders(&self.pool).await?;
         let templates = store::list_templates(&self.pool).await?;
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
@@ -70,6 +79,21 @@ impl Catalog {
             .into_iter()
             .map(|t| ((t.name.clone(), t.language.clone()), t))
             .collect();
+        // What was put in while the reads ran may be newer than what they read.
+        let puts = std::mem::take(&mut inner.puts);
+        for (_, put) in puts.iter().filter(|(at, _)| *at >= began) {
+            match put {
+                Put::Sender(s) => {
+                    inner.senders.insert(s.phone_number_id.clone(), s.clone());
+                }
+                Put::Template(t) => {
+                    inner
+                        .templates
+                        .insert((t.name.clone(), t.language.clone()), t.clone());
+                }
+            }
+        }
+        inner.puts = puts.into_iter().filter(|(at, _)| *at >= began).collect();
         inner.loaded = Some(Instant::now());
         self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -136,16 +160,20 @@ impl Catalog {
 
     /// Makes a registration visible in this process at once.
     pub fn put_sender(&self, sender: Sender) {
+        let sender = Arc::new(sender);
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         inner
             .senders
-            .insert(sender.phone_number_id.clone(), Arc::new(sender));
+            .insert(sender.phone_number_id.clone(), sender.clone());
+        inner.puts.push((Instant::now(), Put::Sender(sender)));
     }
 
     pub fn put_template(&self, template: Template) {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        inner
-            .templates
-            .insert((template.name.clone(), template.language.clone()), template);
+        inner.templates.insert(
+            (template.name.clone(), template.language.clone()),
+            template.clone(),
+        );
+        inner.puts.push((Instant::now(), Put::Template(template)));
     }
 }
