@@ -29,6 +29,8 @@ pub struct CloudApi {
 pub struct Accepted {
     pub wamid: String,
     pub message_status: Option<String>,
+    /// The person's WhatsApp id, as Meta answered it.
+    pub wa_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -122,10 +124,12 @@ impl CloudApi {
             // Meta accepted it; without its wamid the outcome is still unknown to pregon.
             let unreadable = || SendFailure::AnswerLost("a 200 without a message id".into());
             let parsed: SendResponse = serde_json::from_slice(&bytes).map_err(|_| unreadable())?;
+            let wa_id = parsed.contacts.into_iter().next().map(|c| c.wa_id);
             let message = parsed.messages.into_iter().next().ok_or_else(unreadable)?;
             return Ok(Accepted {
                 wamid: message.id,
                 message_status: message.message_status,
+                wa_id,
             });
         }
         match serde_json::from_slice::<ErrorEnvelope>(&bytes) {

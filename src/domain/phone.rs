@@ -43,6 +43,10 @@ impl fmt::Display for PhoneNumber {
 
 /// Accepts the ways people write numbers (`+52 1 55 1234-5678`, `0052…`, `(55) …`) and returns
 /// the canonical digits, or why the number cannot be a WhatsApp address.
+///
+/// Canonical means one person, one string: the equivalent spellings of one mobile number (see
+/// [`identity`]) come out the same, so consent, opt-outs, suppressions, service windows and tier
+/// counts recorded under one spelling hold for the others.
 pub fn normalize(input: &str) -> Result<PhoneNumber, PhoneError> {
     let trimmed = input.trim();
     if trimmed.is_empty() {
@@ -70,7 +74,32 @@ pub fn normalize(input: &str) -> Result<PhoneNumber, PhoneError> {
             return Err(PhoneError::BadNationalLength(code));
         }
     }
+    let digits = identity(code, digits);
     Ok(PhoneNumber { digits, country })
+}
+
+/// The one form of numbers that several spellings reach, as WhatsApp addresses them:
+///
+/// - Mexico: mobiles were dialled from abroad as +52 1 + ten digits until 2019; the "1" is gone
+///   from dialling but many WhatsApp ids keep it. Both are one person: the form with the 1.
+/// - Argentina: mobiles are +54 9 + ten digits from abroad, often written without the 9 (and
+///   WhatsApp ids carry it): the form with the 9.
+/// - Brazil: mobiles gained a ninth digit (a 9 before the eight-digit number, which starts with
+///   6 to 9) in 2012 to 2016, and many WhatsApp ids predate it: the form with the ninth digit.
+///   Eight-digit numbers starting with 2 to 5 are landlines and stay as they are.
+///
+/// The forms reach the same phone, so sending to this one is as good as to the other; Meta's
+/// own id for the person comes back with each send and is kept with the message.
+fn identity(code: &str, digits: String) -> String {
+    let national = &digits[code.len()..];
+    match (code, national.len()) {
+        ("52", 10) => format!("521{national}"),
+        ("54", 10) => format!("549{national}"),
+        ("55", 10) if national.as_bytes()[2] >= b'6' => {
+            format!("55{}9{}", &national[..2], &national[2..])
+        }
+        _ => digits,
+    }
 }
 
 /// Longest-prefix match of the calling code (codes are 1 to 3 digits and prefix-free).
@@ -330,6 +359,52 @@ mod tests {
         assert_eq!(normalize("5511987654321").unwrap().country(), "BR");
         assert_eq!(normalize("+54 9 11 2345 6789").unwrap().country(), "AR");
         assert_eq!(normalize("+1 415 555 0100").unwrap().country(), "US");
+    }
+
+    #[test]
+    fn equivalent_spellings_of_one_mobile_are_one_number() {
+        for (spellings, canonical) in [
+            (
+                &["+52 1 55 1234 5678", "+52 55 1234 5678", "525512345678"][..],
+                "5215512345678",
+            ),
+            (
+                &["+54 9 11 2345 6789", "+54 11 2345 6789", "541123456789"][..],
+                "5491123456789",
+            ),
+            (
+                &["+55 11 98765 4321", "+55 11 8765 4321", "551187654321"][..],
+                "5511987654321",
+            ),
+            // Brazil's old mobile ranges started 6 to 9; 2 to 5 are landlines, left alone.
+            (&["+55 11 3456 7890"][..], "551134567890"),
+            (&["+55 21 6123 4567"][..], "5521961234567"),
+            // Elsewhere nothing is added or taken away.
+            (&["+57 300 123 4567"][..], "573001234567"),
+            (&["+1 415 555 0100"][..], "14155550100"),
+        ] {
+            for spelling in spellings {
+                assert_eq!(
+                    normalize(spelling).unwrap().digits(),
+                    canonical,
+                    "{spelling}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn canonical_numbers_stay_canonical() {
+        for raw in [
+            "5215512345678",
+            "5491123456789",
+            "5511987654321",
+            "551134567890",
+            "14155550100",
+        ] {
+            let once = normalize(raw).unwrap();
+            assert_eq!(normalize(once.digits()).unwrap(), once, "{raw}");
+        }
     }
 
     #[test]

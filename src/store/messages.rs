@@ -46,6 +46,8 @@ pub struct MessageUpdate {
     pub status: MessageStatus,
     pub reason: Option<String>,
     pub wamid: Option<String>,
+    /// The person's WhatsApp id from a send's answer.
+    pub wa_id: Option<String>,
     pub attempts: i32,
     pub error_code: Option<i64>,
     pub error: Option<String>,
@@ -59,6 +61,7 @@ impl MessageUpdate {
             status,
             reason: None,
             wamid: None,
+            wa_id: None,
             attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
             error_code: None,
             error: None,
@@ -86,6 +89,8 @@ pub struct MessageRow {
     pub status: MessageStatus,
     pub status_reason: Option<String>,
     pub wamid: Option<String>,
+    /// The person's WhatsApp id as Meta answered the send.
+    pub wa_id: Option<String>,
     pub attempts: i32,
     pub last_error_code: Option<i64>,
     pub last_error: Option<String>,
@@ -103,7 +108,7 @@ pub struct MessageRow {
 macro_rules! message_columns {
     () => {
         "id, sender, recipient, category, message_type, template_name, template_language, status, status_reason,
-         wamid, attempts, last_error_code, last_error, not_before, created_at, updated_at, sent_at,
+         wamid, wa_id, attempts, last_error_code, last_error, not_before, created_at, updated_at, sent_at,
          delivered_at, read_at, replied_at, pricing_type, pricing_category"
     };
 }
@@ -327,6 +332,7 @@ pub(super) async fn update_messages(
              status = u.status,
              status_reason = u.reason,
              wamid = COALESCE(u.wamid, m.wamid),
+             wa_id = COALESCE(u.wa_id, m.wa_id),
              attempts = GREATEST(m.attempts, u.attempts),
              last_error_code = COALESCE(u.error_code, m.last_error_code),
              last_error = COALESCE(u.error, m.last_error),
@@ -334,8 +340,8 @@ pub(super) async fn update_messages(
              sent_at = CASE WHEN u.status = 'sent' THEN COALESCE(m.sent_at, now()) ELSE m.sent_at END,
              updated_at = now()
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[],
-                     $8::timestamptz[])
-              AS u(id, status, reason, wamid, attempts, error_code, error, not_before)
+                     $8::timestamptz[], $9::text[])
+              AS u(id, status, reason, wamid, attempts, error_code, error, not_before, wa_id)
               JOIN messages old ON old.id = u.id
          WHERE m.id = u.id
            AND m.status NOT IN ('delivered', 'read', 'cancelled')
@@ -356,6 +362,7 @@ pub(super) async fn update_messages(
     .bind(col(updates, |u| u.error_code))
     .bind(col(updates, |u| u.error.clone()))
     .bind(col(updates, |u| u.not_before))
+    .bind(col(updates, |u| u.wa_id.clone()))
     .execute(pool)
     .await?;
     Ok(())

@@ -595,6 +595,7 @@ async fn send(shared: &Shared, delivery: Delivery, job: SendJob, probe: bool) {
             services.metrics.enqueue_to_accepted.observe(latency);
             let mut update = MessageUpdate::new(job.id, MessageStatus::Sent, attempts);
             update.wamid = Some(accepted.wamid);
+            update.wa_id = accepted.wa_id;
             finish(shared, delivery, &job, update, "sent").await;
         }
         Err(failure) => {

@@ -1301,3 +1301,76 @@ async fn a_replayed_or_late_update_never_undoes_a_newer_one() {
     );
     env.cleanup_senders(&[sender]).await;
 }
+
+#[tokio::test]
+async fn one_person_is_one_number_whatever_the_spelling() {
+    let mut env = Env::start(Options::default()).await;
+    let sender = "1065550932";
+    env.sender(sender, json!("TIER_1K"), 80).await;
+    env.template("promo", "marketing").await;
+    env.start_worker();
+    // Opted in as +52 55…, sent to as +52 1 55…: the same person.
+    let (code, body) = env
+        .post(
+            "/v1/consent",
+            json!({"recipient": "+52 55 1234 0932", "purpose": "marketing", "action": "opt_in",
+                   "source": "web_form", "evidence": "ticked the box"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let id = enqueue(&env, sender, template_body("+52 1 55 1234 0932", "promo")).await;
+    env.eventually("the send", Duration::from_secs(15), async || {
+        (env.message(&id).await["status"] == "sent").then_some(())
+    })
+    .await;
+    let message = env.message(&id).await;
+    assert_eq!(message["recipient"], "5215512340932");
+    assert_eq!(
+        message["wa_id"], "5215512340932",
+        "the id Meta answered with is kept"
+    );
+    // A STOP written from the other spelling stops marketing to both.
+    env.webhook(&inbound(
+        sender,
+        "525512340932",
+        "wamid.in-932",
+        json!({"type": "text", "text": {"body": "STOP"}}),
+    ))
+    .await;
+    env.eventually("the opt-out", Duration::from_secs(10), async || {
+        let (_, c) = env.get("/v1/consent/525512340932").await;
+        (c["marketing"] == "opt_out").then_some(())
+    })
+    .await;
+    for spelling in ["+52 1 55 1234 0932", "525512340932", "5215512340932"] {
+        let (code, answer) = env
+            .post(
+                &format!("/v1/{sender}/messages"),
+                template_body(spelling, "promo"),
+            )
+            .await;
+        assert_eq!(
+            code,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{spelling}: {answer}"
+        );
+        assert_eq!(answer["error"]["code"], "recipient_opted_out", "{spelling}");
+    }
+    // Argentina's 9 and Brazil's ninth digit likewise.
+    for (given, other) in [
+        ("+54 11 2345 0932", "5491123450932"),
+        ("+55 21 8765 0932", "5521987650932"),
+    ] {
+        let (code, body) = env
+            .post(
+                "/v1/consent",
+                json!({"recipient": given, "purpose": "marketing", "action": "opt_out",
+                       "source": "call_center"}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+        let (_, c) = env.get(&format!("/v1/consent/{other}")).await;
+        assert_eq!(c["marketing"], "opt_out", "{given}: {c}");
+    }
+    env.cleanup().await;
+}
