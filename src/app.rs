@@ -35,6 +35,8 @@ pub enum AppError {
     Invalid(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Sealing(#[from] crate::sealing::SealError),
 }
 
 /// How long a starting process waits for another one rebuilding Redis's copy before it starts
@@ -71,6 +73,11 @@ impl Services {
         process: &str,
     ) -> Result<(Services, Background), AppError> {
         let derived = config.derived()?;
+        if !derived.keyring.seals() {
+            tracing::warn!(
+                "no master key (PREGON_SECRET_KEY or PREGON_SECRET_KEY_FILE): access tokens and signing secrets are stored in the clear"
+            );
+        }
         store::ensure_database(&config.database_url).await?;
         let pool = store::connect(&config.database_url, config.database_max_connections).await?;
         store::migrate(&pool).await?;
@@ -103,7 +110,11 @@ impl Services {
             connect_timeout: config.http_connect_timeout.0,
             max_idle_per_host: config.http_max_idle_per_host,
         })?;
-        let catalog = Catalog::new(pool.clone(), config.sender_refresh.0);
+        let catalog = Catalog::new(
+            pool.clone(),
+            derived.keyring.clone(),
+            config.sender_refresh.0,
+        );
         catalog.refresh().await?;
         let services = Services {
             config: Arc::new(config),
@@ -134,7 +145,7 @@ impl Services {
         if !(1..=1000).contains(&sender.mps) {
             return Err(AppError::Invalid("mps must be 1 to 1000".into()));
         }
-        let saved = store::upsert_sender(&self.pool, &sender).await?;
+        let saved = store::upsert_sender(&self.pool, &self.derived.keyring, &sender).await?;
         self.mirror_sender(&saved).await?;
         let channel = self
             .amqp

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
+use crate::sealing::Keyring;
 use crate::store::{self, Sender, StoreError, Template};
 
 #[derive(Default)]
@@ -33,6 +34,8 @@ const MISS_RELOAD: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Catalog {
     pool: PgPool,
+    /// Opens the senders' access tokens.
+    keys: Keyring,
     max_age: Duration,
     inner: Arc<RwLock<Snapshot>>,
     /// Held while reloading: whoever waited for it finds the catalogue fresh and does not reload.
@@ -41,9 +44,10 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn new(pool: PgPool, max_age: Duration) -> Catalog {
+    pub fn new(pool: PgPool, keys: Keyring, max_age: Duration) -> Catalog {
         Catalog {
             pool,
+            keys,
             max_age,
             inner: Arc::new(RwLock::new(Snapshot::default())),
             reloading: Arc::new(tokio::sync::Mutex::new(())),
@@ -68,7 +72,7 @@ impl Catalog {
 
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let began = Instant::now();
-        let senders = store::list_senders(&self.pool).await?;
+        let senders = store::list_senders(&self.pool, &self.keys).await?;
         let templates = store::list_templates(&self.pool).await?;
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         inner.senders = senders

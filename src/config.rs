@@ -68,6 +68,10 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+fn days(n: u64) -> HumanDuration {
+    secs(n * 86_400)
+}
+
 fn secs(n: u64) -> HumanDuration {
     HumanDuration(Duration::from_secs(n))
 }
@@ -83,6 +87,7 @@ pub struct Config {
     pub amqp_url: String,
     pub amqp_namespace: String,
     pub listen: String,
+    pub metrics_listen: String,
     pub whatsapp_base_url: String,
     pub whatsapp_api_version: String,
     pub http_timeout: HumanDuration,
@@ -120,6 +125,15 @@ pub struct Config {
     pub suppress_unreachable: bool,
     pub webhook_verify_token: String,
     pub webhook_app_secrets: String,
+    pub secret_key: String,
+    pub secret_key_file: String,
+    pub retain_message_bodies: HumanDuration,
+    pub retain_webhook_payloads: HumanDuration,
+    pub retain_inbound_messages: HumanDuration,
+    pub retain_delivery_logs: HumanDuration,
+    pub retain_import_errors: HumanDuration,
+    pub retain_refusals: HumanDuration,
+    pub purge_interval: HumanDuration,
     pub webhook_max_body_bytes: usize,
     pub opt_out_keywords: String,
     pub opt_out_confirmation: String,
@@ -148,6 +162,7 @@ impl Default for Config {
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             amqp_namespace: "pregon".into(),
             listen: "127.0.0.1:8080".into(),
+            metrics_listen: String::new(),
             whatsapp_base_url: "http://127.0.0.1:8090".into(),
             whatsapp_api_version: "v26.0".into(),
             http_timeout: secs(10),
@@ -185,6 +200,15 @@ impl Default for Config {
             suppress_unreachable: true,
             webhook_verify_token: String::new(),
             webhook_app_secrets: String::new(),
+            secret_key: String::new(),
+            secret_key_file: String::new(),
+            retain_message_bodies: days(30),
+            retain_webhook_payloads: days(30),
+            retain_inbound_messages: days(90),
+            retain_delivery_logs: days(30),
+            retain_import_errors: days(30),
+            retain_refusals: days(30),
+            purge_interval: secs(600),
             webhook_max_body_bytes: 4 * 1024 * 1024,
             opt_out_keywords: crate::domain::webhook::DEFAULT_OPT_OUT_KEYWORDS.into(),
             opt_out_confirmation: String::new(),
@@ -226,6 +250,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "prefix of every RabbitMQ exchange and queue name",
     ),
     ("listen", "address of the HTTP API (serve, api)"),
+    (
+        "metrics_listen",
+        "address of a listener serving only /metrics, which then leaves the API's (empty: /metrics on listen)",
+    ),
     (
         "whatsapp_base_url",
         "Cloud API base URL: https://graph.facebook.com in production, the simulator by default",
@@ -360,6 +388,42 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "app secrets that may sign webhooks, comma-separated (several during a rotation; empty: refuse every POST)",
     ),
     (
+        "secret_key",
+        "master keys that seal access tokens and signing secrets at rest: 64 hex digits each, comma-separated, the current first (empty: stored in the clear)",
+    ),
+    (
+        "secret_key_file",
+        "file holding master keys as secret_key does, one per line, read after secret_key's",
+    ),
+    (
+        "retain_message_bodies",
+        "how long the body of a message in a final state is kept (0s: for ever)",
+    ),
+    (
+        "retain_webhook_payloads",
+        "how long processed webhook events are kept, raw (0s: for ever)",
+    ),
+    (
+        "retain_inbound_messages",
+        "how long inbound messages are kept (0s: for ever; at least 24h, service windows are read from them)",
+    ),
+    (
+        "retain_delivery_logs",
+        "how long applied delivery statuses and finished callback deliveries are kept (0s: for ever)",
+    ),
+    (
+        "retain_import_errors",
+        "how long the row errors of a contact import are kept (0s: for ever)",
+    ),
+    (
+        "retain_refusals",
+        "how long refused ingest requests are kept, with their payload (0s: for ever)",
+    ),
+    (
+        "purge_interval",
+        "how often each worker purges what is kept past its time, in batches of 1,000",
+    ),
+    (
         "webhook_max_body_bytes",
         "largest accepted webhook body (Meta sends up to 3 MB)",
     ),
@@ -419,6 +483,9 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("log_format", "text or json"),
 ];
 
+/// What a webhook app secret given sealed (`pregon secrets seal`) is sealed for.
+pub const APP_SECRET_CONTEXT: &str = "webhook_app_secret";
+
 /// The settings derived from the raw ones, validated once at start-up.
 #[derive(Debug, Clone)]
 pub struct Derived {
@@ -432,6 +499,8 @@ pub struct Derived {
     pub delay_steps: Vec<Duration>,
     /// The limits of the post-send policy (budgets, backoff, waits).
     pub post_send: Limits,
+    /// The master keys secrets are sealed with at rest.
+    pub keyring: crate::sealing::Keyring,
 }
 
 impl Config {
@@ -530,6 +599,17 @@ impl Config {
                 "log_format must be text or json".into(),
             ));
         }
+        let inbound = self.retain_inbound_messages.0;
+        if !inbound.is_zero() && inbound < Duration::from_secs(86_400) {
+            return Err(ConfigError::Invalid(
+                "retain_inbound_messages must be 0s (for ever) or at least 24h: service windows are read from them".into(),
+            ));
+        }
+        if self.purge_interval.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "purge_interval must be positive".into(),
+            ));
+        }
         if self.api_max_in_flight == 0 || self.api_request_timeout.0.is_zero() {
             return Err(ConfigError::Invalid(
                 "api_max_in_flight and api_request_timeout must be positive".into(),
@@ -553,6 +633,9 @@ impl Config {
         };
         let rate_card = RateCard::parse(&rate_card_text)
             .map_err(|e| ConfigError::Invalid(format!("rate_card: {e}")))?;
+        let keyring =
+            crate::sealing::Keyring::from_settings(&self.secret_key, &self.secret_key_file)
+                .map_err(|e| ConfigError::Invalid(format!("secret_key: {e}")))?;
         Ok(Derived {
             rate_card,
             ladder,
@@ -561,10 +644,16 @@ impl Config {
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|s| s.as_bytes().to_vec())
-                .collect(),
+                .map(|s| {
+                    keyring
+                        .open(s, APP_SECRET_CONTEXT)
+                        .map(String::into_bytes)
+                        .map_err(|e| ConfigError::Invalid(format!("webhook_app_secrets: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
             opt_out_keywords: crate::domain::webhook::opt_out_keywords(&self.opt_out_keywords),
             delay_steps,
+            keyring,
             post_send: Limits {
                 max_attempts: self.max_attempts,
                 max_throttles: self.max_throttles,
@@ -615,6 +704,9 @@ impl Config {
         }
         if !c.webhook_verify_token.is_empty() {
             c.webhook_verify_token = "***".into();
+        }
+        if !c.secret_key.is_empty() {
+            c.secret_key = "***".into();
         }
         c
     }

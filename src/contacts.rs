@@ -418,10 +418,37 @@ impl Importer {
                 continue;
             }
             if let Some(c) = consent {
-                consents.push((contact.phone.clone(), c));
+                consents.push((row, contact.phone.clone(), c));
             }
             rows.push(contact);
         }
+        if let Some(options) = &self.options.consent {
+            // An opt-in for someone erased after opting out must come from them again, not from
+            // a list imported again: refused, row by row.
+            let opting_in: Vec<&str> = consents
+                .iter()
+                .filter(|(_, _, (action, _))| *action == ConsentAction::OptIn)
+                .map(|(_, phone, _)| phone.as_str())
+                .collect();
+            let refused =
+                crate::privacy::erased_opted_out(services, &opting_in, &options.purpose).await?;
+            if !refused.is_empty() {
+                let column = options.column.clone();
+                let mut kept = Vec::with_capacity(consents.len());
+                for (row, phone, consent) in std::mem::take(&mut consents) {
+                    if consent.0 == ConsentAction::OptIn && refused.contains(&phone) {
+                        self.error(row, "erased_opted_out", Some(&column), Some(&phone));
+                    } else {
+                        kept.push((row, phone, consent));
+                    }
+                }
+                consents = kept;
+            }
+        }
+        let consents: Vec<(String, (ConsentAction, String))> = consents
+            .into_iter()
+            .map(|(_, phone, consent)| (phone, consent))
+            .collect();
         if !rows.is_empty() {
             let (created, updated, _) =
                 cstore::upsert_contacts(&services.pool, self.import_id, self.list_id, &rows)

@@ -41,6 +41,10 @@ struct Plan {
 
 pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     let scale = |n: usize| ((n as f64) * args.scale).round().max(1.0) as usize;
+    if config.secret_key.is_empty() && config.secret_key_file.is_empty() {
+        // The demo's database is its own and starts empty: a key for this run seals its tokens.
+        config.secret_key = crate::sealing::generate_key()?;
+    }
     let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api_url = format!("http://{}", api_listener.local_addr()?);
     let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

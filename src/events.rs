@@ -138,7 +138,7 @@ pub async fn run_callbacks(services: Services, mut stop: Shutdown) {
         let due = if free == 0 {
             Vec::new()
         } else {
-            stored::claim_deliveries(&services.pool, free, lease)
+            stored::claim_deliveries(&services.pool, &services.derived.keyring, free, lease)
                 .await
                 .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "could not claim callback deliveries");

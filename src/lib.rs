@@ -2,7 +2,8 @@
 //! notification dispatcher.
 //!
 //! Layers (see ARCHITECTURE.md): [`domain`] holds the pure rules; [`queue`], [`state`],
-//! [`store`], [`whatsapp`] and [`metrics`] are thin adapters; [`api`], [`worker`] and
+//! [`store`], [`whatsapp`] and [`metrics`] are thin adapters ([`sealing`] seals the secrets
+//! [`store`] keeps); [`api`], [`worker`] and
 //! [`simulator`] are the processes, wired by [`app`] and started from `main.rs`.
 
 pub mod api;
@@ -20,8 +21,10 @@ pub mod domain;
 pub mod enqueue;
 pub mod events;
 pub mod metrics;
+pub mod privacy;
 pub mod process;
 pub mod queue;
+pub mod sealing;
 pub mod simulator;
 pub mod state;
 pub mod state_copy;

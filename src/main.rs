@@ -49,6 +49,15 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Apikey(commands::ApikeyCommand),
+    /// Erase a person's data everywhere (PostgreSQL and Redis), keeping only a hashed tombstone
+    /// so an opt-out survives; prints what was removed.
+    Erase {
+        /// The person's number, in any spelling.
+        phone: String,
+    },
+    /// Master keys and the secrets they seal at rest.
+    #[command(subcommand)]
+    Secrets(commands::SecretsCommand),
     /// Print the effective configuration (secrets redacted).
     Config,
     /// Campaigns: create, estimate, launch, pause, resume, cancel, watch, failures, retry.
@@ -235,6 +244,8 @@ async fn run(command: Command, config: Config) -> Result<(), AppError> {
         Command::Bench(args) => pregon::bench::run(config, args).await,
         Command::Chaos(args) => pregon::chaos::run(config, args).await,
         Command::Apikey(command) => commands::apikey(&config, command).await,
+        Command::Secrets(command) => commands::secrets(&config, command).await,
+        Command::Erase { phone } => commands::erase(config, &phone).await,
         Command::Config => {
             print!("{}", config.redacted());
             Ok(())

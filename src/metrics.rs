@@ -25,6 +25,10 @@ pub struct Metrics {
     /// API requests turned away before a handler ran, by reason (rate_limited, overloaded,
     /// request_timeout).
     pub api_refused: IntCounterVec,
+    /// Rows the retention purge removed (or, for message bodies, emptied), by kind.
+    pub purged_rows: IntCounterVec,
+    /// People whose data was erased on request.
+    pub erasures: prometheus::IntCounter,
     /// Webhook POSTs and verification handshakes by outcome.
     pub webhook_requests: IntCounterVec,
     /// Webhook updates processed, by kind (status, inbound, template, …, unknown).
@@ -110,6 +114,11 @@ impl Metrics {
             "pregon_lane_holds_total",
             "Lane holds by sender and reason",
             &["sender", "reason"],
+        );
+        let purged_rows = counter(
+            "pregon_purged_rows_total",
+            "Rows the retention purge removed, by kind",
+            &["kind"],
         );
         let api_refused = counter(
             "pregon_api_refused_total",
@@ -197,6 +206,10 @@ impl Metrics {
                 .expect("metric registered once");
             c
         };
+        let erasures = plain_counter(
+            "pregon_erasures_total",
+            "People whose data was erased on request",
+        );
         let campaign_planned = plain_counter(
             "pregon_campaign_planned_total",
             "Campaign messages written at planning",
@@ -301,6 +314,8 @@ impl Metrics {
             sender_paused,
             ingest_refused,
             api_refused,
+            purged_rows,
+            erasures,
             webhook_requests,
             webhook_updates,
             webhook_ack_seconds,

@@ -21,6 +21,18 @@ pub async fn run(config: Config, roles: Roles) -> Result<(), AppError> {
     let (trigger, shutdown) = shutdown_channel();
     let mut tasks = Vec::new();
     let listener = tokio::net::TcpListener::bind(&services.config.listen).await?;
+    if !services.config.metrics_listen.is_empty() {
+        // Prometheus scrapes a listener of its own, which need not be exposed with the API.
+        let metrics = tokio::net::TcpListener::bind(&services.config.metrics_listen).await?;
+        tracing::info!(address = %services.config.metrics_listen, "metrics listening");
+        let router = crate::api::metrics_router(services.clone());
+        let mut signal = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(metrics, router)
+                .with_graceful_shutdown(async move { signal.wait().await })
+                .await;
+        }));
+    }
     if roles.api {
         tracing::info!(address = %services.config.listen, "API listening");
         tasks.push(tokio::spawn(serve_api(

@@ -121,6 +121,17 @@ end
 return {2, 0}
 "#;
 
+/// Moves a recipient's place in a tier counter to their tombstone, keeping its time: the count
+/// Meta keeps does not shrink because pregon forgot who it was.
+const RENAME_MEMBER_LUA: &str = r#"
+local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if at then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[1], at, ARGV[2])
+end
+return 0
+"#;
+
 const RENEW_LEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -709,6 +720,40 @@ impl State {
             let _: () = conn.set(key, 1).await?;
         } else {
             let _: () = conn.del(key).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a person (every spelling of their number): consent, suppression, service windows
+    /// with `senders`; their place in `tier_counters` passes to `tombstone`.
+    pub async fn forget_person(
+        &self,
+        spellings: &[String],
+        senders: &[String],
+        tier_counters: &[String],
+        tombstone: &str,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for r in spellings {
+            pipe.del(self.key(&["consent", r]))
+                .del(self.key(&["sup", r]))
+                .ignore();
+            for s in senders {
+                pipe.del(self.key(&["win", s, r])).ignore();
+            }
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+        let rename = Script::new(RENAME_MEMBER_LUA);
+        for counter in tier_counters {
+            for r in spellings {
+                let _: i64 = rename
+                    .key(self.key(&["tier", counter]))
+                    .arg(r)
+                    .arg(tombstone)
+                    .invoke_async(&mut conn)
+                    .await?;
+            }
         }
         Ok(())
     }

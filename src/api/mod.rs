@@ -46,6 +46,7 @@ pub struct ApiState {
 
 pub fn router(services: Services) -> Router {
     let limit = services.config.max_body_bytes;
+    let config = services.config.clone();
     let refused = services.metrics.api_refused.clone();
     let budget = limits::RequestBudget::new(&services.config, refused.clone());
     let state = ApiState {
@@ -71,6 +72,7 @@ pub fn router(services: Services) -> Router {
         .route("/v1/templates", post(put_template).get(list_templates))
         .route("/v1/consent", post(post_consent))
         .route("/v1/consent/{recipient}", get(get_consent))
+        .route("/v1/erasures", post(post_erasure))
         .route("/v1/apikeys", post(post_api_key).get(list_api_keys))
         .route("/v1/apikeys/{id}", axum::routing::delete(revoke_api_key))
         .merge(webhooks::routes())
@@ -84,7 +86,7 @@ pub fn router(services: Services) -> Router {
         .merge(uploads)
         .layer(DefaultBodyLimit::max(limit))
         // Health checks and metrics answer even when the API is saturated.
-        .merge(ops_routes())
+        .merge(ops_routes(&config))
         .with_state(state)
 }
 
@@ -101,16 +103,35 @@ pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     Ok(limit)
 }
 
-fn ops_routes() -> Router<ApiState> {
-    Router::new()
-        .route("/metrics", get(metrics))
+/// /healthz, /readyz and, unless `metrics_listen` gives metrics a listener of their own,
+/// /metrics.
+fn ops_routes(config: &crate::config::Config) -> Router<ApiState> {
+    let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    if config.metrics_listen.is_empty() {
+        health.route("/metrics", get(metrics))
+    } else {
+        health
+    }
 }
 
-/// Only /metrics, /healthz and /readyz: what a worker-only process serves on `listen`.
+/// /metrics alone, for the `metrics_listen` address.
+pub fn metrics_router(services: Services) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(ApiState {
+            key_rate: limits::KeyRate::new(0, 0, services.metrics.api_refused.clone()),
+            services,
+            keys: KeyCache::default(),
+            rates: campaigns::rate_tracker(),
+        })
+}
+
+/// The health checks (and /metrics, unless it has a listener of its own): what a worker-only
+/// process serves on `listen`.
 pub fn ops_router(services: Services) -> Router {
-    ops_routes().with_state(ApiState {
+    ops_routes(&services.config).with_state(ApiState {
         key_rate: limits::KeyRate::new(0, 0, services.metrics.api_refused.clone()),
         services,
         keys: KeyCache::default(),
@@ -408,12 +429,13 @@ async fn list_senders(
     State(state): State<ApiState>,
     caller: Authorized<AnyKey>,
 ) -> Result<Response, ApiError> {
-    let senders: Vec<Sender> = store::list_senders(&state.services.pool)
-        .await
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .filter(|s| caller.may_use_sender(&s.phone_number_id))
-        .collect();
+    let senders: Vec<Sender> =
+        store::list_senders(&state.services.pool, &state.services.derived.keyring)
+            .await
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .filter(|s| caller.may_use_sender(&s.phone_number_id))
+            .collect();
     Ok(Json(json!({"data": senders})).into_response())
 }
 
@@ -580,6 +602,31 @@ struct ConsentBody {
     source: String,
     #[serde(default)]
     evidence: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErasureBody {
+    recipient: String,
+}
+
+/// Erases a person's data everywhere, keeping a hashed tombstone so an opt-out survives (admin).
+async fn post_erasure(
+    State(state): State<ApiState>,
+    caller: Authorized<Operate>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: ErasureBody = parse_json(&body)?;
+    phone_field(&b.recipient, "recipient")?;
+    caller.require_unscoped("erase a person: their data spans every sender")?;
+    let erased = crate::privacy::erase(
+        &state.services,
+        &b.recipient,
+        &format!("api_key:{}", caller.key_id),
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    Ok((StatusCode::OK, Json(json!({"erased": erased}))).into_response())
 }
 
 async fn post_consent(

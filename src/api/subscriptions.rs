@@ -102,6 +102,7 @@ async fn create(
     };
     let saved = stored::insert_subscription(
         &state.services.pool,
+        &state.services.derived.keyring,
         caller.key_id,
         url.as_str(),
         &events,
@@ -120,9 +121,10 @@ async fn list(
     caller: Authorized<AnyKey>,
 ) -> Result<Response, ApiError> {
     let scope = (caller.role != Role::Admin).then_some(caller.key_id);
-    let subs = stored::list_subscriptions(&state.services.pool, scope)
-        .await
-        .map_err(ApiError::internal)?;
+    let subs =
+        stored::list_subscriptions(&state.services.pool, &state.services.derived.keyring, scope)
+            .await
+            .map_err(ApiError::internal)?;
     Ok(Json(json!({ "subscriptions": subs })).into_response())
 }
 
@@ -133,7 +135,7 @@ async fn owned(
 ) -> Result<stored::Subscription, ApiError> {
     let id = Uuid::parse_str(id)
         .map_err(|_| ApiError::bad_request("invalid_field", Some("id"), "id must be a UUID"))?;
-    match stored::subscription(&state.services.pool, id)
+    match stored::subscription(&state.services.pool, &state.services.derived.keyring, id)
         .await
         .map_err(ApiError::internal)?
     {

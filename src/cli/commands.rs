@@ -178,6 +178,64 @@ pub enum TemplatesCommand {
 }
 
 #[derive(Subcommand)]
+pub enum SecretsCommand {
+    /// Print a new master key (64 hex digits) for PREGON_SECRET_KEY.
+    Generate,
+    /// Seal every access token and signing secret under the current (first) master key: values
+    /// in the clear are sealed, those under an older key re-wrapped. Run it after putting the new
+    /// key first in PREGON_SECRET_KEY (the old one after it) on every process; then drop the old.
+    Rotate,
+    /// Seal a webhook app secret read from standard input, for PREGON_WEBHOOK_APP_SECRETS.
+    Seal,
+}
+
+pub async fn erase(config: Config, phone: &str) -> Result<(), AppError> {
+    let (services, background) = crate::app::Services::connect(config, "cli").await?;
+    let erased = crate::privacy::erase(&services, phone, "cli").await;
+    background.writer.close().await;
+    print(&serde_json::to_value(erased?).unwrap_or_default());
+    Ok(())
+}
+
+pub async fn secrets(config: &Config, command: SecretsCommand) -> Result<(), AppError> {
+    match command {
+        SecretsCommand::Generate => {
+            println!("{}", crate::sealing::generate_key()?);
+            Ok(())
+        }
+        SecretsCommand::Rotate => {
+            let keys = config.derived()?.keyring;
+            let Some(current) = keys.current_id().map(str::to_string) else {
+                return Err(AppError::Invalid(
+                    "no master key is set (PREGON_SECRET_KEY or PREGON_SECRET_KEY_FILE)".into(),
+                ));
+            };
+            let pool = key_database(config).await?;
+            let rotated = store::rotate_secrets(&pool, &keys).await?;
+            eprintln!("{rotated} secrets sealed under master key {current}");
+            Ok(())
+        }
+        SecretsCommand::Seal => {
+            let keys = config.derived()?.keyring;
+            if !keys.seals() {
+                return Err(AppError::Invalid(
+                    "no master key is set (PREGON_SECRET_KEY or PREGON_SECRET_KEY_FILE)".into(),
+                ));
+            }
+            let mut secret = String::new();
+            std::io::stdin()
+                .read_line(&mut secret)
+                .map_err(|e| AppError::Invalid(format!("reading standard input: {e}")))?;
+            println!(
+                "{}",
+                keys.seal(secret.trim(), crate::config::APP_SECRET_CONTEXT)?
+            );
+            Ok(())
+        }
+    }
+}
+
+#[derive(Subcommand)]
 pub enum ApikeyCommand {
     /// Create a key and print its secret once.
     Create {

@@ -78,6 +78,22 @@ pub fn normalize(input: &str) -> Result<PhoneNumber, PhoneError> {
     Ok(PhoneNumber { digits, country })
 }
 
+/// Every spelling that reaches the person a canonical number names (itself first): what to look
+/// for in data stored as it came (webhook payloads, upload rows) when erasing them.
+pub fn spellings(canonical: &str) -> Vec<String> {
+    let mut all = vec![canonical.to_string()];
+    let shorter = match canonical.len() {
+        13 if canonical.starts_with("521") => Some(format!("52{}", &canonical[3..])),
+        13 if canonical.starts_with("549") => Some(format!("54{}", &canonical[3..])),
+        13 if canonical.starts_with("55") && canonical.as_bytes()[4] == b'9' => {
+            Some(format!("{}{}", &canonical[..4], &canonical[5..]))
+        }
+        _ => None,
+    };
+    all.extend(shorter.filter(|s| normalize(s).is_ok_and(|n| n.digits() == canonical)));
+    all
+}
+
 /// The one form of numbers that several spellings reach, as WhatsApp addresses them:
 ///
 /// - Mexico: mobiles were dialled from abroad as +52 1 + ten digits until 2019; the "1" is gone
@@ -389,6 +405,26 @@ mod tests {
                     canonical,
                     "{spelling}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_a_person_is_known() {
+        for (canonical, others) in [
+            ("5215512345678", &["525512345678"][..]),
+            ("5491123456789", &["541123456789"][..]),
+            ("5511987654321", &["551187654321"][..]),
+            // A Brazilian number whose ninth digit is followed by 2 to 5 has no other spelling.
+            ("5511934567890", &[][..]),
+            ("551134567890", &[][..]),
+            ("573001234567", &[][..]),
+        ] {
+            let all = spellings(canonical);
+            assert_eq!(all[0], canonical);
+            assert_eq!(&all[1..], others, "{canonical}");
+            for s in &all {
+                assert_eq!(normalize(s).unwrap().digits(), canonical, "{s}");
             }
         }
     }

@@ -106,6 +106,8 @@ struct NumberState {
     contacts: VecDeque<(Instant, String)>,
     /// Pair-rate GCRA: theoretical arrival time per recipient.
     pair_tat: HashMap<String, Instant>,
+    /// The one access token this number accepts, when set (any non-empty one otherwise).
+    access_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,11 +249,20 @@ async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let authorized = headers
+    let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| !t.trim().is_empty());
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let authorized = token.is_some_and(|token| {
+        state
+            .lock()
+            .numbers
+            .get(&phone_number_id)
+            .and_then(|n| n.access_token.as_deref())
+            .is_none_or(|expected| expected == token)
+    });
     if !authorized {
         return graph_error(StatusCode::UNAUTHORIZED, 190, "Invalid OAuth access token.");
     }
@@ -503,6 +514,7 @@ fn evaluate(
             unique: HashMap::new(),
             contacts: VecDeque::new(),
             pair_tat: HashMap::new(),
+            access_token: None,
         });
     // Throughput: accepted messages in the last second, exactly.
     while number
@@ -664,6 +676,9 @@ struct NumberConfig {
     /// A new quality rating (GREEN, YELLOW, RED): reported to the webhook receiver as Meta does.
     #[serde(default)]
     quality: Option<String>,
+    /// The only access token sends through this number may carry (Meta's 190 for another).
+    #[serde(default)]
+    access_token: Option<String>,
 }
 
 async fn configure_number(State(state): State<SimState>, body: Bytes) -> Response {
@@ -686,11 +701,15 @@ async fn configure_number(State(state): State<SimState>, body: Bytes) -> Respons
             unique: HashMap::new(),
             contacts: VecDeque::new(),
             pair_tat: HashMap::new(),
+            access_token: None,
         });
     if let Some(mps) = c.mps {
         number.mps = mps.max(1);
     }
     number.tier = c.tier;
+    if c.access_token.is_some() {
+        number.access_token = c.access_token;
+    }
     drop(sim);
     if let (Some(quality), Some(hooks)) = (&c.quality, &state.webhooks) {
         let event = match quality.to_ascii_uppercase().as_str() {

@@ -6,6 +6,8 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::sealing::Keyring;
+
 use super::StoreError;
 
 /// Adds an event that is not a message row change (an opt-out, say) to the outbox.
@@ -99,48 +101,71 @@ pub struct Subscription {
     pub created_at: DateTime<Utc>,
 }
 
+/// What a subscription's signing secret is sealed for: its own row.
+pub(super) fn secret_context(id: Uuid) -> String {
+    format!("subscription:{id}")
+}
+
+fn opened(keys: &Keyring, mut s: Subscription) -> Result<Subscription, StoreError> {
+    s.secret = keys.open(&s.secret, &secret_context(s.id))?;
+    Ok(s)
+}
+
 pub async fn insert_subscription(
     pool: &PgPool,
+    keys: &Keyring,
     api_key_id: Uuid,
     url: &str,
     events: &[String],
     secret: &str,
 ) -> Result<Subscription, StoreError> {
-    Ok(sqlx::query_as::<_, Subscription>(
+    let id = Uuid::now_v7();
+    let saved = sqlx::query_as::<_, Subscription>(
         "INSERT INTO subscriptions (id, api_key_id, url, events, secret) VALUES ($1, $2, $3, $4, $5)
          RETURNING id, api_key_id, url, events, secret, created_at",
     )
-    .bind(Uuid::now_v7())
+    .bind(id)
     .bind(api_key_id)
     .bind(url)
     .bind(events)
-    .bind(secret)
+    .bind(keys.seal(secret, &secret_context(id))?)
     .fetch_one(pool)
-    .await?)
+    .await?;
+    opened(keys, saved)
 }
 
 /// Subscriptions of one API key, or all of them for `None` (an admin).
 pub async fn list_subscriptions(
     pool: &PgPool,
+    keys: &Keyring,
     api_key_id: Option<Uuid>,
 ) -> Result<Vec<Subscription>, StoreError> {
-    Ok(sqlx::query_as::<_, Subscription>(
+    sqlx::query_as::<_, Subscription>(
         "SELECT id, api_key_id, url, events, secret, created_at FROM subscriptions
          WHERE deleted_at IS NULL AND ($1::uuid IS NULL OR api_key_id = $1) ORDER BY id",
     )
     .bind(api_key_id)
     .fetch_all(pool)
-    .await?)
+    .await?
+    .into_iter()
+    .map(|s| opened(keys, s))
+    .collect()
 }
 
-pub async fn subscription(pool: &PgPool, id: Uuid) -> Result<Option<Subscription>, StoreError> {
-    Ok(sqlx::query_as::<_, Subscription>(
+pub async fn subscription(
+    pool: &PgPool,
+    keys: &Keyring,
+    id: Uuid,
+) -> Result<Option<Subscription>, StoreError> {
+    sqlx::query_as::<_, Subscription>(
         "SELECT id, api_key_id, url, events, secret, created_at FROM subscriptions
          WHERE id = $1 AND deleted_at IS NULL",
     )
     .bind(id)
     .fetch_optional(pool)
-    .await?)
+    .await?
+    .map(|s| opened(keys, s))
+    .transpose()
 }
 
 /// Ends a subscription; deliveries not yet made are given up.
@@ -185,6 +210,7 @@ pub struct DueDelivery {
     pub payload: Value,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
+    pub subscription_id: Uuid,
     pub url: String,
     pub secret: String,
 }
@@ -205,10 +231,11 @@ impl std::fmt::Debug for DueDelivery {
 /// Takes due deliveries for `lease_seconds`: a deliverer that dies leaves them to be taken again.
 pub async fn claim_deliveries(
     pool: &PgPool,
+    keys: &Keyring,
     limit: i64,
     lease_seconds: f64,
 ) -> Result<Vec<DueDelivery>, StoreError> {
-    Ok(sqlx::query_as::<_, DueDelivery>(
+    let due = sqlx::query_as::<_, DueDelivery>(
         "WITH due AS (
              SELECT id FROM callback_deliveries
              WHERE state = 'pending' AND next_attempt_at <= now()
@@ -218,14 +245,21 @@ pub async fn claim_deliveries(
              FROM due WHERE d.id = due.id
              RETURNING d.id, d.subscription_id, d.event_type, d.payload, d.attempts, d.created_at
          )
-         SELECT c.id, c.event_type, c.payload, c.attempts, c.created_at, s.url, s.secret
+         SELECT c.id, c.event_type, c.payload, c.attempts, c.created_at, c.subscription_id, s.url,
+                s.secret
          FROM claimed c JOIN subscriptions s ON s.id = c.subscription_id
          ORDER BY c.id",
     )
     .bind(limit)
     .bind(lease_seconds)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    due.into_iter()
+        .map(|mut d| {
+            d.secret = keys.open(&d.secret, &secret_context(d.subscription_id))?;
+            Ok(d)
+        })
+        .collect()
 }
 
 pub enum DeliveryResult {

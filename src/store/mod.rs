@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::domain::Category;
 use crate::domain::decision::{Quality, SenderStatus, TemplateStatus};
+use crate::sealing::Keyring;
 
 pub mod campaigns;
 pub mod contacts;
@@ -18,6 +19,7 @@ pub mod copy;
 pub mod dead;
 pub mod events;
 mod messages;
+pub mod privacy;
 pub mod webhooks;
 mod writer;
 
@@ -44,6 +46,8 @@ pub enum StoreError {
     /// PostgreSQL refused a batched write (a constraint, a bad value): trying again will not help.
     #[error("batched write refused: {0}")]
     Refused(String),
+    #[error("a secret at rest: {0}")]
+    Sealing(#[from] crate::sealing::SealError),
 }
 
 impl StoreError {
@@ -171,8 +175,27 @@ impl std::fmt::Debug for Sender {
     }
 }
 
-pub async fn upsert_sender(pool: &PgPool, s: &Sender) -> Result<Sender, StoreError> {
-    Ok(sqlx::query_as::<_, Sender>(
+/// What a sender's access token is sealed for: its own row.
+fn token_context(phone_number_id: &str) -> String {
+    format!("sender:{phone_number_id}")
+}
+
+/// A sender as read, its access token opened.
+fn opened(keys: &Keyring, mut sender: Sender) -> Result<Sender, StoreError> {
+    sender.access_token = keys.open(
+        &sender.access_token,
+        &token_context(&sender.phone_number_id),
+    )?;
+    Ok(sender)
+}
+
+pub async fn upsert_sender(
+    pool: &PgPool,
+    keys: &Keyring,
+    s: &Sender,
+) -> Result<Sender, StoreError> {
+    let token = keys.seal(&s.access_token, &token_context(&s.phone_number_id))?;
+    let saved = sqlx::query_as::<_, Sender>(
         "INSERT INTO senders (phone_number_id, business_portfolio_id, display_phone_number, tier, quality,
                               status, paused, paused_reason, mps, tier_spread_seconds, access_token, waba_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -196,20 +219,63 @@ pub async fn upsert_sender(pool: &PgPool, s: &Sender) -> Result<Sender, StoreErr
     .bind(&s.paused_reason)
     .bind(s.mps)
     .bind(s.tier_spread_seconds)
-    .bind(&s.access_token)
+    .bind(&token)
     .bind(&s.waba_id)
     .fetch_one(pool)
-    .await?)
+    .await?;
+    opened(keys, saved)
 }
 
-pub async fn list_senders(pool: &PgPool) -> Result<Vec<Sender>, StoreError> {
-    Ok(sqlx::query_as::<_, Sender>(
+pub async fn list_senders(pool: &PgPool, keys: &Keyring) -> Result<Vec<Sender>, StoreError> {
+    sqlx::query_as::<_, Sender>(
         "SELECT phone_number_id, business_portfolio_id, display_phone_number, tier, quality, status,
                 paused, paused_reason, mps, tier_spread_seconds, waba_id, access_token
          FROM senders ORDER BY phone_number_id",
     )
     .fetch_all(pool)
-    .await?)
+    .await?
+    .into_iter()
+    .map(|s| opened(keys, s))
+    .collect()
+}
+
+/// Seals every access token and signing secret under the current master key: values in the
+/// clear are sealed, values under an older key have their data key re-wrapped. Each row is
+/// changed only if it still holds what was read, so a registration racing the rotation wins.
+/// Returns how many values were rewritten.
+pub async fn rotate_secrets(pool: &PgPool, keys: &Keyring) -> Result<u64, StoreError> {
+    let mut rotated = 0;
+    let tokens: Vec<(String, String)> =
+        sqlx::query_as("SELECT phone_number_id, access_token FROM senders")
+            .fetch_all(pool)
+            .await?;
+    for (id, token) in tokens.iter().filter(|(_, t)| keys.needs_rotation(t)) {
+        let resealed = keys.rotate(token, &token_context(id))?;
+        rotated += sqlx::query(
+            "UPDATE senders SET access_token = $3 WHERE phone_number_id = $1 AND access_token = $2",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(resealed)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    }
+    let secrets: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, secret FROM subscriptions")
+        .fetch_all(pool)
+        .await?;
+    for (id, secret) in secrets.iter().filter(|(_, s)| keys.needs_rotation(s)) {
+        let resealed = keys.rotate(secret, &events::secret_context(*id))?;
+        rotated +=
+            sqlx::query("UPDATE subscriptions SET secret = $3 WHERE id = $1 AND secret = $2")
+                .bind(id)
+                .bind(secret)
+                .bind(resealed)
+                .execute(pool)
+                .await?
+                .rows_affected();
+    }
+    Ok(rotated)
 }
 
 /// Who paused a sender: a webhook reporting the number healthy again lifts pregon's own pauses,

@@ -30,7 +30,8 @@ pub fn owner() -> String {
 }
 
 /// The work beside dispatching that only needs PostgreSQL and RabbitMQ: webhook processing, the
-/// event relay, HTTP callbacks, the job outbox relay and the dead-letter intake (also run alone by tests about webhooks).
+/// event relay, HTTP callbacks, the job outbox relay, the dead-letter intake and the retention
+/// purge (also run alone by tests about webhooks).
 pub fn spawn_event_tasks(services: &Services, stop: &Shutdown) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(crate::webhooks::run(services.clone(), stop.clone())),
@@ -41,6 +42,7 @@ pub fn spawn_event_tasks(services: &Services, stop: &Shutdown) -> Vec<JoinHandle
             stop.clone(),
         )),
         tokio::spawn(crate::dead::run_intake(services.clone(), stop.clone())),
+        tokio::spawn(crate::privacy::run_purge(services.clone(), stop.clone())),
     ]
 }
 

@@ -156,6 +156,7 @@ async fn every_route_answers_each_role_only_for_its_own_senders() {
             .unwrap();
         let sub = pregon::store::events::insert_subscription(
             pool,
+            &env.services.derived.keyring,
             key.id,
             "https://hooks.example.com/own",
             &["*".into()],
@@ -171,6 +172,7 @@ async fn every_route_answers_each_role_only_for_its_own_senders() {
         .unwrap();
     let others_subscription = pregon::store::events::insert_subscription(
         pool,
+        &env.services.derived.keyring,
         someone.id,
         "https://hooks.example.com/other",
         &["*".into()],

@@ -104,6 +104,8 @@ impl Env {
             // production defaults turns these off again.
             callback_allow_http: true,
             callback_allow_private: true,
+            // Secrets at rest are sealed, as in production.
+            secret_key: pregon::sealing::generate_key().unwrap(),
             ..Config::default()
         };
         if let Ok(url) = std::env::var("PREGON_REDIS_URL") {

@@ -259,3 +259,33 @@ async fn an_import_over_the_size_limit_is_refused_clearly() {
     assert_eq!(body["interrupted"], false, "{body}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn metrics_can_have_a_listener_of_their_own_away_from_the_api() {
+    let env = Env::start(Options {
+        tweak: |c| c.metrics_listen = "127.0.0.1:0".into(),
+        ..Options::default()
+    })
+    .await;
+    let get = |url: String| {
+        let http = env.http.clone();
+        async move { http.get(url).send().await.unwrap() }
+    };
+    // The API's listener no longer answers /metrics; health checks stay.
+    assert_eq!(
+        get(format!("{}/metrics", env.api_url)).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(format!("{}/healthz", env.api_url)).await.status(),
+        StatusCode::OK
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    let router = pregon::api::metrics_router(env.services.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let answer = get(metrics_url).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(answer.text().await.unwrap().contains("pregon_"));
+    env.cleanup().await;
+}

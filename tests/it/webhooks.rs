@@ -1090,6 +1090,7 @@ async fn callbacks_cannot_reach_inside_the_network() {
     ] {
         let sub = store::events::insert_subscription(
             &env.services.pool,
+            &env.services.derived.keyring,
             owner.id,
             &url,
             &["message.queued".into()],
@@ -1273,7 +1274,7 @@ async fn a_replayed_or_late_update_never_undoes_a_newer_one() {
     env.webhook(&account("REINSTATE", t - 10)).await;
     processed(&env).await;
     let health = async || {
-        let s = store::list_senders(&env.services.pool)
+        let s = store::list_senders(&env.services.pool, &env.services.derived.keyring)
             .await
             .unwrap()
             .into_iter()
