@@ -23,11 +23,19 @@ pub struct SyncReport {
     pub errors: BTreeMap<String, String>,
 }
 
-pub async fn sync(services: &Services) -> Result<SyncReport, AppError> {
+pub async fn sync(
+    services: &Services,
+    may_use: impl Fn(&str) -> bool,
+) -> Result<SyncReport, AppError> {
     services.catalog.refresh().await?;
     // One token per business account: any of its senders' will do.
     let mut accounts: BTreeMap<String, String> = BTreeMap::new();
-    for sender in services.catalog.senders() {
+    for sender in services
+        .catalog
+        .senders()
+        .into_iter()
+        .filter(|s| may_use(&s.phone_number_id))
+    {
         if let Some(waba) = &sender.waba_id {
             accounts
                 .entry(waba.clone())

@@ -109,6 +109,11 @@ impl Caller {
             .is_none_or(|list| list.iter().any(|s| s == phone_number_id))
     }
 
+    /// An admin key not limited to some senders: it sees everyone's subscriptions.
+    pub fn is_unscoped_admin(&self) -> bool {
+        self.role == Role::Admin && self.senders.is_none()
+    }
+
     /// The senders this key is limited to; None when it may use every sender.
     pub fn sender_scope(&self) -> Option<&[String]> {
         self.senders.as_deref()

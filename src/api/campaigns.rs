@@ -440,9 +440,10 @@ async fn export_consent(
 
 async fn sync_templates(
     State(state): State<ApiState>,
-    _caller: Authorized<SyncTemplates>,
+    caller: Authorized<SyncTemplates>,
 ) -> Result<Response, ApiError> {
-    let report = crate::templates::sync(&state.services)
+    // A key limited to some senders syncs only their business accounts.
+    let report = crate::templates::sync(&state.services, |s| caller.may_use_sender(s))
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(report).into_response())

@@ -8,10 +8,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiState;
-use super::auth::{Authorized, Operate};
+use super::auth::{Authorized, Caller, Operate};
 use super::error::ApiError;
 use crate::dead::{self, DeadError};
-use crate::store::dead as stored;
+use crate::store::dead::{self as stored, DeadJob};
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -51,7 +51,7 @@ impl From<DeadError> for ApiError {
 /// A page of dead jobs, oldest first; `next_after` continues it.
 async fn list(
     State(state): State<ApiState>,
-    _caller: Authorized<Operate>,
+    caller: Authorized<Operate>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) =
@@ -62,6 +62,7 @@ async fn list(
         q.after.unwrap_or(0),
         limit,
         q.all.unwrap_or(false),
+        caller.sender_scope(),
     )
     .await
     .map_err(ApiError::internal)?;
@@ -72,21 +73,26 @@ async fn list(
     Ok(Json(json!({"data": data, "next_after": next})).into_response())
 }
 
-async fn show(
-    State(state): State<ApiState>,
-    _caller: Authorized<Operate>,
-    Path(id): Path<i64>,
-) -> Result<Response, ApiError> {
-    match stored::get_dead_job(&state.services.pool, id)
+/// The dead job, if this key may see it: one of its senders', or any for a key not limited to
+/// some senders.
+async fn visible(state: &ApiState, caller: &Caller, id: i64) -> Result<DeadJob, ApiError> {
+    stored::get_dead_job(&state.services.pool, id)
         .await
         .map_err(ApiError::internal)?
-    {
-        Some(job) => Ok(Json(dead::view(&job)).into_response()),
-        None => Err(ApiError::not_found(
-            "unknown_dead_job",
-            format!("no dead job {id}"),
-        )),
-    }
+        .filter(|job| match &job.sender {
+            Some(sender) => caller.may_use_sender(sender),
+            None => caller.sender_scope().is_none(),
+        })
+        .ok_or_else(|| ApiError::not_found("unknown_dead_job", format!("no dead job {id}")))
+}
+
+async fn show(
+    State(state): State<ApiState>,
+    caller: Authorized<Operate>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let job = visible(&state, &caller, id).await?;
+    Ok(Json(dead::view(&job)).into_response())
 }
 
 async fn redrive(
@@ -97,6 +103,7 @@ async fn redrive(
 ) -> Result<Response, ApiError> {
     let Query(q) =
         query.map_err(|e| ApiError::bad_request("invalid_query", None, e.body_text()))?;
+    visible(&state, &caller, id).await?;
     let by = format!("api_key:{}", caller.key_id);
     let job = dead::redrive(&state.services, id, &by, q.force.unwrap_or(false)).await?;
     Ok(Json(dead::view(&job)).into_response())

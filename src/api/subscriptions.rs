@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::ApiState;
 use super::auth::{
-    AnyKey, Authorized, Caller, ManageSubscriptions, Operate, ReadConsent, Role, generate_secret,
+    AnyKey, Authorized, Caller, ManageSubscriptions, Operate, ReadConsent, generate_secret,
 };
 use super::error::{ApiError, parse_json};
 use crate::domain::callback::{CallbackRefusal, check_url};
@@ -120,7 +120,7 @@ async fn list(
     State(state): State<ApiState>,
     caller: Authorized<AnyKey>,
 ) -> Result<Response, ApiError> {
-    let scope = (caller.role != Role::Admin).then_some(caller.key_id);
+    let scope = (!caller.is_unscoped_admin()).then_some(caller.key_id);
     let subs =
         stored::list_subscriptions(&state.services.pool, &state.services.derived.keyring, scope)
             .await
@@ -139,7 +139,7 @@ async fn owned(
         .await
         .map_err(ApiError::internal)?
     {
-        Some(s) if caller.role == Role::Admin || s.api_key_id == caller.key_id => Ok(s),
+        Some(s) if caller.is_unscoped_admin() || s.api_key_id == caller.key_id => Ok(s),
         _ => Err(ApiError::not_found(
             "unknown_subscription",
             format!("no subscription {id}"),

@@ -72,19 +72,24 @@ pub async fn insert_dead_job(
 }
 
 /// Dead jobs after `after`, oldest first; only those not sent again unless `all`.
+/// A page of dead jobs after `after`; only those of `senders` when given (a job whose sender is
+/// unknown is then left out).
 pub async fn list_dead_jobs(
     pool: &PgPool,
     after: i64,
     limit: i64,
     all: bool,
+    senders: Option<&[String]>,
 ) -> Result<Vec<DeadJob>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT id, source, message_id, sender, payload, dead_at, redriven_at, redriven_by FROM dead_jobs
-         WHERE id > $1 AND ($3 OR redriven_at IS NULL) ORDER BY id LIMIT $2",
+         WHERE id > $1 AND ($3 OR redriven_at IS NULL) AND ($4::text[] IS NULL OR sender = ANY($4))
+         ORDER BY id LIMIT $2",
     )
     .bind(after)
     .bind(limit)
     .bind(all)
+    .bind(senders)
     .fetch_all(pool)
     .await?)
 }

@@ -50,6 +50,21 @@ struct Side {
     message: String,
     campaign: String,
     recipient: String,
+    /// A dead-lettered job of this side's sender.
+    dead: String,
+}
+
+async fn dead_job(env: &Env, sender: &str) -> String {
+    pregon::store::dead::insert_dead_job(
+        &env.services.pool,
+        pregon::store::dead::DeadSource::Send,
+        None,
+        Some(sender),
+        b"not a job",
+    )
+    .await
+    .unwrap()
+    .to_string()
 }
 
 fn fill(text: &str, side: &Side, subscription: &str, import: &str) -> String {
@@ -59,6 +74,7 @@ fn fill(text: &str, side: &Side, subscription: &str, import: &str) -> String {
         .replace("{recipient}", &side.recipient)
         .replace("{subscription}", subscription)
         .replace("{import}", import)
+        .replace("{dead}", &side.dead)
 }
 
 async fn call(
@@ -124,12 +140,14 @@ async fn every_route_answers_each_role_only_for_its_own_senders() {
         message: send(&env, A, &rs[0]).await,
         campaign: create_campaign(&env, A, &rs[0]).await,
         recipient: rs[0].clone(),
+        dead: dead_job(&env, A).await,
     };
     let other = Side {
         sender: B.into(),
         message: send(&env, B, &rs[1]).await,
         campaign: create_campaign(&env, B, &rs[1]).await,
         recipient: rs[1].clone(),
+        dead: dead_job(&env, B).await,
     };
     for r in [&own.recipient, &other.recipient] {
         env.services.suppress(r, "reported spam").await.unwrap();
@@ -386,6 +404,12 @@ async fn every_route_answers_each_role_only_for_its_own_senders() {
         row(get.clone(), "/v1/dead", ADMIN_ONLY, None),
         row(get.clone(), "/v1/dead/999999", [404, 403, 403, 403], None),
         row(
+            get.clone(),
+            "/v1/dead/{dead}",
+            ADMIN_ONLY,
+            Some([404, 403, 403, 403]),
+        ),
+        row(
             post.clone(),
             "/v1/dead/999999/redrive",
             [404, 403, 403, 403],
@@ -425,19 +449,19 @@ async fn every_route_answers_each_role_only_for_its_own_senders() {
             get.clone(),
             "/v1/subscriptions/{subscription}",
             ALL,
-            Some([200, 404, 404, 404]),
+            Some(HIDDEN),
         ),
         row(
             get.clone(),
             "/v1/subscriptions/{subscription}/deliveries",
             ALL,
-            Some([200, 404, 404, 404]),
+            Some(HIDDEN),
         ),
         row(
             Method::DELETE,
             "/v1/subscriptions/{subscription}",
             [204, 204, 403, 403],
-            Some([204, 404, 403, 403]),
+            Some([404, 404, 403, 403]),
         ),
     ];
 
