@@ -440,7 +440,8 @@ async fn run_scenario(
 }
 
 /// Posts one message until it is answered 202 or 200 (a retry with the same key), or refused
-/// with a 4xx; 5xx and connection errors are retried after a pause, as a careful client does.
+/// with a 4xx; 429 waits its Retry-After, 5xx and connection errors are retried after a pause,
+/// as a careful client does.
 async fn send_until_answered(
     http: &reqwest::Client,
     api_url: &str,
@@ -463,6 +464,16 @@ async fn send_until_answered(
             Ok(r) if r.status() == StatusCode::ACCEPTED || r.status() == StatusCode::OK => {
                 let v: Value = r.json().await.unwrap_or(Value::Null);
                 return v["messages"][0]["id"].as_str().and_then(|s| s.parse().ok());
+            }
+            Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                // Over the key's request rate: wait as told, then the same request again.
+                let wait = r
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
             }
             Ok(r) if r.status().is_client_error() => return None,
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
