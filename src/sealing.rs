@@ -123,13 +123,7 @@ impl Keyring {
             UnboundKey::new(&AES_256_GCM, &data_key).map_err(|_| SealError::Random)?,
         );
         let ciphertext = encrypt(&sealer, plaintext.as_bytes(), context.as_bytes())?;
-        let wrapped = encrypt(&master.key, &data_key, &wrap_aad(&master.id, context))?;
-        Ok(format!(
-            "{PREFIX}{}.{}.{}",
-            master.id,
-            hex::encode(wrapped),
-            hex::encode(ciphertext)
-        ))
+        sealed_value(master, &data_key, &ciphertext, context)
     }
 
     /// What `stored` holds: opened when sealed, as it is when stored in the clear.
@@ -168,13 +162,7 @@ impl Keyring {
             return Ok(stored.to_string());
         };
         let (_, data_key, ciphertext) = self.unwrap_data_key(sealed, context)?;
-        let wrapped = encrypt(&master.key, &data_key, &wrap_aad(&master.id, context))?;
-        Ok(format!(
-            "{PREFIX}{}.{}.{}",
-            master.id,
-            hex::encode(wrapped),
-            hex::encode(ciphertext)
-        ))
+        sealed_value(master, &data_key, &ciphertext, context)
     }
 
     /// The key id, data key and ciphertext of a sealed value (without its prefix).
@@ -204,6 +192,22 @@ impl Keyring {
         }
         Ok((id.to_string(), data_key, ciphertext))
     }
+}
+
+/// The stored form: the data key wrapped by `master`, beside the value's ciphertext.
+fn sealed_value(
+    master: &MasterKey,
+    data_key: &[u8],
+    ciphertext: &[u8],
+    context: &str,
+) -> Result<String, SealError> {
+    let wrapped = encrypt(&master.key, data_key, &wrap_aad(&master.id, context))?;
+    Ok(format!(
+        "{PREFIX}{}.{}.{}",
+        master.id,
+        hex::encode(wrapped),
+        hex::encode(ciphertext)
+    ))
 }
 
 fn wrap_aad(key_id: &str, context: &str) -> Vec<u8> {
