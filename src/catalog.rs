@@ -28,6 +28,26 @@ enum Put {
     Template(Template),
 }
 
+impl Snapshot {
+    fn apply(&mut self, put: &Put) {
+        match put {
+            Put::Sender(s) => {
+                self.senders.insert(s.phone_number_id.clone(), s.clone());
+            }
+            Put::Template(t) => {
+                self.templates
+                    .insert((t.name.clone(), t.language.clone()), t.clone());
+            }
+        }
+    }
+
+    /// Makes a registration visible now, and remembered until a reload that began after it.
+    fn put(&mut self, put: Put) {
+        self.apply(&put);
+        self.puts.push((Instant::now(), put));
+    }
+}
+
 /// How often a miss may reload the catalogue.
 const MISS_RELOAD: Duration = Duration::from_secs(1);
 
@@ -84,20 +104,14 @@ impl Catalog {
             .map(|t| ((t.name.clone(), t.language.clone()), t))
             .collect();
         // What was put in while the reads ran may be newer than what they read.
-        let puts = std::mem::take(&mut inner.puts);
-        for (_, put) in puts.iter().filter(|(at, _)| *at >= began) {
-            match put {
-                Put::Sender(s) => {
-                    inner.senders.insert(s.phone_number_id.clone(), s.clone());
-                }
-                Put::Template(t) => {
-                    inner
-                        .templates
-                        .insert((t.name.clone(), t.language.clone()), t.clone());
-                }
-            }
+        let newer: Vec<(Instant, Put)> = std::mem::take(&mut inner.puts)
+            .into_iter()
+            .filter(|(at, _)| *at >= began)
+            .collect();
+        for (_, put) in &newer {
+            inner.apply(put);
         }
-        inner.puts = puts.into_iter().filter(|(at, _)| *at >= began).collect();
+        inner.puts = newer;
         inner.loaded = Some(Instant::now());
         self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -164,20 +178,12 @@ impl Catalog {
 
     /// Makes a registration visible in this process at once.
     pub fn put_sender(&self, sender: Sender) {
-        let sender = Arc::new(sender);
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        inner
-            .senders
-            .insert(sender.phone_number_id.clone(), sender.clone());
-        inner.puts.push((Instant::now(), Put::Sender(sender)));
+        inner.put(Put::Sender(Arc::new(sender)));
     }
 
     pub fn put_template(&self, template: Template) {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        inner.templates.insert(
-            (template.name.clone(), template.language.clone()),
-            template.clone(),
-        );
-        inner.puts.push((Instant::now(), Put::Template(template)));
+        inner.put(Put::Template(template));
     }
 }
