@@ -80,17 +80,17 @@ pub fn normalize(input: &str) -> Result<PhoneNumber, PhoneError> {
 
 /// Every spelling that reaches the person a canonical number names (itself first): what to look
 /// for in data stored as it came (webhook payloads, upload rows) when erasing them.
+///
+/// [`identity`] only ever adds one digit, so the other spellings are the canonical number with one
+/// digit left out that normalise back to it: the rule is written once, there.
 pub fn spellings(canonical: &str) -> Vec<String> {
     let mut all = vec![canonical.to_string()];
-    let shorter = match canonical.len() {
-        13 if canonical.starts_with("521") => Some(format!("52{}", &canonical[3..])),
-        13 if canonical.starts_with("549") => Some(format!("54{}", &canonical[3..])),
-        13 if canonical.starts_with("55") && canonical.as_bytes()[4] == b'9' => {
-            Some(format!("{}{}", &canonical[..4], &canonical[5..]))
+    for at in 1..canonical.len() {
+        let shorter = format!("{}{}", &canonical[..at], &canonical[at + 1..]);
+        if !all.contains(&shorter) && normalize(&shorter).is_ok_and(|n| n.digits() == canonical) {
+            all.push(shorter);
         }
-        _ => None,
-    };
-    all.extend(shorter.filter(|s| normalize(s).is_ok_and(|n| n.digits() == canonical)));
+    }
     all
 }
 
