@@ -432,23 +432,15 @@ impl Importer {
                 .collect();
             let refused =
                 crate::privacy::erased_opted_out(services, &opting_in, &options.purpose).await?;
-            if !refused.is_empty() {
-                let column = options.column.clone();
-                let mut kept = Vec::with_capacity(consents.len());
-                for (row, phone, consent) in std::mem::take(&mut consents) {
-                    if consent.0 == ConsentAction::OptIn && refused.contains(&phone) {
-                        self.error(row, "erased_opted_out", Some(&column), Some(&phone));
-                    } else {
-                        kept.push((row, phone, consent));
-                    }
+            let column = options.column.clone();
+            consents.retain(|(row, phone, (action, _))| {
+                let erased = *action == ConsentAction::OptIn && refused.contains(phone);
+                if erased {
+                    self.error(*row, "erased_opted_out", Some(&column), Some(phone));
                 }
-                consents = kept;
-            }
+                !erased
+            });
         }
-        let consents: Vec<(String, (ConsentAction, String))> = consents
-            .into_iter()
-            .map(|(_, phone, consent)| (phone, consent))
-            .collect();
         if !rows.is_empty() {
             let (created, updated, _) =
                 cstore::upsert_contacts(&services.pool, self.import_id, self.list_id, &rows)
@@ -468,7 +460,7 @@ impl Importer {
         }
         if let (Some(options), false) = (&self.options.consent, consents.is_empty()) {
             // Only changes are appended: importing the same file again adds nothing to the log.
-            let recipients: Vec<&str> = consents.iter().map(|(p, _)| p.as_str()).collect();
+            let recipients: Vec<&str> = consents.iter().map(|(_, p, _)| p.as_str()).collect();
             let current = services
                 .state
                 .audience_states(&recipients)
@@ -477,14 +469,14 @@ impl Importer {
             let events: Vec<ConsentEvent> = consents
                 .iter()
                 .zip(current)
-                .filter(|((_, (action, _)), (state, _))| {
+                .filter(|((_, _, (action, _)), (state, _))| {
                     let now = match options.purpose.as_str() {
                         "marketing" => state.marketing,
                         _ => state.utility,
                     };
                     now != Some(*action)
                 })
-                .map(|((phone, (action, evidence)), _)| ConsentEvent {
+                .map(|((_, phone, (action, evidence)), _)| ConsentEvent {
                     recipient: phone.clone(),
                     purpose: options.purpose.clone(),
                     action: action.as_str().into(),

@@ -116,6 +116,9 @@ pub async fn erased_opted_out(
     canonicals: &[&str],
     purpose: &str,
 ) -> Result<std::collections::HashSet<String>, AppError> {
+    if canonicals.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
     let hashes: Vec<Vec<u8>> = canonicals.iter().map(|c| identity_hash(c)).collect();
     let found = privacy::erased_opted_out(&services.pool, &hashes, purpose).await?;
     Ok(canonicals
