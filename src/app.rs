@@ -282,12 +282,13 @@ impl Services {
     }
 
     /// Applies what Meta reported about a number to PostgreSQL and the Redis mirror the worker
-    /// decides on, before returning: the next decision follows it.
+    /// decides on, before returning: the next decision follows it. Returns how many reported
+    /// fields were left out as older than what they hold.
     pub async fn apply_sender_health(
         &self,
         phone_number_id: &str,
         change: &crate::domain::webhook::SenderChange,
-    ) -> Result<(), AppError> {
+    ) -> Result<u32, AppError> {
         let stale = store::webhooks::update_sender_health(
             &self.pool,
             phone_number_id,
@@ -298,17 +299,6 @@ impl Services {
             meta_time(change.at),
         )
         .await?;
-        if stale > 0 {
-            self.metrics
-                .webhook_updates
-                .with_label_values(&["stale"])
-                .inc_by(u64::from(stale));
-            tracing::info!(
-                sender = phone_number_id,
-                fields = stale,
-                "a number health update older than the state it would change was left out"
-            );
-        }
         if let Some(sender) = self.reload_sender(phone_number_id).await? {
             let unable = sender.paused || sender.status != SenderStatus::Connected;
             self.metrics
@@ -318,7 +308,7 @@ impl Services {
             tracing::info!(sender = phone_number_id, quality = %sender.quality, status = %sender.status,
                 tier = sender.tier, mps = sender.mps, "sender health updated from a webhook");
         }
-        Ok(())
+        Ok(stale)
     }
 
     /// The tier counter and limit of a sender under the configured scope.

@@ -135,9 +135,7 @@ async fn process_event(services: &Services, body: &[u8]) -> Result<Outcome, AppE
                     stored::senders_by_display_number(&services.pool, &u.display_phone_number)
                         .await?;
                 let change = webhook::number_quality_change(u);
-                for id in senders {
-                    services.apply_sender_health(&id, &change).await?;
-                }
+                apply_health(services, senders, &change).await?;
             }
             Update::Capability(u) => {
                 count(services, "business_capability_update");
@@ -147,9 +145,8 @@ async fn process_event(services: &Services, body: &[u8]) -> Result<Outcome, AppE
                         at: u.at,
                         ..Default::default()
                     };
-                    for id in stored::senders_of_account(&services.pool, &u.waba_id).await? {
-                        services.apply_sender_health(&id, &change).await?;
-                    }
+                    let senders = stored::senders_of_account(&services.pool, &u.waba_id).await?;
+                    apply_health(services, senders, &change).await?;
                 }
             }
             Update::Account(u) => {
@@ -166,9 +163,7 @@ async fn process_event(services: &Services, body: &[u8]) -> Result<Outcome, AppE
                         }
                         None => stored::senders_of_account(&services.pool, &u.waba_id).await?,
                     };
-                    for id in senders {
-                        services.apply_sender_health(&id, &change).await?;
-                    }
+                    apply_health(services, senders, &change).await?;
                 }
             }
             Update::Template(u) => {
@@ -183,6 +178,34 @@ async fn process_event(services: &Services, body: &[u8]) -> Result<Outcome, AppE
         updates: i32::try_from(updates.len()).unwrap_or(i32::MAX),
         unknown,
     })
+}
+
+/// The count of updates left out because the state they would change is newer.
+const STALE: &str = "stale";
+
+/// Applies what Meta reported about a number to each of `senders`, counting the fields left out
+/// as older than what they hold.
+async fn apply_health(
+    services: &Services,
+    senders: Vec<String>,
+    change: &webhook::SenderChange,
+) -> Result<(), AppError> {
+    for id in senders {
+        let stale = services.apply_sender_health(&id, change).await?;
+        if stale > 0 {
+            services
+                .metrics
+                .webhook_updates
+                .with_label_values(&[STALE])
+                .inc_by(u64::from(stale));
+            tracing::info!(
+                sender = %id,
+                fields = stale,
+                "a number health update older than the state it would change was left out"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn count(services: &Services, kind: &str) {
@@ -514,7 +537,7 @@ async fn apply_template(
     Ok(match updated {
         TemplateUpdated::Applied(_) => None,
         TemplateUpdated::Stale => {
-            count(services, "stale");
+            count(services, STALE);
             tracing::info!(template = %u.name, language = %u.language, at = ?u.at,
                 "a template update older than the template's state was left out");
             None

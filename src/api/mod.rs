@@ -120,23 +120,23 @@ fn ops_routes(config: &crate::config::Config) -> Router<ApiState> {
 pub fn metrics_router(services: Services) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state(ApiState {
-            key_rate: limits::KeyRate::new(0, 0, services.metrics.api_refused.clone()),
-            services,
-            keys: KeyCache::default(),
-            rates: campaigns::rate_tracker(),
-        })
+        .with_state(ops_state(services))
 }
 
 /// The health checks (and /metrics, unless it has a listener of its own): what a worker-only
 /// process serves on `listen`.
 pub fn ops_router(services: Services) -> Router {
-    ops_routes(&services.config).with_state(ApiState {
+    ops_routes(&services.config).with_state(ops_state(services))
+}
+
+/// The state of routes that take no API key: no request rate to count.
+fn ops_state(services: Services) -> ApiState {
+    ApiState {
         key_rate: limits::KeyRate::new(0, 0, services.metrics.api_refused.clone()),
         services,
         keys: KeyCache::default(),
         rates: campaigns::rate_tracker(),
-    })
+    }
 }
 
 /// A recipient given in a body or path, normalised, or a 400 naming the `recipient` field.

@@ -197,6 +197,18 @@ pub async fn erase(config: Config, phone: &str) -> Result<(), AppError> {
     Ok(())
 }
 
+/// The configured master keys, refused when there are none: these commands only seal.
+fn sealing_keyring(config: &Config) -> Result<crate::sealing::Keyring, AppError> {
+    let keys = config.derived()?.keyring;
+    if keys.seals() {
+        Ok(keys)
+    } else {
+        Err(AppError::Invalid(
+            "no master key is set (PREGON_SECRET_KEY or PREGON_SECRET_KEY_FILE)".into(),
+        ))
+    }
+}
+
 pub async fn secrets(config: &Config, command: SecretsCommand) -> Result<(), AppError> {
     match command {
         SecretsCommand::Generate => {
@@ -204,24 +216,15 @@ pub async fn secrets(config: &Config, command: SecretsCommand) -> Result<(), App
             Ok(())
         }
         SecretsCommand::Rotate => {
-            let keys = config.derived()?.keyring;
-            let Some(current) = keys.current_id().map(str::to_string) else {
-                return Err(AppError::Invalid(
-                    "no master key is set (PREGON_SECRET_KEY or PREGON_SECRET_KEY_FILE)".into(),
-                ));
-            };
+            let keys = sealing_keyring(config)?;
+            let current = keys.current_id().unwrap_or_default().to_string();
             let pool = key_database(config).await?;
             let rotated = store::rotate_secrets(&pool, &keys).await?;
             eprintln!("{rotated} secrets sealed under master key {current}");
             Ok(())
         }
         SecretsCommand::Seal => {
-            let keys = config.derived()?.keyring;
-            if !keys.seals() {
-                return Err(AppError::Invalid(
-                    "no master key is set (PREGON_SECRET_KEY or PREGON_SECRET_KEY_FILE)".into(),
-                ));
-            }
+            let keys = sealing_keyring(config)?;
             let mut secret = String::new();
             std::io::stdin()
                 .read_line(&mut secret)
