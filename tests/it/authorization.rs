@@ -269,6 +269,12 @@ async fn every_route_answers_each_role_only_for_its_own_senders() {
             json!({"recipient": "{recipient}", "purpose": "utility", "action": "opt_in",
                    "source": "web form", "evidence": "ticked the box"}),
         ),
+        // Erasing a person spans every sender: no key limited to some senders may, whatever its
+        // role, whoever the person has talked to.
+        with_body(
+            row(post.clone(), "/v1/erasures", REFUSED, Some(REFUSED)),
+            json!({"recipient": "{recipient}"}),
+        ),
         row(
             get.clone(),
             "/v1/consent/{recipient}",
