@@ -89,6 +89,25 @@ ensure_toolchain() {
   fi
 }
 
+# schemathesis (from PyPI), which the contract test runs against a live API: installed once into
+# a virtual environment outside the clone, pinned so every run attacks the API the same way.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+  local venv="${PREGON_TOOLS_DIR:-$HOME/.cache/pregon-tools}/schemathesis-$SCHEMATHESIS_VERSION"
+  if [ ! -x "$venv/bin/schemathesis" ]; then
+    command -v python3 >/dev/null 2>&1 || apt_install python3
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+      apt_install python3-venv
+    fi
+    say "installing schemathesis $SCHEMATHESIS_VERSION from PyPI"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+  # Not a PREGON_ name: pregon refuses settings it does not know, and the tests start pregon.
+  export SCHEMATHESIS_BIN="$venv/bin/schemathesis"
+}
+
 ensure_services() {
   ensure_postgres
   ensure_redis
@@ -110,6 +129,7 @@ case "$command" in
   test)
     ensure_toolchain
     ensure_services
+    ensure_schemathesis
     cargo test --all-features "$@"
     ;;
   *)

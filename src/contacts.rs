@@ -84,7 +84,7 @@ struct Columns {
     evidence: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ImportReport {
     pub import_id: Uuid,
     pub list_id: Option<Uuid>,
@@ -220,6 +220,16 @@ impl Importer {
                     format!("column {} of the header has no name", i + 1),
                 ));
             }
+            if !crate::domain::text::storable(name) {
+                return Err(refused(
+                    "header",
+                    format!(
+                        "column {} of the header: {}",
+                        i + 1,
+                        crate::domain::text::NUL_MESSAGE
+                    ),
+                ));
+            }
             if !seen.insert(name.to_ascii_lowercase()) {
                 return Err(refused(
                     "header",
@@ -309,6 +319,15 @@ impl Importer {
         if record.len() != c.count {
             let message = format!("{} fields, the header has {}", record.len(), c.count);
             self.error(self.row, "bad_column", None, Some(&message));
+            return;
+        }
+        if let Some(i) = record
+            .iter()
+            .position(|cell| !crate::domain::text::storable(cell))
+        {
+            let column = format!("column {}", i + 1);
+            let code = crate::domain::text::NUL_CODE;
+            self.error(self.row, code, Some(&column), None);
             return;
         }
         let field = |i: Option<usize>| {
@@ -580,7 +599,7 @@ pub async fn rebuild_consent_cache(services: &Services) -> Result<RebuildReport,
 /// The header and fields of the contacts export.
 /// A contact's profile as the JSON API takes it (`PUT /v1/contacts/{phone}`): the whole profile,
 /// so an absent field is cleared.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContactProfile {
     #[serde(default)]

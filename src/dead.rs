@@ -7,9 +7,11 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use serde_json::{Value, json};
+use serde_json::Value;
+use uuid::Uuid;
 
 use crate::app::{AppError, Services, Shutdown};
 use crate::domain::DeliveryMode;
@@ -39,19 +41,36 @@ impl From<crate::state::StateError> for DeadError {
 }
 
 /// A dead job as the API shows it: its record and the job itself, decoded where it can be.
-pub fn view(job: &DeadJob) -> Value {
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct DeadJobView {
+    pub id: i64,
+    pub source: DeadSource,
+    pub message_id: Option<Uuid>,
+    pub sender: Option<String>,
+    pub dead_at: DateTime<Utc>,
+    pub redriven_at: Option<DateTime<Utc>>,
+    pub redriven_by: Option<String>,
+    /// The job as it was queued; null when it is not JSON.
+    pub job: Value,
+    /// The job's bytes when they are not JSON.
+    pub raw: Option<String>,
+}
+
+pub fn view(job: &DeadJob) -> DeadJobView {
     let decoded: Value = serde_json::from_slice(&job.payload).unwrap_or(Value::Null);
-    json!({
-        "id": job.id,
-        "source": job.source,
-        "message_id": job.message_id,
-        "sender": job.sender,
-        "dead_at": job.dead_at,
-        "redriven_at": job.redriven_at,
-        "redriven_by": job.redriven_by,
-        "job": decoded,
-        "raw": if decoded.is_null() { Some(String::from_utf8_lossy(&job.payload).into_owned()) } else { None },
-    })
+    DeadJobView {
+        id: job.id,
+        source: job.source,
+        message_id: job.message_id,
+        sender: job.sender.clone(),
+        dead_at: job.dead_at,
+        redriven_at: job.redriven_at,
+        redriven_by: job.redriven_by.clone(),
+        raw: decoded
+            .is_null()
+            .then(|| String::from_utf8_lossy(&job.payload).into_owned()),
+        job: decoded,
+    }
 }
 
 /// Takes jobs off `ns.dead` into `dead_jobs`, for the life of the process; restarts on a new

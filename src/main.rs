@@ -60,6 +60,8 @@ enum Command {
     Secrets(commands::SecretsCommand),
     /// Print the effective configuration (secrets redacted).
     Config,
+    /// Print the API's contract (OpenAPI 3.1), as `/v1/openapi.json` serves it.
+    Openapi,
     /// Campaigns: create, estimate, launch, pause, resume, cancel, watch, failures, retry.
     Campaign {
         #[command(flatten)]
@@ -248,6 +250,10 @@ async fn run(command: Command, config: Config) -> Result<(), AppError> {
         Command::Erase { phone } => commands::erase(config, &phone).await,
         Command::Config => {
             print!("{}", config.redacted());
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{:#}", pregon::api::openapi(&config));
             Ok(())
         }
         Command::Campaign { api, command } => commands::campaign(&api, command).await,

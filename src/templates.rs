@@ -13,7 +13,7 @@ use crate::domain::campaign::parameter_slots;
 use crate::domain::decision::TemplateStatus;
 use crate::store::Template;
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct SyncReport {
     pub accounts: usize,
     pub templates: usize,

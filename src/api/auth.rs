@@ -48,8 +48,28 @@ pub enum Permission {
     ManageKeys,
 }
 
+impl Permission {
+    /// Its stable name, as the API's contract lists it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Send => "send",
+            Permission::Consent => "consent",
+            Permission::ReadConsent => "read_consent",
+            Permission::Subscriptions => "subscriptions",
+            Permission::Contacts => "contacts",
+            Permission::Export => "export",
+            Permission::Campaigns => "campaigns",
+            Permission::SyncTemplates => "sync_templates",
+            Permission::Operate => "operate",
+            Permission::ManageKeys => "manage_keys",
+        }
+    }
+}
+
 impl Role {
     pub const NAMES: &str = "admin, service, marketing or viewer";
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Service, Role::Marketing, Role::Viewer];
 
     pub fn parse(raw: &str) -> Option<Role> {
         match raw {

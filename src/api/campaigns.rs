@@ -1,12 +1,11 @@
 //! Marketing endpoints: contacts (import, export), consent export, template sync, and campaigns
 //! (create, estimate, launch, pause, resume, cancel, progress, failures, retry, replies).
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -20,39 +19,169 @@ use crate::store::contacts as contact_store;
 
 use super::ApiState;
 use super::auth::{Authorized, Caller, Export, ManageContacts, Read, RunCampaigns, SyncTemplates};
+use super::contract::{Content, Endpoint, List, Page};
 use super::error::{ApiError, parse_json};
 
 /// Routes whose body is an upload of any length (checked against `import_max_bytes` as it
 /// streams in).
-pub fn upload_routes() -> Router<ApiState> {
-    Router::new().route(
-        "/v1/contacts/import",
-        post(import_contacts).layer(DefaultBodyLimit::disable()),
-    )
+pub fn upload_endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::post("/v1/contacts/import", import_contacts)
+            .needs::<ManageContacts>()
+            .tag("contacts")
+            .summary("Import a contact CSV (and consent columns), streamed a chunk at a time")
+            .query::<ImportQuery>()
+            .body(Content::Csv)
+            .returns::<contacts::ImportReport>(200, "counts and the first row errors")
+            .map_route(|r| r.layer(DefaultBodyLimit::disable())),
+    ]
 }
 
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/contacts/imports/{id}/errors.csv", get(import_errors))
-        .route("/v1/contacts", get(list_contacts))
-        .route(
-            "/v1/contacts/{phone}",
-            get(get_contact).put(put_contact).delete(delete_contact),
-        )
-        .route("/v1/contacts.csv", get(export_contacts))
-        .route("/v1/consent.csv", get(export_consent))
-        .route("/v1/templates/sync", post(sync_templates))
-        .route("/v1/campaigns", post(create_campaign).get(list_campaigns))
-        .route("/v1/campaigns/{id}", get(get_campaign))
-        .route("/v1/campaigns/{id}/estimate", post(estimate))
-        .route("/v1/campaigns/{id}/launch", post(launch))
-        .route("/v1/campaigns/{id}/pause", post(pause))
-        .route("/v1/campaigns/{id}/resume", post(resume))
-        .route("/v1/campaigns/{id}/cancel", post(cancel))
-        .route("/v1/campaigns/{id}/failures.csv", get(failures_csv))
-        .route("/v1/campaigns/{id}/exclusions.csv", get(exclusions_csv))
-        .route("/v1/campaigns/{id}/retry-failed", post(retry_failed))
-        .route("/v1/campaigns/{id}/replies", get(replies))
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::get("/v1/contacts/imports/{id}/errors.csv", import_errors)
+            .uuid_id()
+            .needs::<ManageContacts>()
+            .tag("contacts")
+            .summary("Every row error of an import")
+            .answers(200, "row, reason, field, value", Content::Csv),
+        Endpoint::get("/v1/contacts", list_contacts)
+            .needs::<ManageContacts>()
+            .tag("contacts")
+            .summary("A page of contacts, optionally with one tag")
+            .query::<ContactsQuery>()
+            .returns::<Page<contact_store::ContactRow>>(200, "a page of contacts"),
+        Endpoint::get("/v1/contacts/{phone}", get_contact)
+            .needs::<ManageContacts>()
+            .tag("contacts")
+            .summary("A contact with its current consent")
+            .returns::<ContactView>(200, "the contact"),
+        Endpoint::put("/v1/contacts/{phone}", put_contact)
+            .needs::<ManageContacts>()
+            .tag("contacts")
+            .summary("Create a contact or replace its profile")
+            .json_body::<contacts::ContactProfile>()
+            .returns::<contact_store::ContactRow>(201, "created")
+            .returns::<contact_store::ContactRow>(200, "replaced"),
+        Endpoint::delete("/v1/contacts/{phone}", delete_contact)
+            .needs::<ManageContacts>()
+            .tag("contacts")
+            .summary("Remove a contact and its list memberships (the consent log is kept)")
+            .answers(204, "removed", Content::Empty),
+        Endpoint::get("/v1/contacts.csv", export_contacts)
+            .needs::<Export>()
+            .tag("contacts")
+            .summary("Every contact, as CSV")
+            .answers(200, "contacts", Content::Csv),
+        Endpoint::get("/v1/consent.csv", export_consent)
+            .needs::<Export>()
+            .tag("consent")
+            .summary("The whole consent log, as CSV")
+            .answers(200, "consent events", Content::Csv),
+        Endpoint::post("/v1/templates/sync", sync_templates)
+            .needs::<SyncTemplates>()
+            .tag("templates")
+            .summary("Fetch the templates of every business account from Meta")
+            .returns::<crate::templates::SyncReport>(200, "what was synced"),
+        Endpoint::post("/v1/campaigns", create_campaign)
+            .needs::<RunCampaigns>()
+            .tag("campaigns")
+            .summary("Create a campaign (a draft until launched)")
+            .json_body::<Definition>()
+            .returns::<cstore::Campaign>(201, "created")
+            .errors(&[404, 409, 422]),
+        Endpoint::get("/v1/campaigns", list_campaigns)
+            .needs::<Read>()
+            .tag("campaigns")
+            .summary("The latest campaigns this key may see")
+            .returns::<List<cstore::Campaign>>(200, "campaigns"),
+        Endpoint::get("/v1/campaigns/{id}", get_campaign)
+            .uuid_id()
+            .needs::<Read>()
+            .tag("campaigns")
+            .summary("Progress: counts by state and reason, rate and ETA")
+            .returns::<campaigns::Progress>(200, "progress"),
+        Endpoint::post("/v1/campaigns/{id}/estimate", estimate)
+            .uuid_id()
+            .needs::<RunCampaigns>()
+            .tag("campaigns")
+            .summary("Eligible recipients, exclusions by reason, cost and ETA, before sending")
+            .returns::<campaigns::Estimate>(200, "the estimate")
+            .errors(&[409, 422]),
+        campaign_action("/v1/campaigns/{id}/launch", launch, "Launch: plan and send"),
+        campaign_action("/v1/campaigns/{id}/pause", pause, "Pause sending"),
+        campaign_action(
+            "/v1/campaigns/{id}/resume",
+            resume,
+            "Resume a paused campaign",
+        ),
+        campaign_action(
+            "/v1/campaigns/{id}/cancel",
+            cancel,
+            "Cancel: nothing more is sent",
+        ),
+        Endpoint::get("/v1/campaigns/{id}/failures.csv", failures_csv)
+            .uuid_id()
+            .needs::<Read>()
+            .tag("campaigns")
+            .summary("Every failed recipient with the error code and reason")
+            .answers(200, "failures", Content::Csv),
+        Endpoint::get("/v1/campaigns/{id}/exclusions.csv", exclusions_csv)
+            .uuid_id()
+            .needs::<Read>()
+            .tag("campaigns")
+            .summary("Who planning left out and why")
+            .answers(200, "exclusions", Content::Csv),
+        Endpoint::post("/v1/campaigns/{id}/retry-failed", retry_failed)
+            .uuid_id()
+            .needs::<RunCampaigns>()
+            .tag("campaigns")
+            .summary("Send again to the failures that can still succeed")
+            .returns::<campaigns::RetryOutcome>(
+                200,
+                "how many were requeued, and why not the others",
+            )
+            .errors(&[409, 422]),
+        Endpoint::get("/v1/campaigns/{id}/replies", replies)
+            .uuid_id()
+            .needs::<Read>()
+            .tag("campaigns")
+            .summary("Replies to the campaign's messages")
+            .returns::<Replies>(200, "replies"),
+    ]
+}
+
+fn campaign_action<H, T>(path: &'static str, handler: H, summary: &'static str) -> Endpoint
+where
+    H: axum::handler::Handler<T, ApiState>,
+    T: 'static,
+{
+    Endpoint::post(path, handler)
+        .uuid_id()
+        .needs::<RunCampaigns>()
+        .tag("campaigns")
+        .summary(summary)
+        .returns::<cstore::Campaign>(200, "the campaign, in its new state")
+        .errors(&[409, 422])
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct ContactView {
+    contact: contact_store::ContactRow,
+    consent: CurrentConsent,
+}
+
+/// The latest consent per purpose: `opt_in`, `opt_out`, or null when nothing was recorded.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct CurrentConsent {
+    marketing: Option<&'static str>,
+    utility: Option<&'static str>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Replies {
+    count: usize,
+    data: Vec<cstore::Reply>,
 }
 
 impl From<CampaignError> for ApiError {
@@ -75,7 +204,7 @@ fn actor(caller: &super::auth::Caller) -> String {
 
 // -- contacts ------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ImportQuery {
     phone: String,
@@ -293,7 +422,7 @@ where
         .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ContactsQuery {
     #[serde(default)]
@@ -324,7 +453,11 @@ async fn list_contacts(
     let next = (page.len() as i64 == limit)
         .then(|| page.last().map(|c| c.id))
         .flatten();
-    Ok(Json(json!({"data": page, "next_after": next})).into_response())
+    Ok(Json(Page {
+        data: page,
+        next_after: next,
+    })
+    .into_response())
 }
 
 /// One contact with its current consent (the full history is at /v1/consent/{recipient}).
@@ -344,11 +477,13 @@ async fn get_contact(
         .consent(&phone)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({
-        "contact": contact,
-        "consent": {"marketing": consent.marketing.map(|a| a.as_str()),
-                    "utility": consent.utility.map(|a| a.as_str())},
-    }))
+    Ok(Json(ContactView {
+        contact,
+        consent: CurrentConsent {
+            marketing: consent.marketing.map(|a| a.as_str()),
+            utility: consent.utility.map(|a| a.as_str()),
+        },
+    })
     .into_response())
 }
 
@@ -474,7 +609,7 @@ async fn list_campaigns(
     let list = cstore::list_campaigns(&state.services.pool, caller.sender_scope(), 200)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({"data": list})).into_response())
+    Ok(Json(List { data: list }).into_response())
 }
 
 /// The campaign a caller names, if it may see it: a key limited to some senders sees only the
@@ -648,7 +783,11 @@ async fn replies(
     let list = cstore::replies(&state.services.pool, c.id, 1000)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({"count": list.len(), "data": list})).into_response())
+    Ok(Json(Replies {
+        count: list.len(),
+        data: list,
+    })
+    .into_response())
 }
 
 /// The rate tracker lives in the API state so every progress read feeds it.

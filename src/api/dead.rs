@@ -1,26 +1,43 @@
 //! Dead letters for operators: list, read and send again (`Operate`).
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::ApiState;
 use super::auth::{Authorized, Caller, Operate};
+use super::contract::{Endpoint, Page};
 use super::error::ApiError;
-use crate::dead::{self, DeadError};
+use crate::dead::{self, DeadError, DeadJobView};
 use crate::store::dead::{self as stored, DeadJob};
 
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/dead", get(list))
-        .route("/v1/dead/{id}", get(show))
-        .route("/v1/dead/{id}/redrive", post(redrive))
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::get("/v1/dead", list)
+            .needs::<Operate>()
+            .tag("dead letters")
+            .summary("Jobs that could not be carried out, oldest first")
+            .query::<ListQuery>()
+            .returns::<Page<DeadJobView>>(200, "a page of dead jobs"),
+        Endpoint::get("/v1/dead/{id}", show)
+            .path_param::<i64>("id")
+            .needs::<Operate>()
+            .tag("dead letters")
+            .summary("A dead job: its record and the job, decoded where it can be")
+            .returns::<DeadJobView>(200, "the dead job"),
+        Endpoint::post("/v1/dead/{id}/redrive", redrive)
+            .path_param::<i64>("id")
+            .needs::<Operate>()
+            .tag("dead letters")
+            .summary("Send a dead job again")
+            .query::<RedriveQuery>()
+            .returns::<DeadJobView>(200, "sent again")
+            .errors(&[409]),
+    ]
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(default)]
@@ -32,7 +49,7 @@ struct ListQuery {
     all: Option<bool>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RedriveQuery {
     #[serde(default)]
@@ -70,7 +87,11 @@ async fn list(
         .then(|| page.last().map(|d| d.id))
         .flatten();
     let data: Vec<_> = page.iter().map(dead::view).collect();
-    Ok(Json(json!({"data": data, "next_after": next})).into_response())
+    Ok(Json(Page {
+        data,
+        next_after: next,
+    })
+    .into_response())
 }
 
 /// The dead job, if this key may see it: one of its senders', or any for a key not limited to

@@ -8,6 +8,22 @@ use serde_json::json;
 use crate::domain::refusal::{Refusal, RefusalKind};
 use crate::enqueue::EnqueueError;
 
+/// The body of every refusal.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable and stable: `invalid_field`, `unknown_campaign`, `rate_limited`, …
+    pub code: &'static str,
+    /// The field, query parameter or header at fault, when there is one.
+    pub field: Option<String>,
+    /// For a person.
+    pub message: String,
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -82,8 +98,18 @@ impl ApiError {
         )
     }
 
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code,
+            field: self.field.clone(),
+            message: self.message.clone(),
+        }
+    }
+
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code, "field": self.field, "message": self.message}})
+        json!(ErrorBody {
+            error: self.detail()
+        })
     }
 }
 
@@ -141,7 +167,27 @@ impl From<EnqueueError> for ApiError {
 }
 
 /// Parses a JSON body into `T`, naming what is wrong instead of axum's plain-text rejection.
+/// A string holding a NUL character is refused here, for every body, since nothing could store
+/// it (`domain::text`).
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let parsed = parse_message_json(bytes)?;
+    // In JSON a NUL can only be spelled `\u0000`: bodies without that spelling are not read again.
+    if bytes.windows(6).any(|w| w == b"\\u0000")
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && let Some(field) = crate::domain::text::unstorable_path(&value)
+    {
+        return Err(ApiError::bad_request(
+            crate::domain::text::NUL_CODE,
+            Some(&field),
+            crate::domain::text::NUL_MESSAGE,
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Parses a body of Cloud API messages. A NUL is left to `domain::message::validate`, which
+/// refuses it message by message: in a batch, only the message that holds one.
+pub fn parse_message_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
         let code = if e.is_syntax() || e.is_eof() {
             "invalid_json"
@@ -150,4 +196,63 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
         };
         ApiError::bad_request(code, None, e.to_string())
     })
+}
+
+/// Refuses a URL whose path or query decodes to a NUL character (`%00`): no handler could store
+/// or look up such a value.
+pub async fn storable_url(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri = request.uri();
+    let holds_nul = |part: Option<&str>| part.is_some_and(|p| p.contains("%00"));
+    if holds_nul(Some(uri.path())) || holds_nul(uri.query()) {
+        return ApiError::bad_request(
+            crate::domain::text::NUL_CODE,
+            None,
+            "the URL may not hold a NUL character (%00)",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Gives the refusals axum makes itself (a path parameter of the wrong type, a body over the
+/// limit, a method the route does not take) the API's error shape, so every 4xx a client sees
+/// parses the same way. Answers that are already JSON, and successes, pass untouched.
+pub async fn json_refusals(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !status.is_client_error() || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = match std::str::from_utf8(&text).map(str::trim) {
+        Ok(text) if !text.is_empty() => text.to_string(),
+        _ => status.canonical_reason().unwrap_or("refused").to_string(),
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => "unknown_route",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "invalid_request",
+    };
+    let mut refusal = ApiError::new(status, code, None, message).into_response();
+    // Keep what axum said beside the body (`Allow` on a 405).
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            refusal.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    refusal
 }

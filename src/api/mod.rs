@@ -3,20 +3,22 @@
 
 pub mod auth;
 pub mod campaigns;
+pub mod contract;
 pub mod dead;
 pub mod error;
 pub mod limits;
 pub mod subscriptions;
 pub mod webhooks;
 
+use std::sync::{Arc, OnceLock};
+
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::app::Services;
@@ -32,7 +34,8 @@ use auth::{
     AnyKey, Authorized, Caller, KeyCache, ManageKeys, Operate, ReadConsent, Role, SendMessages,
     WriteConsent,
 };
-use error::{ApiError, parse_json};
+use contract::{Content, Endpoint, List};
+use error::{ApiError, ErrorDetail, parse_json, parse_message_json};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -56,38 +59,155 @@ pub fn router(services: Services) -> Router {
         rates: campaigns::rate_tracker(),
     };
     state.key_rate.forget_idle_keys();
-    // Uploads take as long as the client's line does: they share the in-flight places but have
-    // no timeout.
-    let uploads = campaigns::upload_routes().layer(axum::middleware::from_fn_with_state(
-        budget.for_uploads(),
-        limits::within_budget,
-    ));
+    let api = api_endpoints();
+    let uploads = campaigns::upload_endpoints();
+    let document = Arc::new(OnceLock::new());
+    let ops = ops_endpoints(&config, Some(document.clone()));
+    let all: Vec<&Endpoint> = api.iter().chain(&uploads).chain(&ops).collect();
+    // Set before the router is built: nothing can ask for it earlier.
+    let _ = document.set(Bytes::from(contract::document(&all).to_string()));
     Router::new()
-        .route("/v1/{phone_number_id}/messages", post(send_message))
-        .route("/v1/{phone_number_id}/messages/batch", post(send_batch))
-        .route("/v1/messages/{id}", get(get_message))
-        .route("/v1/senders", post(put_sender).get(list_senders))
-        .route("/v1/senders/{phone_number_id}/pause", post(pause_sender))
-        .route("/v1/senders/{phone_number_id}/resume", post(resume_sender))
-        .route("/v1/templates", post(put_template).get(list_templates))
-        .route("/v1/consent", post(post_consent))
-        .route("/v1/consent/{recipient}", get(get_consent))
-        .route("/v1/erasures", post(post_erasure))
-        .route("/v1/apikeys", post(post_api_key).get(list_api_keys))
-        .route("/v1/apikeys/{id}", axum::routing::delete(revoke_api_key))
-        .merge(webhooks::routes())
-        .merge(subscriptions::routes())
-        .merge(campaigns::routes())
-        .merge(dead::routes())
+        .merge(contract::mount(&api))
         .layer(axum::middleware::from_fn_with_state(
-            budget,
+            budget.clone(),
             limits::within_budget,
         ))
-        .merge(uploads)
+        // Uploads take as long as the client's line does: they share the in-flight places but
+        // have no timeout.
+        .merge(
+            contract::mount(&uploads).layer(axum::middleware::from_fn_with_state(
+                budget.for_uploads(),
+                limits::within_budget,
+            )),
+        )
         .layer(DefaultBodyLimit::max(limit))
-        // Health checks and metrics answer even when the API is saturated.
-        .merge(ops_routes(&config))
+        // Health checks, metrics and the contract answer even when the API is saturated.
+        .merge(contract::mount(&ops))
+        .fallback(unknown_route)
+        .layer(axum::middleware::from_fn(error::storable_url))
+        .layer(axum::middleware::from_fn(error::json_refusals))
         .with_state(state)
+}
+
+/// Messages, senders, templates, consent, erasure and keys.
+fn endpoints() -> Vec<Endpoint> {
+    const IDEMPOTENCY: &str = "Accepted once per key and value: a repeat answers 200 with the \
+        first message, whatever its body";
+    const DELIVERY: &str = "at-most-once (default) or at-least-once: what a send whose outcome \
+        is unknown becomes";
+    vec![
+        Endpoint::post("/v1/{phone_number_id}/messages", send_message)
+            .needs::<SendMessages>()
+            .tag("messages")
+            .summary("Enqueue one message, shaped like the Cloud API's")
+            .header("Idempotency-Key", IDEMPOTENCY)
+            .header("X-Pregon-Delivery", DELIVERY)
+            .body(Content::json_schema(crate::domain::message::request_schema))
+            .returns::<AcceptedMessage>(202, "queued")
+            .returns::<AcceptedMessage>(200, "accepted before under this idempotency key")
+            .errors(&[409, 422]),
+        Endpoint::post("/v1/{phone_number_id}/messages/batch", send_batch)
+            .needs::<SendMessages>()
+            .tag("messages")
+            .summary("Enqueue up to batch_max_items messages; each is accepted or refused")
+            .header("X-Pregon-Delivery", DELIVERY)
+            .json_body::<Batch>()
+            .returns::<BatchAnswer>(200, "what became of each message"),
+        Endpoint::get("/v1/messages/{id}", get_message)
+            .uuid_id()
+            .tag("messages")
+            .summary("A message's state, attempts and lifecycle times")
+            .returns::<store::MessageRow>(200, "the message"),
+        Endpoint::post("/v1/senders", put_sender)
+            .needs::<Operate>()
+            .tag("senders")
+            .summary("Register or update a sender (a WhatsApp number)")
+            .json_body::<SenderBody>()
+            .returns::<Sender>(201, "registered"),
+        Endpoint::get("/v1/senders", list_senders)
+            .tag("senders")
+            .summary("The senders this key may use")
+            .returns::<List<Sender>>(200, "senders"),
+        Endpoint::post("/v1/senders/{phone_number_id}/pause", pause_sender)
+            .needs::<Operate>()
+            .tag("senders")
+            .summary("Stop sending from a number until it is resumed")
+            .returns::<SenderPaused>(200, "paused"),
+        Endpoint::post("/v1/senders/{phone_number_id}/resume", resume_sender)
+            .needs::<Operate>()
+            .tag("senders")
+            .summary("Resume a number paused by an operator")
+            .returns::<SenderPaused>(200, "resumed"),
+        Endpoint::post("/v1/templates", put_template)
+            .needs::<Operate>()
+            .tag("templates")
+            .summary("Register a template by hand (or sync them from Meta)")
+            .json_body::<TemplateBody>()
+            .returns::<Template>(201, "registered"),
+        Endpoint::get("/v1/templates", list_templates)
+            .tag("templates")
+            .summary("Every registered template, with its category and status")
+            .returns::<List<Template>>(200, "templates"),
+        Endpoint::post("/v1/consent", post_consent)
+            .needs::<WriteConsent>()
+            .tag("consent")
+            .summary("Record an opt-in (with evidence) or an opt-out")
+            .json_body::<ConsentBody>()
+            .returns::<ConsentRecorded>(201, "recorded"),
+        Endpoint::get("/v1/consent/{recipient}", get_consent)
+            .needs::<ReadConsent>()
+            .tag("consent")
+            .summary("A person's current consent and its history")
+            .returns::<ConsentView>(200, "consent"),
+        Endpoint::post("/v1/erasures", post_erasure)
+            .needs::<Operate>()
+            .tag("consent")
+            .summary("Erase a person's data everywhere, keeping a hashed opt-out tombstone")
+            .json_body::<ErasureBody>()
+            .returns::<ErasureAnswer>(200, "what was erased"),
+        Endpoint::post("/v1/apikeys", post_api_key)
+            .needs::<ManageKeys>()
+            .tag("keys")
+            .summary("Create an API key; its secret is shown once")
+            .json_body::<ApiKeyBody>()
+            .returns::<KeyCreated>(201, "created"),
+        Endpoint::get("/v1/apikeys", list_api_keys)
+            .needs::<ManageKeys>()
+            .tag("keys")
+            .summary("Every key within this key's scope (never a secret)")
+            .returns::<List<store::ApiKeyInfo>>(200, "keys"),
+        Endpoint::delete("/v1/apikeys/{id}", revoke_api_key)
+            .uuid_id()
+            .needs::<ManageKeys>()
+            .tag("keys")
+            .summary("Revoke a key: every process refuses it within a second")
+            .answers(204, "revoked", Content::Empty)
+            .errors(&[409]),
+    ]
+}
+
+/// The contract of the whole API as `router` serves it with this configuration.
+pub fn openapi(config: &crate::config::Config) -> Value {
+    let api = api_endpoints();
+    let uploads = campaigns::upload_endpoints();
+    let ops = ops_endpoints(config, Some(Arc::new(OnceLock::new())));
+    contract::document(&api.iter().chain(&uploads).chain(&ops).collect::<Vec<_>>())
+}
+
+/// Every keyed route but uploads, and the webhook receiver: the routes under the request
+/// budget and the body limit.
+fn api_endpoints() -> Vec<Endpoint> {
+    endpoints()
+        .into_iter()
+        .chain(webhooks::endpoints())
+        .chain(subscriptions::endpoints())
+        .chain(campaigns::endpoints())
+        .chain(dead::endpoints())
+        .collect()
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::not_found("unknown_route", "no such route; see /v1/openapi.json")
 }
 
 /// The `limit` of a paged list: 100 when absent, 1 to 1000.
@@ -103,30 +223,63 @@ pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     Ok(limit)
 }
 
-/// /healthz, /readyz and, unless `metrics_listen` gives metrics a listener of their own,
-/// /metrics.
-fn ops_routes(config: &crate::config::Config) -> Router<ApiState> {
-    let health = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz));
+/// /healthz, /readyz, the contract (when `document` is given) and, unless `metrics_listen`
+/// gives metrics a listener of their own, /metrics.
+fn ops_endpoints(
+    config: &crate::config::Config,
+    document: Option<Arc<OnceLock<Bytes>>>,
+) -> Vec<Endpoint> {
+    let mut ops = vec![
+        Endpoint::get("/healthz", || async { "ok" })
+            .public()
+            .tag("operations")
+            .summary("Liveness: the process answers")
+            .answers(200, "alive", Content::Text),
+        Endpoint::get("/readyz", readyz)
+            .public()
+            .tag("operations")
+            .summary("Readiness: PostgreSQL, Redis and RabbitMQ answer")
+            .answers(200, "ready", Content::Text)
+            .answers(503, "a backing service is down", Content::Text),
+    ];
     if config.metrics_listen.is_empty() {
-        health.route("/metrics", get(metrics))
-    } else {
-        health
+        ops.push(metrics_endpoint());
     }
+    if let Some(document) = document {
+        ops.push(
+            Endpoint::get("/v1/openapi.json", move || async move {
+                let body = document.get().cloned().unwrap_or_default();
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+            })
+            .public()
+            .tag("operations")
+            .summary("This document: the API's contract, OpenAPI 3.1")
+            .answers(200, "the OpenAPI document", Content::json::<Value>()),
+        );
+    }
+    ops
+}
+
+fn metrics_endpoint() -> Endpoint {
+    Endpoint::get("/metrics", metrics)
+        .public()
+        .tag("operations")
+        .summary("Prometheus metrics")
+        .answers(200, "metrics in Prometheus' text format", Content::Text)
 }
 
 /// /metrics alone, for the `metrics_listen` address.
 pub fn metrics_router(services: Services) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(ops_state(services))
+    contract::mount(&[metrics_endpoint()]).with_state(ops_state(services))
 }
 
 /// The health checks (and /metrics, unless it has a listener of its own): what a worker-only
 /// process serves on `listen`.
 pub fn ops_router(services: Services) -> Router {
-    ops_routes(&services.config).with_state(ops_state(services))
+    contract::mount(&ops_endpoints(&services.config, None)).with_state(ops_state(services))
 }
 
 /// The state of routes that take no API key: no request rate to count.
@@ -170,16 +323,65 @@ fn scoped_key(caller: &Caller, key: &str) -> String {
 /// The Cloud API's success shape, with pregon's message id where Meta would put its wamid.
 /// `message_status` takes only the Cloud API's own values (SDKs parse it as an enum); pregon's
 /// state of the message is in `pregon_status`.
-fn accepted_body(a: &Accepted) -> Value {
-    json!({
-        "messaging_product": "whatsapp",
-        "contacts": [{"input": a.input, "wa_id": a.wa_id}],
-        "messages": [{
-            "id": a.id.to_string(),
-            "message_status": "accepted",
-            "pregon_status": MessageStatus::Queued.as_str(),
-        }]
-    })
+fn accepted_body(a: &Accepted) -> AcceptedMessage {
+    AcceptedMessage {
+        messaging_product: "whatsapp",
+        contacts: vec![AcceptedContact {
+            input: a.input.clone(),
+            wa_id: a.wa_id.clone(),
+        }],
+        messages: vec![AcceptedId {
+            id: a.id,
+            message_status: "accepted",
+            pregon_status: MessageStatus::Queued,
+        }],
+    }
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct AcceptedMessage {
+    /// Always `whatsapp`.
+    messaging_product: &'static str,
+    contacts: Vec<AcceptedContact>,
+    messages: Vec<AcceptedId>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct AcceptedContact {
+    /// The recipient as given.
+    input: String,
+    /// The recipient normalised: the person's WhatsApp id.
+    wa_id: String,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct AcceptedId {
+    /// pregon's message id, where Meta would put its wamid.
+    id: Uuid,
+    /// Always `accepted`.
+    message_status: &'static str,
+    pregon_status: MessageStatus,
+}
+
+/// What became of each message of a batch, in order.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct BatchAnswer {
+    accepted: usize,
+    refused: usize,
+    results: Vec<BatchItem>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct BatchItem {
+    index: usize,
+    /// `accepted` or `refused`.
+    status: &'static str,
+    /// An accepted message's answer, as for a single message.
+    #[serde(flatten)]
+    accepted: Option<AcceptedMessage>,
+    /// A refused message's reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail>,
 }
 
 async fn send_message(
@@ -190,7 +392,7 @@ async fn send_message(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     caller.require_sender(&phone_number_id)?;
-    let body: Value = parse_json(&body)?;
+    let body: Value = parse_message_json(&body)?;
     let header_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(
@@ -229,7 +431,7 @@ async fn send_message(
     Ok((status, Json(accepted_body(&accepted))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct Batch {
     messages: Vec<Value>,
 }
@@ -242,7 +444,7 @@ async fn send_batch(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     caller.require_sender(&phone_number_id)?;
-    let batch: Batch = parse_json(&body)?;
+    let batch: Batch = parse_message_json(&body)?;
     let max = state.services.config.batch_max_items;
     if batch.messages.is_empty() || batch.messages.len() > max {
         return Err(ApiError::bad_request(
@@ -271,27 +473,35 @@ async fn send_batch(
         .collect();
     let results = enqueue::enqueue_many(&state.services, requests).await;
     let mut accepted = 0;
-    let items: Vec<Value> = results
+    let results: Vec<BatchItem> = results
         .into_iter()
         .enumerate()
         .map(|(index, r)| match r {
             Ok(a) => {
                 accepted += 1;
-                let mut item = accepted_body(&a);
-                item["index"] = json!(index);
-                item["status"] = json!("accepted");
-                item
+                BatchItem {
+                    index,
+                    status: "accepted",
+                    accepted: Some(accepted_body(&a)),
+                    error: None,
+                }
             }
-            Err(e) => {
-                let e = ApiError::from(e);
-                json!({"index": index, "status": "refused", "error": e.body()["error"]})
-            }
+            Err(e) => BatchItem {
+                index,
+                status: "refused",
+                accepted: None,
+                error: Some(ApiError::from(e).detail()),
+            },
         })
         .collect();
-    let refused = items.len() - accepted;
+    let refused = results.len() - accepted;
     Ok((
         StatusCode::OK,
-        Json(json!({"accepted": accepted, "refused": refused, "results": items})),
+        Json(BatchAnswer {
+            accepted,
+            refused,
+            results,
+        }),
     )
         .into_response())
 }
@@ -312,7 +522,7 @@ async fn get_message(
     Ok(Json(row).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SenderBody {
     phone_number_id: String,
@@ -436,7 +646,7 @@ async fn list_senders(
             .into_iter()
             .filter(|s| caller.may_use_sender(&s.phone_number_id))
             .collect();
-    Ok(Json(json!({"data": senders})).into_response())
+    Ok(Json(List { data: senders }).into_response())
 }
 
 async fn pause_sender(
@@ -477,10 +687,20 @@ async fn set_paused(state: ApiState, id: String, paused: bool) -> Result<Respons
         .set_sender_paused(&id, paused, reason, store::PauseSource::Operator)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({"phone_number_id": id, "paused": paused})).into_response())
+    Ok(Json(SenderPaused {
+        phone_number_id: id,
+        paused,
+    })
+    .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct SenderPaused {
+    phone_number_id: String,
+    paused: bool,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct TemplateBody {
     name: String,
@@ -590,10 +810,10 @@ async fn list_templates(
     let templates = store::list_templates(&state.services.pool)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({"data": templates})).into_response())
+    Ok(Json(List { data: templates }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ConsentBody {
     recipient: String,
@@ -604,7 +824,7 @@ struct ConsentBody {
     evidence: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ErasureBody {
     recipient: String,
@@ -626,7 +846,13 @@ async fn post_erasure(
     )
     .await
     .map_err(ApiError::internal)?;
-    Ok((StatusCode::OK, Json(json!({"erased": erased}))).into_response())
+    Ok((StatusCode::OK, Json(ErasureAnswer { erased })).into_response())
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct ErasureAnswer {
+    /// Rows erased or anonymised, by kind.
+    erased: crate::store::privacy::Erased,
 }
 
 async fn post_consent(
@@ -682,9 +908,28 @@ async fn post_consent(
         .map_err(ApiError::internal)?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": ids.first(), "event": event})),
+        Json(ConsentRecorded {
+            id: ids.first().copied(),
+            event,
+        }),
     )
         .into_response())
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct ConsentRecorded {
+    /// The event's id in the consent log.
+    id: Option<i64>,
+    event: ConsentEvent,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct ConsentView {
+    recipient: String,
+    /// `opt_in`, `opt_out`, or null when nothing was recorded.
+    marketing: Option<&'static str>,
+    utility: Option<&'static str>,
+    history: Vec<store::ConsentRecord>,
 }
 
 async fn get_consent(
@@ -705,16 +950,16 @@ async fn get_consent(
         .consent(&recipient)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({
-        "recipient": recipient,
-        "marketing": current.marketing.map(|a| a.as_str()),
-        "utility": current.utility.map(|a| a.as_str()),
-        "history": history,
-    }))
+    Ok(Json(ConsentView {
+        recipient,
+        marketing: current.marketing.map(|a| a.as_str()),
+        utility: current.utility.map(|a| a.as_str()),
+        history,
+    })
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ApiKeyBody {
     name: String,
@@ -758,11 +1003,14 @@ async fn post_api_key(
         auth::create_expiring_key(&state.services.pool, &b.name, role, b.senders, b.expires_at)
             .await
             .map_err(ApiError::internal)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"key": key, "secret": secret})),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(KeyCreated { key, secret })).into_response())
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct KeyCreated {
+    key: store::ApiKey,
+    /// Shown once, here: only its hash is stored.
+    secret: String,
 }
 
 /// Every key (never a secret): role, senders, created, expires, last used, revoked. A key
@@ -777,7 +1025,7 @@ async fn list_api_keys(
         .into_iter()
         .filter(|k| caller.require_within_scope(k.senders.as_deref()).is_ok())
         .collect();
-    Ok(Json(json!({"data": keys})).into_response())
+    Ok(Json(List { data: keys }).into_response())
 }
 
 /// Revokes a key: every process refuses it within a second.

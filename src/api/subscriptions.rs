@@ -1,37 +1,86 @@
 //! HTTP callback subscriptions (per API key) and their delivery log; recipient suppressions.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
 use uuid::Uuid;
 
 use super::ApiState;
 use super::auth::{
     AnyKey, Authorized, Caller, ManageSubscriptions, Operate, ReadConsent, generate_secret,
 };
+use super::contract::{Content, Endpoint};
 use super::error::{ApiError, parse_json};
 use crate::domain::callback::{CallbackRefusal, check_url};
 use crate::events::EVENT_TYPES;
 use crate::store::events as stored;
-use crate::store::webhooks::suppression;
+use crate::store::webhooks::{Suppression, suppression};
 
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/subscriptions", post(create).get(list))
-        .route("/v1/subscriptions/{id}", delete(remove).get(show))
-        .route("/v1/subscriptions/{id}/deliveries", get(deliveries))
-        .route(
-            "/v1/suppressions/{recipient}",
-            get(get_suppression).delete(lift_suppression),
-        )
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::post("/v1/subscriptions", create)
+            .needs::<ManageSubscriptions>()
+            .tag("callbacks")
+            .summary("Subscribe an https URL to lifecycle events, signed with a secret")
+            .json_body::<SubscriptionBody>()
+            .returns::<SubscriptionCreated>(201, "subscribed; the secret is shown once"),
+        Endpoint::get("/v1/subscriptions", list)
+            .tag("callbacks")
+            .summary("This key's subscriptions (every one, for an admin key)")
+            .returns::<Subscriptions>(200, "subscriptions"),
+        Endpoint::get("/v1/subscriptions/{id}", show)
+            .uuid_id()
+            .tag("callbacks")
+            .summary("A subscription")
+            .returns::<stored::Subscription>(200, "the subscription"),
+        Endpoint::delete("/v1/subscriptions/{id}", remove)
+            .uuid_id()
+            .needs::<ManageSubscriptions>()
+            .tag("callbacks")
+            .summary("Unsubscribe")
+            .answers(204, "removed", Content::Empty),
+        Endpoint::get("/v1/subscriptions/{id}/deliveries", deliveries)
+            .uuid_id()
+            .tag("callbacks")
+            .summary("A subscription's recent callback deliveries, newest first")
+            .query::<DeliveriesQuery>()
+            .returns::<Deliveries>(200, "deliveries"),
+        Endpoint::get("/v1/suppressions/{recipient}", get_suppression)
+            .needs::<ReadConsent>()
+            .tag("consent")
+            .summary("Whether a recipient is suppressed, and why")
+            .returns::<Suppression>(200, "suppressed"),
+        Endpoint::delete("/v1/suppressions/{recipient}", lift_suppression)
+            .needs::<Operate>()
+            .tag("consent")
+            .summary("Lift a suppression")
+            .answers(204, "lifted", Content::Empty),
+    ]
 }
 
-#[derive(Deserialize)]
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct SubscriptionCreated {
+    #[serde(flatten)]
+    subscription: stored::Subscription,
+    /// Shown once, here: callbacks are signed with it.
+    secret: String,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Subscriptions {
+    subscriptions: Vec<stored::Subscription>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Deliveries {
+    subscription: Uuid,
+    deliveries: Vec<stored::DeliveryRow>,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SubscriptionBody {
     url: String,
@@ -111,8 +160,10 @@ async fn create(
     .await
     .map_err(ApiError::internal)?;
     // The secret is shown once, here, like an API key.
-    let mut answer = json!(saved);
-    answer["secret"] = json!(secret);
+    let answer = SubscriptionCreated {
+        subscription: saved,
+        secret,
+    };
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
@@ -125,7 +176,10 @@ async fn list(
         stored::list_subscriptions(&state.services.pool, &state.services.derived.keyring, scope)
             .await
             .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "subscriptions": subs })).into_response())
+    Ok(Json(Subscriptions {
+        subscriptions: subs,
+    })
+    .into_response())
 }
 
 async fn owned(
@@ -153,7 +207,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let sub = owned(&state, &caller, &id).await?;
-    Ok(Json(json!(sub)).into_response())
+    Ok(Json(sub).into_response())
 }
 
 async fn remove(
@@ -168,8 +222,10 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct DeliveriesQuery {
+    /// 1 to 1000; 50 when left out.
+    #[serde(default)]
     limit: Option<i64>,
 }
 
@@ -177,8 +233,10 @@ async fn deliveries(
     State(state): State<ApiState>,
     caller: Authorized<AnyKey>,
     Path(id): Path<String>,
-    Query(q): Query<DeliveriesQuery>,
+    query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request("invalid_query", None, e.body_text()))?;
     let sub = owned(&state, &caller, &id).await?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
@@ -191,7 +249,11 @@ async fn deliveries(
     let rows = stored::recent_deliveries(&state.services.pool, sub.id, limit)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "subscription": sub.id, "deliveries": rows })).into_response())
+    Ok(Json(Deliveries {
+        subscription: sub.id,
+        deliveries: rows,
+    })
+    .into_response())
 }
 
 async fn get_suppression(
@@ -207,7 +269,7 @@ async fn get_suppression(
         .await
         .map_err(ApiError::internal)?
     {
-        Some(s) => Ok(Json(json!(s)).into_response()),
+        Some(s) => Ok(Json(s).into_response()),
         None => Err(ApiError::not_found(
             "not_suppressed",
             format!("{recipient} is not suppressed"),

@@ -4,23 +4,54 @@
 
 use std::collections::HashMap;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 
 use super::ApiState;
+use super::contract::{Content, Endpoint};
 use super::error::ApiError;
 use crate::store::webhooks::{self as stored, RawState};
 use crate::whatsapp;
 
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/webhooks/whatsapp", get(handshake).post(receive))
-        // The receiver applies its own, larger limit while reading the body.
-        .layer(DefaultBodyLimit::disable())
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint::get("/webhooks/whatsapp", handshake)
+            .signed()
+            .tag("webhooks")
+            .summary("Meta's verification handshake: echoes hub.challenge")
+            .query::<Handshake>()
+            .answers(200, "hub.challenge, echoed", Content::Text)
+            .errors(&[403]),
+        Endpoint::post("/webhooks/whatsapp", receive)
+            .signed()
+            .tag("webhooks")
+            .summary("Meta's webhook calls: checked, stored, acknowledged; processed later")
+            .header(
+                "X-Hub-Signature-256",
+                "sha256=<HMAC-SHA256 of the raw body with the app secret>",
+            )
+            .body(Content::json::<serde_json::Value>())
+            .answers(200, "stored", Content::Text)
+            .errors(&[400, 401])
+            // The receiver applies its own, larger limit while reading the body.
+            .map_route(|r| r.layer(DefaultBodyLimit::disable())),
+    ]
+}
+
+/// The handshake's query, as Meta sends it.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[allow(dead_code)] // Read by name from the query map: a handshake never fails to parse.
+struct Handshake {
+    /// `subscribe`.
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    /// Must match `webhook_verify_token`.
+    #[serde(rename = "hub.verify_token")]
+    verify_token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
 }
 
 async fn handshake(

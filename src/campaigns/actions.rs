@@ -73,7 +73,7 @@ pub async fn act(
     Ok(changed)
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RetryOutcome {
     pub requeued: u64,
     pub not_retried: BTreeMap<String, u64>,

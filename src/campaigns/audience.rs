@@ -32,6 +32,25 @@ pub enum Audience {
 
 impl Audience {
     /// From the `audience` object of a campaign definition.
+    /// What [`Audience::parse`] takes, as a JSON Schema for the API's contract.
+    pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Who receives the campaign: contacts by tags, attributes and list, or \
+                explicit numbers (not both).",
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": false,
+            "properties": {
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "match": {"enum": ["any", "all"], "description": "whether a contact needs any \
+                    of the tags (default) or all of them"},
+                "attributes": {"type": "object"},
+                "list_id": {"type": "string", "format": "uuid"},
+                "numbers": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            },
+        })
+    }
+
     pub fn parse(raw: &Value) -> Result<Audience, CampaignError> {
         let object = raw.as_object().ok_or_else(|| {
             invalid(

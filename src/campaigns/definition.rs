@@ -16,7 +16,7 @@ use super::*;
 // -- creation ------------------------------------------------------------------------------------
 
 /// A campaign definition as the API receives it.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Definition {
     pub name: String,
@@ -27,6 +27,7 @@ pub struct Definition {
     pub sender: Option<String>,
     #[serde(default)]
     pub senders: Option<Vec<String>>,
+    #[schemars(schema_with = "super::audience::Audience::schema")]
     pub audience: Value,
     #[serde(default)]
     pub variables: Option<Value>,
@@ -36,14 +37,14 @@ pub struct Definition {
     pub rate_cap: Option<i64>,
 }
 
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateChoice {
     pub name: String,
     pub language: String,
 }
 
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
     #[serde(default)]
@@ -54,7 +55,7 @@ pub struct Schedule {
     pub quiet_hours: Option<QuietHoursBody>,
 }
 
-#[derive(Debug, Clone, serde::Deserialize, Serialize)]
+#[derive(Debug, Clone, serde::Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuietHoursBody {
     pub start: String,

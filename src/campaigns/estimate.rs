@@ -13,7 +13,7 @@ use super::*;
 
 // -- estimate ----------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Estimate {
     pub audience: u64,
     pub eligible: u64,
@@ -23,7 +23,7 @@ pub struct Estimate {
     pub senders: Vec<SenderEstimate>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct CostEstimate {
     pub currency: String,
     pub rate_card_valid_from: String,
@@ -34,14 +34,14 @@ pub struct CostEstimate {
     pub unpriced: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct CountryCost {
     pub recipients: u64,
     pub price: Option<f64>,
     pub cost: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct SenderEstimate {
     pub phone_number_id: String,
     pub mps: u32,

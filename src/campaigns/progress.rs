@@ -27,7 +27,7 @@ pub(crate) fn count_map(rows: &[(String, String, i64)]) -> HashMap<String, i64> 
 
 // -- progress ----------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Progress {
     pub campaign: Campaign,
     pub counts: BTreeMap<String, Value>,

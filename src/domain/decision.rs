@@ -99,6 +99,17 @@ macro_rules! meta_spelled {
                 s.serialize_str(self.as_str())
             }
         }
+
+        /// A string as Meta spells it: values Meta adds later are kept as given, so the
+        /// schema does not close the list.
+        impl schemars::JsonSchema for $t {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($t).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "string", "description": "as Meta spells it"})
+            }
+        }
     )*};
 }
 

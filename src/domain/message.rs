@@ -117,10 +117,67 @@ pub fn check_idempotency_key(key: &str, field: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The message types pregon sends, as the Cloud API names them.
+pub const MESSAGE_TYPES: [&str; 8] = [
+    "template",
+    "text",
+    "interactive",
+    "image",
+    "document",
+    "video",
+    "audio",
+    "sticker",
+];
+
+/// The request's outline as a JSON Schema, for the API's contract: what [`validate`] requires
+/// at the top level. The finer rules (lengths inside a template, buttons, rows) are checked by
+/// `validate`, which names the field it refuses.
+pub fn request_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let typed_object = serde_json::json!({"type": "object"});
+    schemars::json_schema!({
+        "type": "object",
+        "description": "A Cloud API message (POST /{phone_number_id}/messages), plus pregon's \
+            optional idempotency_key.",
+        "required": ["messaging_product", "to", "type"],
+        "properties": {
+            "messaging_product": {"const": "whatsapp"},
+            "recipient_type": {"const": "individual"},
+            "to": {"type": "string", "description": "The recipient's phone number, in any \
+                spelling with its country code"},
+            "type": {"enum": MESSAGE_TYPES},
+            "idempotency_key": {"type": "string", "minLength": 1,
+                "maxLength": MAX_IDEMPOTENCY_KEY_BYTES},
+            "text": {"type": "object", "required": ["body"], "properties": {
+                "body": {"type": "string", "minLength": 1, "maxLength": limits::TEXT_BODY},
+                "preview_url": {"type": "boolean"}}},
+            "template": {"type": "object", "required": ["name", "language"], "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": limits::TEMPLATE_NAME},
+                "language": {"type": "object", "required": ["code"],
+                    "properties": {"code": {"type": "string"}}},
+                "components": {"type": "array", "items": {"type": "object"}}}},
+            "interactive": typed_object,
+            "image": typed_object,
+            "document": typed_object,
+            "video": typed_object,
+            "audio": typed_object,
+            "sticker": typed_object,
+            "context": typed_object,
+            "biz_opaque_callback_data": {"type": "string"},
+        },
+    })
+}
+
 pub fn validate(body: &Value) -> Result<ValidatedMessage, Invalid> {
     let obj = body
         .as_object()
         .ok_or_else(|| invalid("invalid_body", "", "the message body must be a JSON object"))?;
+    if let Some(field) = super::text::unstorable_path(body) {
+        return Err(invalid(
+            super::text::NUL_CODE,
+            field,
+            super::text::NUL_MESSAGE,
+        ));
+    }
     match obj.get("idempotency_key") {
         None => {}
         Some(Value::String(key)) => check_idempotency_key(key, "idempotency_key")?,
@@ -654,6 +711,23 @@ fn media(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_type_the_contract_lists_is_one_validate_takes() {
+        for kind in MESSAGE_TYPES {
+            let body = serde_json::json!({"messaging_product": "whatsapp", "to": "5215512345678",
+                                          "type": kind});
+            let refused = validate(&body).unwrap_err();
+            // Refused for the missing content object, never for the type itself.
+            assert_eq!(refused.field, kind, "{kind}: {refused}");
+        }
+        let other = serde_json::json!({"messaging_product": "whatsapp", "to": "5215512345678",
+                                       "type": "location"});
+        assert_eq!(
+            validate(&other).unwrap_err().code,
+            "unsupported_message_type"
+        );
+    }
 
     #[test]
     fn idempotency_keys_are_short_printable_text() {

@@ -17,11 +17,22 @@ pub mod policy;
 pub mod reason;
 pub mod refusal;
 pub mod retry;
+pub mod text;
 pub mod tier;
 pub mod webhook;
 
 /// What a message is for; decides pricing, consent needs and which lane it travels in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     Marketing,
@@ -74,7 +85,17 @@ impl TryFrom<String> for Category {
 
 /// The queue a message waits in. Transactional traffic has its own lane so a large campaign never
 /// delays an OTP or an order update on the same number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Lane {
     Transactional,
@@ -178,8 +199,28 @@ impl serde::Serialize for MessageStatus {
     }
 }
 
+impl schemars::JsonSchema for MessageStatus {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MessageStatus".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let codes: Vec<&str> = MessageStatus::ALL.iter().map(|s| s.as_str()).collect();
+        schemars::json_schema!({"type": "string", "enum": codes})
+    }
+}
+
 /// What to do when the outcome of a send is unknown (the process died during the HTTP call).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryMode {
     /// Never risk a duplicate: an unknown outcome is recorded as failed.

@@ -88,7 +88,9 @@ pub fn parse_ladder(raw: &str) -> Result<Vec<Tier>, BadTier> {
 }
 
 /// Whose recipients share one count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TierScope {
     PhoneNumber,

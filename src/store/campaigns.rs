@@ -12,7 +12,7 @@ use crate::domain::Category;
 use crate::domain::campaign::CampaignState;
 use crate::domain::reason::Reason;
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct Campaign {
     pub id: Uuid,
     pub name: String,
@@ -21,9 +21,12 @@ pub struct Campaign {
     #[sqlx(try_from = "String")]
     pub category: Category,
     pub senders: Vec<String>,
+    #[schemars(with = "Value")]
     pub audience: Json<Value>,
+    #[schemars(with = "Value")]
     pub variables: Json<Value>,
     pub start_at: Option<DateTime<Utc>>,
+    #[schemars(with = "Option<Value>")]
     pub quiet_hours: Option<Json<Value>>,
     pub end_by: Option<DateTime<Utc>>,
     pub rate_cap: Option<i32>,
@@ -154,7 +157,7 @@ pub async fn change_state(
     Ok(updated)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct CampaignEvent {
     pub event: String,
     pub cause: Option<String>,
@@ -436,7 +439,7 @@ pub async fn cancel_planned(
     .rows_affected())
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct Failure {
     pub id: Uuid,
     pub campaign_seq: i64,
@@ -517,7 +520,7 @@ pub async fn exclusions_after(
     .await?)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct Reply {
     pub wamid: String,
     pub recipient: String,

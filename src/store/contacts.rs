@@ -19,13 +19,14 @@ pub struct ContactInput {
     pub tags: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct ContactRow {
     pub id: i64,
     pub phone: String,
     pub name: Option<String>,
     pub language: Option<String>,
     pub country: String,
+    #[schemars(with = "Value")]
     pub attributes: sqlx::types::Json<Value>,
     pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
@@ -147,7 +148,7 @@ pub async fn insert_import_errors(
     Ok(())
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct ImportError {
     #[sqlx(rename = "row_number", try_from = "i64")]
     pub row: u64,
@@ -156,7 +157,7 @@ pub struct ImportError {
     pub value: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct ImportTotals {
     pub rows: u64,
     pub created: u64,

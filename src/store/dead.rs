@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::StoreError;
 
 /// Where a dead job came from, with the stable code stored in `dead_jobs.source`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeadSource {
     /// A send job from a sender's lane.
@@ -38,7 +38,7 @@ impl TryFrom<String> for DeadSource {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct DeadJob {
     pub id: i64,
     #[sqlx(try_from = "String")]

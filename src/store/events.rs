@@ -90,7 +90,7 @@ pub async fn outbox_depth(pool: &PgPool) -> Result<i64, StoreError> {
 // Subscriptions
 
 /// `Debug` leaves the signing secret out.
-#[derive(Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct Subscription {
     pub id: Uuid,
     pub api_key_id: Uuid,
@@ -311,7 +311,7 @@ pub async fn record_delivery(
     Ok(())
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct DeliveryRow {
     pub id: i64,
     pub event_type: String,

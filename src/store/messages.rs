@@ -76,7 +76,7 @@ impl MessageUpdate {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct MessageRow {
     pub id: Uuid,
     pub sender: String,

@@ -136,7 +136,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 // Senders and templates
 
 /// `Debug` leaves the access token out: a logged sender never shows it.
-#[derive(Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct Sender {
     pub phone_number_id: String,
     pub business_portfolio_id: String,
@@ -316,7 +316,7 @@ pub async fn set_sender_paused(
     Ok(())
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct Template {
     pub name: String,
     pub language: String,
@@ -356,7 +356,9 @@ pub async fn list_templates(pool: &PgPool) -> Result<Vec<Template>, StoreError> 
 // ---------------------------------------------------------------------------------------------
 // Consent
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct ConsentEvent {
     pub recipient: String,
     pub purpose: String,
@@ -388,7 +390,7 @@ pub async fn append_consent(
     Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct ConsentRecord {
     pub id: i64,
     pub recipient: String,
@@ -433,7 +435,7 @@ pub async fn consent_history(
 // ---------------------------------------------------------------------------------------------
 // API keys
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct ApiKey {
     pub id: Uuid,
     pub name: String,
@@ -443,7 +445,7 @@ pub struct ApiKey {
 }
 
 /// A key as an operator lists it (never its secret or hash).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct ApiKeyInfo {
     pub id: Uuid,
     pub name: String,

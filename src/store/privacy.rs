@@ -104,7 +104,7 @@ pub async fn purge_batch(
 }
 
 /// What an erasure removed or anonymised, table by table.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
 pub struct Erased {
     pub consent_events: u64,
     pub suppressions: u64,

@@ -470,7 +470,7 @@ pub async fn unsuppress(pool: &PgPool, recipient: &str) -> Result<bool, StoreErr
         > 0)
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct Suppression {
     pub recipient: String,
     pub reason: String,
@@ -584,7 +584,7 @@ pub async fn link_reply(
     Ok(row.map(|r| r.get::<Uuid, _>(0)))
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct InboundRow {
     pub wamid: String,
     pub sender: String,
@@ -776,7 +776,7 @@ pub async fn update_template_field(
     })
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct TemplateChangeRow {
     pub change: String,
     pub old_value: Option<String>,

@@ -638,3 +638,78 @@ async fn unknown_templates_do_not_reload_the_catalogue_each() {
     );
     env.cleanup().await;
 }
+
+/// A NUL character cannot be stored (PostgreSQL's text and jsonb refuse it): it is refused where
+/// it comes in, by name, and the messages written beside it are written.
+#[tokio::test]
+async fn a_nul_character_is_refused_by_name_and_sinks_nothing_beside_it() {
+    let env = env().await;
+    let rs = recipients(3, 71);
+    // An OTP code with a NUL in it, in a template parameter.
+    let mut with_nul = template_body(&rs[1], "order_update");
+    with_nul["template"]["components"][0]["parameters"][0]["text"] = json!("code \u{0} 1234");
+    let (status, body) = env
+        .post(
+            &format!("/v1/{SENDER}/messages/batch"),
+            json!({"messages": [template_body(&rs[0], "order_update"), with_nul,
+                                template_body(&rs[2], "order_update")]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["accepted"], 2, "{body}");
+    assert_eq!(body["results"][1]["error"]["code"], "invalid_character");
+    assert_eq!(
+        body["results"][1]["error"]["field"],
+        "template.components[0].parameters[0].text"
+    );
+    assert_eq!(env.counts(SENDER).await.get("queued"), Some(&2));
+
+    let mut text_with_nul = text_body(&rs[1]);
+    text_with_nul["text"]["body"] = json!("\u{0}");
+    let (status, body) = env.post(&path(), text_with_nul).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "text.body");
+
+    let (status, body) = env
+        .post(
+            "/v1/senders",
+            json!({"phone_number_id": "1065550199", "business_portfolio_id": "bp",
+                   "display_phone_number": "+52\u{0}", "access_token": "t"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_character");
+    assert_eq!(body["error"]["field"], "display_phone_number");
+
+    for path in [
+        "/v1/contacts?tag=a%00b",
+        "/v1/consent/%00",
+        "/v1/contacts/52%0055",
+    ] {
+        let (status, body) = env.get(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_character", "{path}");
+    }
+
+    let csv = "phone,name\n5215512340001,Ana\n5215512340002,B\0b\n5215512340003,Eva\n";
+    let answer = env
+        .http
+        .post(format!(
+            "{}/v1/contacts/import?phone=phone&name=name",
+            env.api_url
+        ))
+        .bearer_auth(&env.admin_key)
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let report: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(report["created"], 2, "{report}");
+    assert_eq!(
+        report["errors_by_reason"]["invalid_character"], 1,
+        "{report}"
+    );
+    assert_eq!(report["errors"][0]["field"], "column 2", "{report}");
+    env.cleanup().await;
+}

@@ -4,6 +4,7 @@
 mod authorization;
 mod broker_restart;
 mod campaigns;
+mod contract;
 mod dispatch;
 mod enqueue;
 mod harness;

@@ -8,7 +8,19 @@ use crate::domain::DeliveryMode;
 use crate::domain::decision::{Consent, Facts, recipient_verdict};
 use crate::domain::reason::Reason;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Exclusion {
     InvalidNumber,

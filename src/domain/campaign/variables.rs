@@ -73,7 +73,7 @@ fn placeholders(text: &str) -> Vec<String> {
 }
 
 /// Where one template parameter's value comes from for each recipient.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VariableSource {
     /// A contact field (`name`, `language`, `country`, `phone`) or a key of its attributes.
