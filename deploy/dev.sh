@@ -108,6 +108,18 @@ ensure_schemathesis() {
   export SCHEMATHESIS_BIN="$venv/bin/schemathesis"
 }
 
+# Prometheus and promtool, from the system's packages: the alert rules' unit tests and the test
+# that evaluates every dashboard query against a real Prometheus need them.
+ensure_prometheus() {
+  if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    apt_install prometheus
+  fi
+  # The package's own service is not wanted: each test starts a Prometheus of its own.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+}
+
 ensure_services() {
   ensure_postgres
   ensure_redis
@@ -130,6 +142,9 @@ case "$command" in
     ensure_toolchain
     ensure_services
     ensure_schemathesis
+    ensure_prometheus
+    deploy/prometheus/check.sh
+    python3 dashboards/generate.py --check
     cargo test --all-features "$@"
     ;;
   *)

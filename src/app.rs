@@ -323,18 +323,38 @@ impl Services {
 
     /// Readiness: all three services answer.
     pub async fn ready(&self) -> Result<(), String> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(|e| format!("postgresql: {e}"))?;
-        self.state.ping().await.map_err(|e| format!("redis: {e}"))?;
-        if !self.amqp.is_connected() {
-            return Err("rabbitmq: not connected".into());
-        }
-        if !self.publisher.is_ready() {
-            return Err("rabbitmq: publishing connection down or blocked".into());
+        for (service, answer) in self.dependencies().await {
+            answer.map_err(|e| format!("{service}: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Each backing service, and whether it answers this process now (within two seconds).
+    pub async fn dependencies(&self) -> [(&'static str, Result<(), String>); 3] {
+        const WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+        let query = sqlx::query("SELECT 1").execute(&self.pool);
+        let postgresql = match tokio::time::timeout(WITHIN, query).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 2 s".to_string()),
+        };
+        let redis = match tokio::time::timeout(WITHIN, self.state.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 2 s".to_string()),
+        };
+        let rabbitmq = if !self.amqp.is_connected() {
+            Err("not connected".to_string())
+        } else if !self.publisher.is_ready() {
+            Err("publishing connection down or blocked".to_string())
+        } else {
+            Ok(())
+        };
+        [
+            ("postgresql", postgresql),
+            ("redis", redis),
+            ("rabbitmq", rabbitmq),
+        ]
     }
 }
 

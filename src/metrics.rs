@@ -21,6 +21,12 @@ pub struct Metrics {
     pub tier_limit: IntGaugeVec,
     pub pacing_wait_seconds: prometheus::CounterVec,
     pub sender_paused: IntGaugeVec,
+    /// A sender's quality rating as a number: 3 GREEN, 2 YELLOW, 1 RED, 0 unknown.
+    pub sender_quality: IntGaugeVec,
+    /// A sender's configured messages-per-second cap.
+    pub sender_mps: IntGaugeVec,
+    /// 1 while a backing service answers this process, per service.
+    pub dependency_up: IntGaugeVec,
     pub ingest_refused: IntCounterVec,
     /// API requests turned away before a handler ran, by reason (rate_limited, overloaded,
     /// request_timeout).
@@ -149,6 +155,21 @@ impl Metrics {
             "pregon_sender_paused",
             "1 while a sender is paused",
             &["sender"],
+        );
+        let sender_quality = gauge(
+            "pregon_sender_quality",
+            "A sender's quality rating: 3 GREEN, 2 YELLOW, 1 RED, 0 not rated",
+            &["sender"],
+        );
+        let sender_mps = gauge(
+            "pregon_sender_mps",
+            "A sender's messages-per-second cap, as registered",
+            &["sender"],
+        );
+        let dependency_up = gauge(
+            "pregon_dependency_up",
+            "1 while the service (postgresql, redis, rabbitmq) answers this process, checked at each scrape",
+            &["service"],
         );
         let webhook_requests = counter(
             "pregon_webhook_requests_total",
@@ -312,6 +333,9 @@ impl Metrics {
             tier_limit,
             pacing_wait_seconds,
             sender_paused,
+            sender_quality,
+            sender_mps,
+            dependency_up,
             ingest_refused,
             api_refused,
             purged_rows,
@@ -375,6 +399,12 @@ mod tests {
         metrics.tier_usage.with_label_values(&["c"]).set(1);
         metrics.tier_limit.with_label_values(&["c"]).set(1);
         metrics.sender_paused.with_label_values(&["s"]).set(0);
+        metrics.sender_quality.with_label_values(&["s"]).set(3);
+        metrics.sender_mps.with_label_values(&["s"]).set(80);
+        metrics
+            .dependency_up
+            .with_label_values(&["postgresql"])
+            .set(1);
         metrics
             .pacing_wait_seconds
             .with_label_values(&["s", "mps"])
@@ -415,7 +445,15 @@ mod tests {
             .map(|f| f.name().to_string())
             .collect();
         let root = env!("CARGO_MANIFEST_DIR");
-        for file in ["dashboards/pregon.json", "deploy/prometheus/alerts.yml"] {
+        let mut files: Vec<String> = std::fs::read_dir(format!("{root}/dashboards"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|name| name.ends_with(".json"))
+            .map(|name| format!("dashboards/{name}"))
+            .collect();
+        assert!(files.len() >= 3, "{files:?}");
+        files.push("deploy/prometheus/alerts.yml".into());
+        for file in &files {
             let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
             let mut rest = text.as_str();
             while let Some(at) = rest.find("pregon_") {

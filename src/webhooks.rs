@@ -271,6 +271,19 @@ async fn settle_statuses(services: &Services, ids: &[i64]) -> Result<(), AppErro
     let mut waiting = Vec::new();
     for row in stored::failed_needing_effects(&services.pool, ids).await? {
         let meaning = webhook::failed_status(row.error_code);
+        if matches!(meaning, FailedStatus::RetryAfterCap)
+            && (row.message_id.is_none() || row.message_status.is_none())
+        {
+            // Its message is not recorded yet: the next pass takes its effects.
+            waiting.push(row.id);
+            continue;
+        }
+        // A send Meta accepted and then reported failed (131026, 131049, …) is a failure by code
+        // like one refused at once.
+        let code = row
+            .error_code
+            .map_or("unknown".to_string(), |c| c.to_string());
+        services.metrics.failures.with_label_values(&[&code]).inc();
         match meaning {
             FailedStatus::Unreachable if services.config.suppress_unreachable => {
                 if let Some(recipient) = &row.recipient {
@@ -288,16 +301,14 @@ async fn settle_statuses(services: &Services, ids: &[i64]) -> Result<(), AppErro
                     record_opt_out(services, recipient, "whatsapp", &evidence, None).await?;
                 }
             }
-            FailedStatus::RetryAfterCap => match (
-                row.message_id,
-                row.message_status.as_deref().map(MessageStatus::parse),
-            ) {
-                (Some(id), Some(Some(MessageStatus::Sent))) => {
+            FailedStatus::RetryAfterCap => {
+                if let (Some(id), Some(Some(MessageStatus::Sent))) = (
+                    row.message_id,
+                    row.message_status.as_deref().map(MessageStatus::parse),
+                ) {
                     resend_after_cap(services, id).await?
                 }
-                (Some(_), Some(_)) => {}
-                _ => waiting.push(row.id),
-            },
+            }
             FailedStatus::Unreachable | FailedStatus::Fail(_) => {}
         }
     }

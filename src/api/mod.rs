@@ -1058,6 +1058,14 @@ async fn revoke_api_key(
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
+    let services = &state.services;
+    for (service, answer) in services.dependencies().await {
+        services
+            .metrics
+            .dependency_up
+            .with_label_values(&[service])
+            .set(i64::from(answer.is_ok()));
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -41,6 +41,17 @@ impl Quality {
             Quality::Unknown => "UNKNOWN",
         }
     }
+
+    /// The rating as a number that falls as quality drops (3 GREEN, 2 YELLOW, 1 RED, 0 not
+    /// rated), for a gauge an alert can compare.
+    pub fn level(&self) -> i64 {
+        match self {
+            Quality::Green => 3,
+            Quality::Yellow => 2,
+            Quality::Red => 1,
+            Quality::NotAvailable | Quality::Unknown => 0,
+        }
+    }
 }
 
 /// A phone number's status as Meta reports it; only a CONNECTED number sends.
@@ -395,6 +406,21 @@ pub fn decide(snapshot: &Snapshot, facts: &Facts) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quality_levels_fall_as_quality_drops() {
+        let cases = [
+            ("GREEN", 3),
+            ("HIGH", 3),
+            ("YELLOW", 2),
+            ("RED", 1),
+            ("NA", 0),
+            ("whatever", 0),
+        ];
+        for (spelling, level) in cases {
+            assert_eq!(Quality::parse(spelling).level(), level, "{spelling}");
+        }
+    }
 
     fn healthy() -> Snapshot {
         Snapshot {

@@ -177,6 +177,16 @@ async fn update_gauges<'a>(services: &Services, owned: impl Iterator<Item = &'a 
             }
         }
         if let Ok(Some(sender)) = services.catalog.sender(id).await {
+            services
+                .metrics
+                .sender_quality
+                .with_label_values(&[id.as_str()])
+                .set(sender.quality.level());
+            services
+                .metrics
+                .sender_mps
+                .with_label_values(&[id.as_str()])
+                .set(i64::from(sender.mps));
             let (counter, tier) = services.tier_counter(&sender);
             if let Ok(usage) = services.state.tier_usage(&counter).await {
                 services

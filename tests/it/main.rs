@@ -10,6 +10,7 @@ mod enqueue;
 mod harness;
 mod ingest;
 mod limits;
+mod observability;
 mod privacy;
 mod resilience;
 mod secrets;
