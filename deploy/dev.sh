@@ -120,6 +120,34 @@ ensure_prometheus() {
   fi
 }
 
+# The deployment files are checked by the tools their platforms use, from PyPI and pinned:
+# docker-compose parses the compose file, kubernetes-validate checks the manifests against the
+# Kubernetes schemas. docker-compose 1.29 needs a PyYAML 5 that only builds with Cython < 3.
+COMPOSE_VERSION=1.29.2
+KUBERNETES_VALIDATE_VERSION=1.37.0
+validate_deploy() {
+  local tools="${PREGON_TOOLS_DIR:-$HOME/.cache/pregon-tools}"
+  local compose="$tools/docker-compose-$COMPOSE_VERSION"
+  local kube="$tools/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+  if [ ! -x "$compose/bin/docker-compose" ]; then
+    say "installing docker-compose $COMPOSE_VERSION (a parser for the compose file) from PyPI"
+    rm -rf "$compose"
+    python3 -m venv "$compose"
+    "$compose/bin/pip" install --quiet --disable-pip-version-check "cython<3" wheel
+    "$compose/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation "PyYAML==5.4.1"
+    "$compose/bin/pip" install --quiet --disable-pip-version-check "docker-compose==$COMPOSE_VERSION"
+  fi
+  if [ ! -x "$kube/bin/kubernetes-validate" ]; then
+    say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION from PyPI"
+    rm -rf "$kube"
+    python3 -m venv "$kube"
+    "$kube/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  fi
+  "$compose/bin/docker-compose" -f deploy/compose/compose.yml config --quiet
+  "$kube/bin/kubernetes-validate" --strict --quiet deploy/k8s/*.yaml
+  say "deploy/compose and deploy/k8s are valid"
+}
+
 ensure_services() {
   ensure_postgres
   ensure_redis
@@ -145,6 +173,7 @@ case "$command" in
     ensure_prometheus
     deploy/prometheus/check.sh
     python3 dashboards/generate.py --check
+    validate_deploy
     cargo test --all-features "$@"
     ;;
   *)

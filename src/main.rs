@@ -62,6 +62,12 @@ enum Command {
     Config,
     /// Print the API's contract (OpenAPI 3.1), as `/v1/openapi.json` serves it.
     Openapi,
+    /// Ask this process's own listener for its health (a container's health check): exits 0
+    /// when `path` answers 200.
+    Probe {
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
     /// Campaigns: create, estimate, launch, pause, resume, cancel, watch, failures, retry.
     Campaign {
         #[command(flatten)]
@@ -252,6 +258,7 @@ async fn run(command: Command, config: Config) -> Result<(), AppError> {
             print!("{}", config.redacted());
             Ok(())
         }
+        Command::Probe { path } => commands::probe(&config, &path).await,
         Command::Openapi => {
             println!("{:#}", pregon::api::openapi(&config));
             Ok(())

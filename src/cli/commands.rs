@@ -189,6 +189,29 @@ pub enum SecretsCommand {
     Seal,
 }
 
+/// GETs `path` from this process's own listener (`listen`, with a wildcard address asked on
+/// loopback): Ok when it answers 200.
+pub async fn probe(config: &Config, path: &str) -> Result<(), AppError> {
+    let address = config
+        .listen
+        .replace("0.0.0.0:", "127.0.0.1:")
+        .replace("[::]:", "[::1]:");
+    let url = format!("http://{address}{path}");
+    let answer = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(3))
+        .send()
+        .await
+        .map_err(|e| AppError::Invalid(format!("{url}: {e}")))?;
+    if answer.status() != reqwest::StatusCode::OK {
+        return Err(AppError::Invalid(format!(
+            "{url} answered {}",
+            answer.status()
+        )));
+    }
+    Ok(())
+}
+
 pub async fn erase(config: Config, phone: &str) -> Result<(), AppError> {
     let (services, background) = crate::app::Services::connect(config, "cli").await?;
     let erased = crate::privacy::erase(&services, phone, "cli").await;
