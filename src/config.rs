@@ -244,7 +244,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "redis_prefix",
         "prefix of every Redis key (isolates installations and tests)",
     ),
-    ("amqp_url", "RabbitMQ connection URL"),
+    (
+        "amqp_url",
+        "RabbitMQ connection URL; the nodes of a cluster as several URLs separated by commas",
+    ),
     (
         "amqp_namespace",
         "prefix of every RabbitMQ exchange and queue name",

@@ -49,6 +49,8 @@ pub enum QueueError {
     Unroutable,
     #[error("the consumer ended (its channel or connection closed)")]
     ConsumerEnded,
+    #[error("no RabbitMQ node answered within the connect timeout ({0})")]
+    Timeout(String),
 }
 
 impl QueueError {
@@ -126,6 +128,45 @@ impl Names {
 pub async fn connect(url: &str, name: &str) -> Result<Connection, QueueError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     Ok(Connection::connect(url, props).await?)
+}
+
+/// The broker's addresses: `amqp_url` names one node, or every node of a RabbitMQ cluster
+/// separated by commas (a process connects to one of them at random, and after losing it, to
+/// the next that answers).
+pub fn broker_urls(raw: &str) -> Vec<String> {
+    let urls: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        vec![raw.to_string()]
+    } else {
+        urls
+    }
+}
+
+/// Connects to the first node that answers, trying them in turn from `start`; answers the
+/// connection and which node it is on. Each node gets `CONNECT_TIMEOUT`.
+async fn connect_any(
+    urls: &[String],
+    start: usize,
+    name: &str,
+) -> Result<(Connection, usize), QueueError> {
+    let mut last = None;
+    for i in 0..urls.len() {
+        let at = (start + i) % urls.len();
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect(&urls[at], name)).await {
+            Ok(Ok(connection)) => {
+                return Ok((connection, at));
+            }
+            Ok(Err(e)) => last = Some(e),
+            // The node's position, not its URL: the URL holds the password.
+            Err(_) => last = Some(QueueError::Timeout(format!("node {}", at + 1))),
+        }
+    }
+    Err(last.unwrap_or(QueueError::Timeout("no node given".into())))
 }
 
 fn s(v: &str) -> ShortString {
@@ -428,7 +469,10 @@ pub struct Broker {
 }
 
 struct BrokerInner {
-    url: String,
+    /// The nodes to try, in order from `next`: one URL, or every node of a cluster.
+    urls: Vec<String>,
+    /// Where the next reconnect starts: the node after the one that was lost.
+    next: std::sync::atomic::AtomicUsize,
     name: String,
     topology: Option<(Names, Vec<Duration>)>,
     current: std::sync::RwLock<Arc<Connection>>,
@@ -452,13 +496,17 @@ impl Broker {
         name: &str,
         topology: Option<(Names, Vec<Duration>)>,
     ) -> Result<Broker, QueueError> {
-        let connection = connect(url, name).await?;
+        let urls = broker_urls(url);
+        // Each process starts at a node of its own choosing, so connections (and the leaders
+        // of the queues they declare) spread over a cluster's nodes.
+        let (connection, at) = connect_any(&urls, fastrand::usize(..urls.len()), name).await?;
         if let Some((names, steps)) = &topology {
             declare_base_on(&connection, names, steps).await?;
         }
         let broker = Broker {
             inner: Arc::new(BrokerInner {
-                url: url.to_string(),
+                next: std::sync::atomic::AtomicUsize::new((at + 1) % urls.len()),
+                urls,
                 name: name.to_string(),
                 topology,
                 current: std::sync::RwLock::new(Arc::new(connection)),
@@ -535,15 +583,20 @@ async fn keep_connected(inner: std::sync::Weak<BrokerInner>) {
             tracing::warn!(connection = %inner.name, "RabbitMQ connection lost; reconnecting");
             lost = true;
         }
+        let start = inner.next.load(Ordering::Acquire);
         let attempt = async {
-            let connection = connect(&inner.url, &inner.name).await?;
+            let (connection, at) = connect_any(&inner.urls, start, &inner.name).await?;
             if let Some((names, steps)) = &inner.topology {
                 declare_base_on(&connection, names, steps).await?;
             }
-            Ok::<_, QueueError>(connection)
+            Ok::<_, QueueError>((connection, at))
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-            Ok(Ok(connection)) => {
+        let within = CONNECT_TIMEOUT * inner.urls.len() as u32;
+        match tokio::time::timeout(within, attempt).await {
+            Ok(Ok((connection, at))) => {
+                inner
+                    .next
+                    .store((at + 1) % inner.urls.len(), Ordering::Release);
                 *inner.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(connection);
                 inner.generation.fetch_add(1, Ordering::AcqRel);
                 tracing::info!(connection = %inner.name, "RabbitMQ connection back");
@@ -787,4 +840,29 @@ pub async fn consume(
         )
         .await?;
     Ok((channel, consumer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_url_or_every_node_of_a_cluster() {
+        let cases: [(&str, &[&str]); 4] = [
+            ("amqp://a:5672/%2f", &["amqp://a:5672/%2f"]),
+            (
+                "amqp://a:5672/%2f, amqp://b:5672/%2f,amqp://c:5672/%2f",
+                &[
+                    "amqp://a:5672/%2f",
+                    "amqp://b:5672/%2f",
+                    "amqp://c:5672/%2f",
+                ],
+            ),
+            ("amqp://a/%2f,", &["amqp://a/%2f"]),
+            ("", &[""]),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(broker_urls(raw), expected, "{raw}");
+        }
+    }
 }

@@ -43,6 +43,9 @@ pub enum Scenario {
     SlowCloudApi,
     /// A memory alarm on the RabbitMQ node blocks publishers (flow control) for 15 s.
     FlowControl,
+    /// A three-node RabbitMQ cluster (replicated quorum queues, every process given the three
+    /// URLs): the node leading the busiest queue is stopped mid-run and stays down.
+    ClusterFailover,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -103,6 +106,7 @@ pub async fn run(base: Config, args: ChaosArgs) -> Result<(), AppError> {
             Scenario::PostgresOutage,
             Scenario::SlowCloudApi,
             Scenario::FlowControl,
+            Scenario::ClusterFailover,
         ]
     } else {
         args.scenario.clone()
@@ -210,13 +214,22 @@ async fn run_scenario(
             .await
             .map_err(|e| AppError::Invalid(e.to_string()))??,
     ));
-    let broker = Arc::new(
-        tokio::task::spawn_blocking(PrivateBroker::start)
+    let nodes = if scenario == Scenario::ClusterFailover {
+        3
+    } else {
+        1
+    };
+    let brokers = Arc::new(
+        tokio::task::spawn_blocking(move || PrivateBroker::cluster(nodes))
             .await
             .map_err(|e| AppError::Invalid(e.to_string()))??,
     );
     config.redis_url = redis.lock().unwrap_or_else(|p| p.into_inner()).url();
-    config.amqp_url = broker.url();
+    config.amqp_url = brokers
+        .iter()
+        .map(PrivateBroker::url)
+        .collect::<Vec<_>>()
+        .join(",");
     config.database_url = replace_database(&config.database_url, "pregon_chaos");
     config.redis_prefix = "pregon-chaos".into();
     config.amqp_namespace = "pregon-chaos".into();
@@ -415,7 +428,7 @@ async fn run_scenario(
         .into_iter()
         .filter(|r| !reached_before.contains(r) && !landed.contains(r))
         .collect();
-    let fault_ended = inject(scenario, args, &mut processes, &redis, &broker, &pool).await?;
+    let fault_ended = inject(scenario, args, &mut processes, &redis, &brokers, &pool).await?;
     let recovery = recovery_after(&http, &sim_url, fault_ended).await;
 
     for c in clients {
@@ -475,7 +488,13 @@ async fn send_until_answered(
                     .unwrap_or(1);
                 tokio::time::sleep(Duration::from_secs(wait)).await;
             }
-            Ok(r) if r.status().is_client_error() => return None,
+            Ok(r) if r.status().is_client_error() => {
+                // Every request is valid: a refusal is worth seeing in the run's output.
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                eprintln!("refused {idem}: {status} {text}");
+                return None;
+            }
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
@@ -509,7 +528,7 @@ async fn inject(
     args: &ChaosArgs,
     processes: &mut Stack,
     redis: &Arc<std::sync::Mutex<PrivateRedis>>,
-    broker: &Arc<PrivateBroker>,
+    brokers: &Arc<Vec<PrivateBroker>>,
     _pool: &sqlx::PgPool,
 ) -> Result<Instant, AppError> {
     match scenario {
@@ -539,13 +558,13 @@ async fn inject(
             .map_err(|e| AppError::Invalid(e.to_string()))??;
         }
         Scenario::BrokerRestart => {
-            let b = broker.clone();
-            tokio::task::spawn_blocking(move || b.stop_app())
+            let b = brokers.clone();
+            tokio::task::spawn_blocking(move || b[0].stop_app())
                 .await
                 .map_err(|e| AppError::Invalid(e.to_string()))?;
             tokio::time::sleep(Duration::from_secs(13)).await;
-            let b = broker.clone();
-            tokio::task::spawn_blocking(move || b.start_app())
+            let b = brokers.clone();
+            tokio::task::spawn_blocking(move || b[0].start_app())
                 .await
                 .map_err(|e| AppError::Invalid(e.to_string()))?;
         }
@@ -559,16 +578,31 @@ async fn inject(
             set_connections(&admin, "pregon_chaos", true).await?;
         }
         Scenario::SlowCloudApi => {}
+        Scenario::ClusterFailover => {
+            let b = brokers.clone();
+            let stopped = tokio::task::spawn_blocking(move || {
+                let leader = b[0].busiest_leader();
+                let victim = b
+                    .iter()
+                    .find(|n| Some(n.node()) == leader.as_deref())
+                    .unwrap_or(&b[0]);
+                victim.stop_app().then(|| victim.node().to_string())
+            })
+            .await
+            .map_err(|e| AppError::Invalid(e.to_string()))?
+            .ok_or_else(|| AppError::Invalid("could not stop a cluster node".into()))?;
+            println!("scenario ClusterFailover: stopped {stopped}, the busiest queue's leader");
+        }
         Scenario::FlowControl => {
-            let b = broker.clone();
+            let b = brokers.clone();
             tokio::task::spawn_blocking(move || {
-                b.ctl(&["set_vm_memory_high_watermark", "absolute", "1"])
+                b[0].ctl(&["set_vm_memory_high_watermark", "absolute", "1"])
             })
             .await
             .map_err(|e| AppError::Invalid(e.to_string()))?;
             tokio::time::sleep(Duration::from_secs(15)).await;
-            let b = broker.clone();
-            tokio::task::spawn_blocking(move || b.ctl(&["set_vm_memory_high_watermark", "0.4"]))
+            let b = brokers.clone();
+            tokio::task::spawn_blocking(move || b[0].ctl(&["set_vm_memory_high_watermark", "0.4"]))
                 .await
                 .map_err(|e| AppError::Invalid(e.to_string()))?;
         }

@@ -134,6 +134,73 @@ impl PrivateBroker {
         Ok(broker)
     }
 
+    /// `n` nodes joined in one RabbitMQ cluster, the first being the one the others joined.
+    /// They start side by side; a node joins by stopping its application, joining and starting
+    /// it again.
+    pub fn cluster(n: usize) -> Result<Vec<PrivateBroker>, AppError> {
+        let started: Vec<Result<PrivateBroker, AppError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n).map(|_| scope.spawn(PrivateBroker::start)).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(AppError::Invalid("a RabbitMQ node did not start".into()))
+                    })
+                })
+                .collect()
+        });
+        let nodes: Vec<PrivateBroker> = started.into_iter().collect::<Result<_, _>>()?;
+        let Some((seed, others)) = nodes.split_first() else {
+            return Ok(nodes);
+        };
+        for node in others {
+            let joined = node.ctl(&["stop_app"])
+                && node.ctl(&["join_cluster", &seed.node])
+                && node.ctl(&["start_app"])
+                && node.ctl(&["await_startup", "--timeout", "60"]);
+            if !joined {
+                return Err(AppError::Invalid(format!(
+                    "{} could not join the cluster of {}",
+                    node.node, seed.node
+                )));
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// The Erlang node name (`pregon-…@localhost`).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The node that leads the quorum queue holding the most messages, as `rabbitmqctl
+    /// list_queues` on this node reports it.
+    pub fn busiest_leader(&self) -> Option<String> {
+        let output = self
+            .command("rabbitmqctl")
+            .args([
+                "-n",
+                &self.node,
+                "list_queues",
+                "--quiet",
+                "--no-table-headers",
+            ])
+            .args(["messages", "leader", "type"])
+            .stdout(Stdio::piped())
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let messages: u64 = fields.next()?.parse().ok()?;
+                let leader = fields.next()?.to_string();
+                (fields.next()? == "quorum").then_some((messages, leader))
+            })
+            .max_by_key(|(messages, _)| *messages)
+            .map(|(_, leader)| leader)
+    }
+
     fn command(&self, program: &str) -> Command {
         let mut c = Command::new(rabbitmq_bin(program));
         c.env_clear()
