@@ -173,11 +173,28 @@ case "$command" in
     ensure_prometheus
     deploy/prometheus/check.sh
     python3 dashboards/generate.py --check
+    python3 deploy/snapshot.py --check-panels
     validate_deploy
     cargo test --all-features "$@"
     ;;
+  snapshot)
+    # A picture of the key panels (dashboards/snapshot.png), from a real Prometheus scraping
+    # the traffic of the observability test.
+    ensure_toolchain
+    ensure_services
+    ensure_prometheus
+    venv="${PREGON_TOOLS_DIR:-$HOME/.cache/pregon-tools}/snapshot"
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+      say "installing matplotlib from PyPI"
+      python3 -m venv "$venv"
+      "$venv/bin/pip" install --quiet --disable-pip-version-check "matplotlib==3.9.2"
+    fi
+    SNAPSHOT_PNG="$PWD/dashboards/snapshot.png" SNAPSHOT_PYTHON="$venv/bin/python" \
+      cargo test --test it observability "$@"
+    say "wrote dashboards/snapshot.png"
+    ;;
   *)
-    echo "usage: deploy/dev.sh demo|test|services" >&2
+    echo "usage: deploy/dev.sh demo|test|services|snapshot" >&2
     exit 2
     ;;
 esac

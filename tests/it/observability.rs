@@ -317,6 +317,23 @@ async fn every_panel_and_alert_evaluates_against_a_real_prometheus_scraping_real
         "panels with no series although the traffic should have produced them:\n{}",
         empty.join("\n")
     );
+    // `deploy/dev.sh snapshot` asks for a picture of the key panels, from this Prometheus.
+    if let Ok(out) = std::env::var("SNAPSHOT_PNG") {
+        let python = std::env::var("SNAPSHOT_PYTHON").unwrap_or_else(|_| "python3".into());
+        let status = std::process::Command::new(python)
+            .arg(repo_path("deploy/snapshot.py"))
+            .args([
+                "--prometheus",
+                &prometheus.url,
+                "--out",
+                &out,
+                "--minutes",
+                "1.5",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "deploy/snapshot.py failed");
+    }
     drop(prometheus);
     env.cleanup().await;
 }
