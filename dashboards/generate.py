@@ -106,6 +106,12 @@ def overview():
                 description="tx: transactional (OTPs, order updates); mkt: marketing.",
             ),
             panel(
+                "Oldest ready message's wait by lane",
+                [("max by (lane) (pregon_lane_head_wait_seconds)", "{{lane}}")],
+                unit="s",
+                description="How long the message each lane handed out last had been ready to send.",
+            ),
+            panel(
                 "Retries /s by error code",
                 [(f"sum by (code) (rate(pregon_retries_total[{RATE}]))", "{{code}}")],
                 unit="ops",
@@ -190,6 +196,11 @@ def senders():
             panel(
                 "Ready messages by sender and lane",
                 [("sum by (sender, lane) (pregon_lane_depth)", "{{sender}} {{lane}}")],
+            ),
+            panel(
+                "Oldest ready message's wait by sender and lane",
+                [("max by (sender, lane) (pregon_lane_head_wait_seconds)", "{{sender}} {{lane}}")],
+                unit="s",
             ),
             panel(
                 "Deferrals /s by reason",

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub deferrals: IntCounterVec,
     pub holds: IntCounterVec,
     pub lane_depth: IntGaugeVec,
+    /// How long the message a lane handed out last had been ready to send; 0 once it is empty.
+    pub lane_head_wait: prometheus::GaugeVec,
     pub tier_usage: IntGaugeVec,
     pub tier_limit: IntGaugeVec,
     pub pacing_wait_seconds: prometheus::CounterVec,
@@ -96,6 +98,18 @@ impl Metrics {
                 .expect("metric registered once");
             g
         };
+        let lane_head_wait = prometheus::GaugeVec::new(
+            Opts::new(
+                "pregon_lane_head_wait_seconds",
+                "How long the message a lane handed out last had been ready to send (the oldest \
+                 ready message, lanes being first in, first out); 0 while the lane is empty",
+            ),
+            &["sender", "lane"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(lane_head_wait.clone()))
+            .expect("metric registered once");
         let messages = counter(
             "pregon_messages_total",
             "Messages by outcome, sender and category",
@@ -333,6 +347,7 @@ impl Metrics {
             tier_limit,
             pacing_wait_seconds,
             sender_paused,
+            lane_head_wait,
             sender_quality,
             sender_mps,
             dependency_up,
@@ -401,6 +416,10 @@ mod tests {
         metrics.sender_paused.with_label_values(&["s"]).set(0);
         metrics.sender_quality.with_label_values(&["s"]).set(3);
         metrics.sender_mps.with_label_values(&["s"]).set(80);
+        metrics
+            .lane_head_wait
+            .with_label_values(&["s", "tx"])
+            .set(0.5);
         metrics
             .dependency_up
             .with_label_values(&["postgresql"])

@@ -59,6 +59,12 @@ pub enum JobError {
 }
 
 impl SendJob {
+    /// How long the job has been ready to send at `now_ms`: since it was enqueued, or since its
+    /// `not_before` passed (a deferral's wait is not a backlog's).
+    pub fn ready_for_ms(&self, now_ms: i64) -> i64 {
+        (now_ms - self.enqueued_at_ms.max(self.not_before_ms)).max(0)
+    }
+
     /// A job as it first enters a lane: no attempt, throttle or deferral yet, due now, at most
     /// once. A job with a template is a template message; one without is free-form.
     pub fn new(
@@ -133,6 +139,27 @@ impl SendJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_for_counts_from_enqueue_or_from_the_end_of_a_deferral() {
+        // (enqueued_at_ms, not_before_ms, now_ms, expected)
+        let cases = [
+            (1_000, 0, 4_000, 3_000),
+            (1_000, 10_000, 12_500, 2_500),
+            (1_000, 10_000, 9_000, 0),
+            (5_000, 0, 4_000, 0),
+        ];
+        for (enqueued, not_before, now, expected) in cases {
+            let mut job = sample();
+            job.enqueued_at_ms = enqueued;
+            job.not_before_ms = not_before;
+            assert_eq!(
+                job.ready_for_ms(now),
+                expected,
+                "{enqueued} {not_before} {now}"
+            );
+        }
+    }
 
     pub(crate) fn sample() -> SendJob {
         SendJob::new(

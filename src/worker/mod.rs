@@ -174,6 +174,14 @@ async fn update_gauges<'a>(services: &Services, owned: impl Iterator<Item = &'a 
                     .lane_depth
                     .with_label_values(&[id.as_str(), lane.suffix()])
                     .set(i64::from(depth));
+                if depth == 0 {
+                    // Nothing waits: the last message's wait no longer says anything.
+                    services
+                        .metrics
+                        .lane_head_wait
+                        .with_label_values(&[id.as_str(), lane.suffix()])
+                        .set(0.0);
+                }
             }
         }
         if let Ok(Some(sender)) = services.catalog.sender(id).await {

@@ -217,6 +217,12 @@ pub async fn run(
                 }
             },
         };
+        shared
+            .services
+            .metrics
+            .lane_head_wait
+            .with_label_values(&[job.sender.as_str(), lane.suffix()])
+            .set(job.ready_for_ms(chrono::Utc::now().timestamp_millis()) as f64 / 1000.0);
         if queue::redeliveries(&delivery.properties) >= queue::REDELIVERY_LIMIT {
             // Processes keep dying with this message in hand: stop the cycle, keep the evidence.
             tracing::error!(id = %job.id, "message redelivered too often; dead-lettering it");
