@@ -245,6 +245,30 @@ def campaigns():
                 unit="ops",
             ),
             panel(
+                "Progress by campaign (share of messages in a final state)",
+                [(
+                    'sum by (name) (max by (campaign, name, status) (pregon_campaign_messages{status!~"planned|queued|deferred|excluded"}))'
+                    ' / sum by (name) (max by (campaign, name, status) (pregon_campaign_messages{status!="excluded"}))',
+                    "{{name}}",
+                )],
+                unit="percentunit",
+                description="Campaigns running, paused or finished within the hour (the newest 20).",
+            ),
+            panel(
+                "Funnel by campaign (messages by current state)",
+                [(
+                    'max by (name, status) (pregon_campaign_messages{status=~"sent|delivered|read|failed"})',
+                    "{{name}} {{status}}",
+                )],
+            ),
+            panel(
+                "Messages still to send by campaign",
+                [(
+                    'sum by (name) (max by (campaign, name, status) (pregon_campaign_messages{status=~"planned|queued|deferred"})) or vector(0)',
+                    "{{name}}",
+                )],
+            ),
+            panel(
                 "Marketing messages /s by outcome",
                 [(f'sum by (outcome) (rate(pregon_messages_total{{category="marketing"}}[{RATE}]))', "{{outcome}}")],
                 unit="ops",

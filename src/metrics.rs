@@ -55,6 +55,8 @@ pub struct Metrics {
     pub campaign_handed: prometheus::IntCounter,
     /// How long the longest-paused campaign has been paused, in seconds (0: none is paused).
     pub campaign_longest_pause_seconds: IntGauge,
+    /// Messages of each watched campaign by status (at most `WATCHED_CAMPAIGNS` campaigns).
+    pub campaign_messages: IntGaugeVec,
     /// Contact rows imported, by outcome (created, updated, error).
     pub contacts_imported: IntCounterVec,
     /// 1 while Redis holds a complete copy of PostgreSQL's state, 0 while it is lost or rebuilt.
@@ -110,6 +112,12 @@ impl Metrics {
         registry
             .register(Box::new(lane_head_wait.clone()))
             .expect("metric registered once");
+        let campaign_messages = gauge(
+            "pregon_campaign_messages",
+            "Messages of each campaign running, paused or finished within the hour (the newest 20), \
+             by status",
+            &["campaign", "name", "status"],
+        );
         let messages = counter(
             "pregon_messages_total",
             "Messages by outcome, sender and category",
@@ -348,6 +356,7 @@ impl Metrics {
             pacing_wait_seconds,
             sender_paused,
             lane_head_wait,
+            campaign_messages,
             sender_quality,
             sender_mps,
             dependency_up,
@@ -420,6 +429,10 @@ mod tests {
             .lane_head_wait
             .with_label_values(&["s", "tx"])
             .set(0.5);
+        metrics
+            .campaign_messages
+            .with_label_values(&["c", "n", "sent"])
+            .set(1);
         metrics
             .dependency_up
             .with_label_values(&["postgresql"])

@@ -405,6 +405,32 @@ pub async fn rewind(pool: &PgPool, campaign: Uuid) -> Result<Option<i64>, StoreE
 }
 
 /// Progress counters: (status, detail, count), including `excluded` at planning.
+/// Campaigns ops watch: scheduled, running or paused, and those finished within the last hour;
+/// the newest `limit`, with their message counts by status (`campaign_counts`, summed over
+/// details).
+pub async fn watched_counts(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<(Uuid, String, String, i64)>, StoreError> {
+    let rows = sqlx::query(
+        "WITH watched AS (
+           SELECT id, name FROM campaigns
+            WHERE state IN ('scheduled', 'running', 'paused')
+               OR finished_at > now() - interval '1 hour'
+            ORDER BY created_at DESC LIMIT $1)
+         SELECT w.id, w.name, c.status, sum(c.n)::bigint
+           FROM watched w JOIN campaign_counts c ON c.campaign_id = w.id
+          GROUP BY w.id, w.name, c.status",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
 pub async fn counts(
     pool: &PgPool,
     campaign: Uuid,

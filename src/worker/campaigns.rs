@@ -25,8 +25,12 @@ use crate::campaigns::*;
 
 // -- the runner ------------------------------------------------------------------------------
 
-/// How often a runner refreshes the longest-pause gauge (the "paused too long" alert reads it).
+/// How often a runner refreshes the campaign gauges (the "paused too long" alert reads one).
 const PAUSE_GAUGE_EVERY: Duration = Duration::from_secs(10);
+
+/// At most this many campaigns get series of their own: labels stay bounded however many
+/// campaigns a business runs.
+const WATCHED_CAMPAIGNS: i64 = 20;
 
 /// Claims and runs campaigns in a worker process until shutdown, under the process's owner id.
 pub(crate) async fn run(services: Services, owner: String, mut stop: Shutdown) {
@@ -40,6 +44,19 @@ pub(crate) async fn run(services: Services, owner: String, mut stop: Shutdown) {
             match cstore::longest_pause_seconds(&services.pool).await {
                 Ok(s) => services.metrics.campaign_longest_pause_seconds.set(s),
                 Err(e) => tracing::warn!(error = %e, "could not read campaign pauses"),
+            }
+            match cstore::watched_counts(&services.pool, WATCHED_CAMPAIGNS).await {
+                Ok(rows) => {
+                    // Campaigns that left the watched set leave the gauge with it.
+                    let gauge = &services.metrics.campaign_messages;
+                    gauge.reset();
+                    for (id, name, status, n) in rows {
+                        gauge
+                            .with_label_values(&[id.to_string().as_str(), &name, &status])
+                            .set(n);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read campaign counts"),
             }
         }
         match cstore::claim_runnable(&services.pool, &owner, ttl).await {

@@ -15,6 +15,8 @@ use crate::harness::{Env, Options, recipients, template_body};
 
 const STEADY: &str = "1065550800";
 const TROUBLED: &str = "1065550801";
+/// The campaign's own sender: the steady one's tier is used up by the enqueued messages.
+const CAMPAIGNS: &str = "1065550802";
 
 /// Where Prometheus is: `PROMETHEUS_BIN`, or `prometheus` on the PATH (`deploy/dev.sh test`
 /// installs it from the system's packages).
@@ -175,6 +177,7 @@ async fn every_panel_and_alert_evaluates_against_a_real_prometheus_scraping_real
     // twice (retries), and some of its recipients are not on WhatsApp (failures).
     env.sender(STEADY, json!(250), 80).await;
     env.sender(TROUBLED, json!(1000), 40).await;
+    env.sender(CAMPAIGNS, json!(1000), 80).await;
     env.template("order_update", "utility").await;
     env.sim(
         "/_sim/numbers",
@@ -234,7 +237,7 @@ async fn every_panel_and_alert_evaluates_against_a_real_prometheus_scraping_real
         .post(
             "/v1/campaigns",
             json!({"name": "observed", "template": {"name": "promo", "language": "es_MX"},
-                   "sender": STEADY, "audience": {"numbers": audience}}),
+                   "sender": CAMPAIGNS, "audience": {"numbers": audience}}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{campaign}");
@@ -271,8 +274,24 @@ async fn every_panel_and_alert_evaluates_against_a_real_prometheus_scraping_real
         done >= troubled.len() as i64
     })
     .await;
-    // Enough scrapes for every rate window to hold two samples after the traffic.
+    // Enough scrapes for every rate window to hold two samples after the traffic, and the
+    // campaign gauges (refreshed every 10 s) scraped at least once since the campaign sent.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = query(&prometheus, "pregon_campaign_messages{status=\"sent\"} or pregon_campaign_messages{status=\"delivered\"} or pregon_campaign_messages{status=\"read\"}").await;
+        if answer["data"]["result"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the campaign gauges never showed the campaign's sends: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     let rules: Value = reqwest::get(format!("{}/api/v1/rules", prometheus.url))
         .await
