@@ -148,6 +148,21 @@ validate_deploy() {
   say "deploy/compose and deploy/k8s are valid"
 }
 
+# The dashboards are checked against Grafana's own dashboard schema as the Grafana Foundation SDK
+# (PyPI, pinned; its models are generated from Grafana's schemas) reads them.
+GRAFANA_SDK_VERSION='1769699998!10.1.0'
+validate_dashboards() {
+  local venv="${PREGON_TOOLS_DIR:-$HOME/.cache/pregon-tools}/grafana-foundation-sdk-${GRAFANA_SDK_VERSION#*!}"
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import grafana_foundation_sdk' 2>/dev/null; then
+    say "installing grafana-foundation-sdk ${GRAFANA_SDK_VERSION#*!} from PyPI"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "grafana-foundation-sdk==$GRAFANA_SDK_VERSION"
+  fi
+  python3 dashboards/generate.py --check
+  "$venv/bin/python" dashboards/validate.py dashboards/*.json
+}
+
 ensure_services() {
   ensure_postgres
   ensure_redis
@@ -172,7 +187,7 @@ case "$command" in
     ensure_schemathesis
     ensure_prometheus
     deploy/prometheus/check.sh
-    python3 dashboards/generate.py --check
+    validate_dashboards
     python3 deploy/snapshot.py --check-panels
     validate_deploy
     cargo test --all-features "$@"
