@@ -255,6 +255,15 @@ def campaigns():
                 description="Campaigns running, paused or finished within the hour (the newest 20).",
             ),
             panel(
+                "Send rate by campaign",
+                [(
+                    'deriv(sum by (name) (max by (campaign, name, status) (pregon_campaign_messages{status!~"planned|queued|deferred|excluded"}))[2m:])',
+                    "{{name}}",
+                )],
+                unit="ops",
+                description="Messages reaching a final state per second, from the per-campaign counts (refreshed every 10 s).",
+            ),
+            panel(
                 "Funnel by campaign (messages by current state)",
                 [(
                     'max by (name, status) (pregon_campaign_messages{status=~"sent|delivered|read|failed"})',

@@ -148,12 +148,17 @@ pub fn broker_urls(raw: &str) -> Vec<String> {
 }
 
 /// Connects to the first node that answers, trying them in turn from `start`; answers the
-/// connection and which node it is on. Each node gets `CONNECT_TIMEOUT`.
+/// connection and which node it is on. With several nodes each gets `CONNECT_TIMEOUT`, so one
+/// that swallows packets does not keep the others from being tried; a single node is waited
+/// for as long as it takes (a busy broker can take seconds to accept a connection).
 async fn connect_any(
     urls: &[String],
     start: usize,
     name: &str,
 ) -> Result<(Connection, usize), QueueError> {
+    if let [only] = urls {
+        return Ok((connect(only, name).await?, 0));
+    }
     let mut last = None;
     for i in 0..urls.len() {
         let at = (start + i) % urls.len();
