@@ -10,8 +10,6 @@ pub mod limits;
 pub mod subscriptions;
 pub mod webhooks;
 
-use std::sync::{Arc, OnceLock};
-
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -61,11 +59,8 @@ pub fn router(services: Services) -> Router {
     state.key_rate.forget_idle_keys();
     let api = api_endpoints();
     let uploads = campaigns::upload_endpoints();
-    let document = Arc::new(OnceLock::new());
-    let ops = ops_endpoints(&config, Some(document.clone()));
-    let all: Vec<&Endpoint> = api.iter().chain(&uploads).chain(&ops).collect();
-    // Set before the router is built: nothing can ask for it earlier.
-    let _ = document.set(Bytes::from(contract::document(&all).to_string()));
+    let document = Bytes::from(openapi(&config).to_string());
+    let ops = ops_endpoints(&config, Some(document));
     Router::new()
         .merge(contract::mount(&api))
         .layer(axum::middleware::from_fn_with_state(
@@ -190,7 +185,8 @@ fn endpoints() -> Vec<Endpoint> {
 pub fn openapi(config: &crate::config::Config) -> Value {
     let api = api_endpoints();
     let uploads = campaigns::upload_endpoints();
-    let ops = ops_endpoints(config, Some(Arc::new(OnceLock::new())));
+    // The document describes its own route; what that route answers does not change it.
+    let ops = ops_endpoints(config, Some(Bytes::new()));
     contract::document(&api.iter().chain(&uploads).chain(&ops).collect::<Vec<_>>())
 }
 
@@ -223,12 +219,9 @@ pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     Ok(limit)
 }
 
-/// /healthz, /readyz, the contract (when `document` is given) and, unless `metrics_listen`
-/// gives metrics a listener of their own, /metrics.
-fn ops_endpoints(
-    config: &crate::config::Config,
-    document: Option<Arc<OnceLock<Bytes>>>,
-) -> Vec<Endpoint> {
+/// /healthz, /readyz, the contract (when its `document` is given) and, unless
+/// `metrics_listen` gives metrics a listener of their own, /metrics.
+fn ops_endpoints(config: &crate::config::Config, document: Option<Bytes>) -> Vec<Endpoint> {
     let mut ops = vec![
         Endpoint::get("/healthz", || async { "ok" })
             .public()
@@ -248,10 +241,9 @@ fn ops_endpoints(
     if let Some(document) = document {
         ops.push(
             Endpoint::get("/v1/openapi.json", move || async move {
-                let body = document.get().cloned().unwrap_or_default();
                 (
                     [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    body,
+                    document,
                 )
             })
             .public()

@@ -53,6 +53,8 @@ struct LaneState {
     /// A message taken but not decided on yet because the lane is held.
     held: Option<(Delivery, SendJob)>,
     hold_until: Option<Instant>,
+    /// This lane's `pregon_lane_head_wait_seconds`, looked up once rather than per message.
+    head_wait: prometheus::Gauge,
 }
 
 /// What a send task needs, shared by all of one sender's tasks.
@@ -154,6 +156,10 @@ pub async fn run(
             channel,
             held: None,
             hold_until: None,
+            head_wait: services
+                .metrics
+                .lane_head_wait
+                .with_label_values(&[id.as_str(), lane.suffix()]),
         });
     }
     let inflight = Arc::new(Semaphore::new(config.sender_concurrency));
@@ -217,11 +223,8 @@ pub async fn run(
                 }
             },
         };
-        shared
-            .services
-            .metrics
-            .lane_head_wait
-            .with_label_values(&[job.sender.as_str(), lane.suffix()])
+        lanes[lane.index()]
+            .head_wait
             .set(job.ready_for_ms(chrono::Utc::now().timestamp_millis()) as f64 / 1000.0);
         if queue::redeliveries(&delivery.properties) >= queue::REDELIVERY_LIMIT {
             // Processes keep dying with this message in hand: stop the cycle, keep the evidence.
