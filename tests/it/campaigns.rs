@@ -46,19 +46,6 @@ fn mapping() -> Value {
            "body.2": {"attribute": "coupon"}})
 }
 
-async fn import(env: &Env, key: &str, query: &str, csv: &str) -> (StatusCode, Value) {
-    let resp = env
-        .http
-        .post(format!("{}/v1/contacts/import?{query}", env.api_url))
-        .bearer_auth(key)
-        .body(csv.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn get_text(env: &Env, path: &str) -> (StatusCode, String) {
     let resp = env
         .http
@@ -146,8 +133,7 @@ async fn a_campaign_from_csv_to_failure_report() {
         5215510000009,Baja,A9,no,\n\
         12025550123,Gringo,US1,si,web\n\
         5215510000010,SinCupon,,si,web\n";
-    let (status, report) = import(
-        &env,
+    let (status, report) = env.import_csv(
         &marketing,
         "phone=Telefono&name=Nombre&attributes=Cupon&tags=nov&consent_column=Acepta&evidence_column=Prueba&consent_source=web_form&list=noviembre",
         csv,
@@ -321,7 +307,7 @@ async fn bad_input_is_refused_naming_the_field_and_roles_hold() {
         ),
         ("phone=Telefono", "", ""),
     ] {
-        let (status, body) = import(&env, &marketing, query, csv).await;
+        let (status, body) = env.import_csv(&marketing, query, csv).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(body["error"]["code"], "invalid_csv", "{body}");
         if !field.is_empty() {
@@ -675,8 +661,7 @@ async fn exports_and_the_consent_cache_rebuild() {
     let mut env = Env::start(Options::default()).await;
     sender(&mut env, "1065551601", 80).await;
     let csv = "phone,name,city,optin\n5215520000001,Ana,CDMX,si\n5215520000002,Beto,GDL,no\n";
-    let (status, report) = import(
-        &env,
+    let (status, report) = env.import_csv(
         &env.admin_key.clone(),
         "phone=phone&name=name&attributes=*&consent_column=optin&evidence=signed%20form&tags=vip",
         csv,
@@ -685,8 +670,7 @@ async fn exports_and_the_consent_cache_rebuild() {
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["consent_events"], 2, "{report}");
     // The same file again changes nothing in the log.
-    let (_, again) = import(
-        &env,
+    let (_, again) = env.import_csv(
         &env.admin_key.clone(),
         "phone=phone&name=name&attributes=*&consent_column=optin&evidence=signed%20form&tags=vip",
         csv,
@@ -873,13 +857,9 @@ async fn contacts_by_json_and_the_exclusion_report() {
     );
 
     // Deleting a contact keeps its consent log, the record of what was agreed; it leaves its lists.
-    let (status, report) = import(
-        &env,
-        &marketing,
-        "phone=phone&list=vip",
-        "phone\n5215530000001\n",
-    )
-    .await;
+    let (status, report) = env
+        .import_csv(&marketing, "phone=phone&list=vip", "phone\n5215530000001\n")
+        .await;
     assert_eq!(status, StatusCode::OK, "{report}");
     let (status, _) = env
         .request(

@@ -692,19 +692,10 @@ async fn a_nul_character_is_refused_by_name_and_sinks_nothing_beside_it() {
     }
 
     let csv = "phone,name\n5215512340001,Ana\n5215512340002,B\0b\n5215512340003,Eva\n";
-    let answer = env
-        .http
-        .post(format!(
-            "{}/v1/contacts/import?phone=phone&name=name",
-            env.api_url
-        ))
-        .bearer_auth(&env.admin_key)
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
-    let report: serde_json::Value = answer.json().await.unwrap();
+    let (status, report) = env
+        .import_csv(&env.admin_key, "phone=phone&name=name", csv)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["created"], 2, "{report}");
     assert_eq!(
         report["errors_by_reason"]["invalid_character"], 1,

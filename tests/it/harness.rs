@@ -266,6 +266,35 @@ impl Env {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 
+    /// Uploads a contact CSV with `key`; answers the status and the import report.
+    pub async fn import_csv(&self, key: &str, query: &str, csv: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/v1/contacts/import?{query}", self.api_url))
+            .bearer_auth(key)
+            .body(csv.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Enqueues one `template` message per recipient through the batch endpoint, a full batch
+    /// at a time, and expects every batch to be answered.
+    pub async fn enqueue_templates(&self, sender: &str, recipients: &[String], template: &str) {
+        for chunk in recipients.chunks(1000) {
+            let bodies: Vec<Value> = chunk.iter().map(|r| template_body(r, template)).collect();
+            let (status, answer) = self
+                .post(
+                    &format!("/v1/{sender}/messages/batch"),
+                    json!({"messages": bodies}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+        }
+    }
+
     pub async fn opt_in(&self, recipients: &[String]) {
         let events: Vec<store::ConsentEvent> = recipients
             .iter()

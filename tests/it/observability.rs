@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Env, Options, recipients, template_body};
+use crate::harness::{Env, Options, recipients};
 
 const STEADY: &str = "1065550800";
 const TROUBLED: &str = "1065550801";
@@ -193,39 +193,19 @@ async fn every_panel_and_alert_evaluates_against_a_real_prometheus_scraping_real
     env.sim("/_sim/undeliverable", json!({"numbers": troubled[..5]}))
         .await;
     let steady = recipients(300, 80);
-    for (sender, list) in [(STEADY, &steady), (TROUBLED, &troubled)] {
-        for chunk in list.chunks(500) {
-            let bodies: Vec<Value> = chunk
-                .iter()
-                .map(|r| template_body(r, "order_update"))
-                .collect();
-            let (status, answer) = env
-                .post(
-                    &format!("/v1/{sender}/messages/batch"),
-                    json!({"messages": bodies}),
-                )
-                .await;
-            assert_eq!(status, StatusCode::OK, "{answer}");
-        }
-    }
+    env.enqueue_templates(STEADY, &steady, "order_update").await;
+    env.enqueue_templates(TROUBLED, &troubled, "order_update")
+        .await;
     // A marketing campaign to people who opted in, paused and resumed; a contact import; a
     // callback subscription (its endpoint is the simulator, which refuses it: still deliveries).
     env.template("promo", "marketing").await;
     let audience = recipients(20, 82);
     env.opt_in(&audience).await;
     let csv = format!("phone,name\n{},Ana\n", audience[0]);
-    let answer = env
-        .http
-        .post(format!(
-            "{}/v1/contacts/import?phone=phone&name=name",
-            env.api_url
-        ))
-        .bearer_auth(&env.admin_key)
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
+    let (status, report) = env
+        .import_csv(&env.admin_key, "phone=phone&name=name", &csv)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
     let (status, body) = env
         .post(
             "/v1/subscriptions",

@@ -53,19 +53,7 @@ async fn setup(seed: u32, sender: &str, n: usize) -> (Env, Vec<String>) {
     env.sender(sender, json!("unlimited"), 60).await;
     env.template("order_update", "utility").await;
     let rs = recipients(n, seed);
-    for chunk in rs.chunks(1000) {
-        let bodies: Vec<_> = chunk
-            .iter()
-            .map(|r| template_body(r, "order_update"))
-            .collect();
-        let (status, answer) = env
-            .post(
-                &format!("/v1/{sender}/messages/batch"),
-                json!({"messages": bodies}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
-    }
+    env.enqueue_templates(sender, &rs, "order_update").await;
     (env, rs)
 }
 
