@@ -264,11 +264,32 @@ def campaigns():
                 description="Messages reaching a final state per second, from the per-campaign counts (refreshed every 10 s).",
             ),
             panel(
-                "Funnel by campaign (messages by current state)",
+                "Funnel by campaign: sent, delivered, read, replied, failed",
+                [
+                    (
+                        f'sum by (name) (max by (campaign, name, status) (pregon_campaign_messages{{status=~"{reached}"}}))',
+                        "{{name}} " + step,
+                    )
+                    for step, reached in [
+                        # A read message was delivered and sent: each step counts what reached it.
+                        ("sent", "sent|delivered|read"),
+                        ("delivered", "delivered|read"),
+                        ("read", "read"),
+                        ("replied", "replied"),
+                        ("failed", "failed"),
+                    ]
+                ],
+                description="Messages that reached each step (a read message counts as sent and delivered too); "
+                "replied counts messages answered by their recipient.",
+            ),
+            panel(
+                "Estimated vs billed cost by campaign",
                 [(
-                    'max by (name, status) (pregon_campaign_messages{status=~"sent|delivered|read|failed"})',
-                    "{{name}} {{status}}",
+                    "max by (name, kind, currency) (pregon_campaign_cost)",
+                    "{{name}} {{kind}} ({{currency}})",
                 )],
+                description="Estimated: the planned messages priced by the rate card in the campaign's category. "
+                "Billed: billable templates Meta reported delivered, priced in the category Meta reported.",
             ),
             panel(
                 "Messages still to send by campaign",

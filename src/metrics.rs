@@ -57,6 +57,9 @@ pub struct Metrics {
     pub campaign_longest_pause_seconds: IntGauge,
     /// Messages of each watched campaign by status (at most `WATCHED_CAMPAIGNS` campaigns).
     pub campaign_messages: IntGaugeVec,
+    /// Each watched campaign's estimated cost and what it has been billed so far, in the rate
+    /// card's currency.
+    pub campaign_cost: prometheus::GaugeVec,
     /// Contact rows imported, by outcome (created, updated, error).
     pub contacts_imported: IntCounterVec,
     /// 1 while Redis holds a complete copy of PostgreSQL's state, 0 while it is lost or rebuilt.
@@ -118,6 +121,18 @@ impl Metrics {
              by status",
             &["campaign", "name", "status"],
         );
+        let campaign_cost = prometheus::GaugeVec::new(
+            Opts::new(
+                "pregon_campaign_cost",
+                "Cost of each watched campaign from the rate card: kind=\"estimated\" for what it \
+                 planned, kind=\"billed\" for the billable templates Meta reported delivered",
+            ),
+            &["campaign", "name", "kind", "currency"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(campaign_cost.clone()))
+            .expect("metric registered once");
         let messages = counter(
             "pregon_messages_total",
             "Messages by outcome, sender and category",
@@ -357,6 +372,7 @@ impl Metrics {
             sender_paused,
             lane_head_wait,
             campaign_messages,
+            campaign_cost,
             sender_quality,
             sender_mps,
             dependency_up,
@@ -433,6 +449,10 @@ mod tests {
             .campaign_messages
             .with_label_values(&["c", "n", "sent"])
             .set(1);
+        metrics
+            .campaign_cost
+            .with_label_values(&["c", "n", "billed", "USD"])
+            .set(0.5);
         metrics
             .dependency_up
             .with_label_values(&["postgresql"])

@@ -102,11 +102,11 @@ pub async fn estimate(services: &Services, c: &Campaign) -> Result<Estimate, Cam
             CountryCost {
                 recipients,
                 price,
-                cost: (amount * 10_000.0).round() / 10_000.0,
+                cost: campaign::round_money(amount),
             },
         );
     }
-    cost.total = (cost.total * 10_000.0).round() / 10_000.0;
+    cost.total = campaign::round_money(cost.total);
     let caps: Vec<SenderCapacity> = plan.capacities.iter().map(|(_, c)| *c).collect();
     let eta = campaign::eta(
         eligible,

@@ -35,6 +35,8 @@ pub struct Progress {
     pub done: i64,
     pub rate_per_second: Option<f64>,
     pub eta_seconds: Option<u64>,
+    /// The estimate for what was planned beside what Meta has billed so far.
+    pub cost: crate::domain::campaign::CampaignCost,
     pub events: Vec<cstore::CampaignEvent>,
 }
 
@@ -103,6 +105,10 @@ pub async fn progress(
         _ => None,
     };
     let events = cstore::campaign_events(&services.pool, id).await?;
+    let cost = services
+        .derived
+        .rate_card
+        .campaign_cost(&cstore::costs(&services.pool, id).await?);
     Ok(Progress {
         campaign: c,
         counts,
@@ -110,6 +116,7 @@ pub async fn progress(
         done,
         rate_per_second: rate,
         eta_seconds: eta,
+        cost,
         events,
     })
 }

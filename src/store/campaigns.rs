@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 use crate::domain::Category;
-use crate::domain::campaign::CampaignState;
+use crate::domain::campaign::{CampaignState, CostCount, CostKind};
 use crate::domain::reason::Reason;
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
@@ -214,6 +214,8 @@ pub struct PlannedMessage {
     pub seq: i64,
     pub sender: String,
     pub recipient: String,
+    /// The recipient's country (ISO 3166 alpha-2), for the cost counters.
+    pub country: String,
     pub body: String,
 }
 
@@ -228,13 +230,24 @@ pub async fn plan_chunk(
     done: bool,
 ) -> Result<u64, StoreError> {
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO messages (id, sender, recipient, category, message_type, template_name,
-             template_language, delivery, body, status, campaign_id, campaign_seq)
-         SELECT u.id, u.sender, u.recipient, $5, 'template', $6, $7, 'at_most_once', u.body, 'planned', $8, u.seq
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $9::bigint[])
-              AS u(id, sender, recipient, body, seq)
-         ON CONFLICT (campaign_id, recipient) WHERE campaign_id IS NOT NULL DO NOTHING",
+    // The planned cost counts only the rows inserted (a chunk planned again after a crash adds
+    // nothing), in the same statement.
+    let inserted: i64 = sqlx::query_scalar(
+        "WITH ins AS (
+             INSERT INTO messages (id, sender, recipient, category, message_type, template_name,
+                 template_language, delivery, body, status, campaign_id, campaign_seq, country)
+             SELECT u.id, u.sender, u.recipient, $5, 'template', $6, $7, 'at_most_once', u.body, 'planned', $8,
+                    u.seq, u.country
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $9::bigint[], $10::text[])
+                  AS u(id, sender, recipient, body, seq, country)
+             ON CONFLICT (campaign_id, recipient) WHERE campaign_id IS NOT NULL DO NOTHING
+             RETURNING country
+         ), costs AS (
+             INSERT INTO campaign_costs AS k (campaign_id, kind, country, category, n)
+             SELECT $8, 'planned', country, $5, count(*) FROM ins GROUP BY country ORDER BY country
+             ON CONFLICT (campaign_id, kind, country, category) DO UPDATE SET n = k.n + excluded.n
+         )
+         SELECT count(*) FROM ins",
     )
     .bind(messages.iter().map(|m| m.id).collect::<Vec<_>>())
     .bind(messages.iter().map(|m| m.sender.clone()).collect::<Vec<_>>())
@@ -245,9 +258,10 @@ pub async fn plan_chunk(
     .bind(&campaign.template_language)
     .bind(campaign.id)
     .bind(messages.iter().map(|m| m.seq).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .bind(messages.iter().map(|m| m.country.clone()).collect::<Vec<_>>())
+    .fetch_one(&mut *tx)
+    .await?;
+    let inserted = inserted as u64;
     if !exclusions.is_empty() {
         sqlx::query(
             "WITH x AS (
@@ -404,24 +418,29 @@ pub async fn rewind(pool: &PgPool, campaign: Uuid) -> Result<Option<i64>, StoreE
     .await?)
 }
 
-/// Progress counters: (status, detail, count), including `excluded` at planning.
 /// Campaigns ops watch: scheduled, running or paused, and those finished within the last hour;
-/// the newest `limit`, with their message counts by status (`campaign_counts`, summed over
-/// details).
-pub async fn watched_counts(
-    pool: &PgPool,
-    limit: i64,
-) -> Result<Vec<(Uuid, String, String, i64)>, StoreError> {
-    let rows = sqlx::query(
+/// the newest `$1`.
+macro_rules! watched_campaigns {
+    () => {
         "WITH watched AS (
            SELECT id, name FROM campaigns
             WHERE state IN ('scheduled', 'running', 'paused')
                OR finished_at > now() - interval '1 hour'
-            ORDER BY created_at DESC LIMIT $1)
-         SELECT w.id, w.name, c.status, sum(c.n)::bigint
+            ORDER BY created_at DESC LIMIT $1) "
+    };
+}
+
+/// The watched campaigns' message counts by status (`campaign_counts`, summed over details).
+pub async fn watched_counts(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<(Uuid, String, String, i64)>, StoreError> {
+    let rows = sqlx::query(concat!(
+        watched_campaigns!(),
+        "SELECT w.id, w.name, c.status, sum(c.n)::bigint
            FROM watched w JOIN campaign_counts c ON c.campaign_id = w.id
-          GROUP BY w.id, w.name, c.status",
-    )
+          GROUP BY w.id, w.name, c.status"
+    ))
     .bind(limit)
     .fetch_all(pool)
     .await?;
@@ -431,6 +450,48 @@ pub async fn watched_counts(
         .collect())
 }
 
+/// The watched campaigns' cost counters, by campaign (with its name).
+pub async fn watched_costs(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<(Uuid, String, CostCount)>, StoreError> {
+    let rows = sqlx::query(concat!(
+        watched_campaigns!(),
+        "SELECT w.id, w.name, k.kind, k.country, k.category, k.n
+           FROM watched w JOIN campaign_costs k ON k.campaign_id = w.id"
+    ))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.get(0), r.get(1), cost_count(r, 2)?)))
+        .collect())
+}
+
+/// A campaign's cost counters: planned (the estimate) and billed, by country and category.
+pub async fn costs(pool: &PgPool, campaign: Uuid) -> Result<Vec<CostCount>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT kind, country, category, n FROM campaign_costs WHERE campaign_id = $1 AND n <> 0",
+    )
+    .bind(campaign)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().filter_map(|r| cost_count(r, 0)).collect())
+}
+
+/// One counter row, its columns (kind, country, category, n) from `at` on. The table checks the
+/// kind, so one this build does not know (a newer one's) is skipped, not fatal.
+fn cost_count(r: &sqlx::postgres::PgRow, at: usize) -> Option<CostCount> {
+    Some(CostCount {
+        kind: CostKind::parse(r.get(at))?,
+        country: r.get(at + 1),
+        category: r.get(at + 2),
+        n: r.get(at + 3),
+    })
+}
+
+/// Progress counters: (status, detail, count), including `excluded` at planning.
 pub async fn counts(
     pool: &PgPool,
     campaign: Uuid,

@@ -41,23 +41,7 @@ pub(crate) async fn run(services: Services, owner: String, mut stop: Shutdown) {
     loop {
         if pause_checked.is_none_or(|t| t.elapsed() >= PAUSE_GAUGE_EVERY) {
             pause_checked = Some(std::time::Instant::now());
-            match cstore::longest_pause_seconds(&services.pool).await {
-                Ok(s) => services.metrics.campaign_longest_pause_seconds.set(s),
-                Err(e) => tracing::warn!(error = %e, "could not read campaign pauses"),
-            }
-            match cstore::watched_counts(&services.pool, WATCHED_CAMPAIGNS).await {
-                Ok(rows) => {
-                    // Campaigns that left the watched set leave the gauge with it.
-                    let gauge = &services.metrics.campaign_messages;
-                    gauge.reset();
-                    for (id, name, status, n) in rows {
-                        gauge
-                            .with_label_values(&[id.to_string().as_str(), &name, &status])
-                            .set(n);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "could not read campaign counts"),
-            }
+            refresh_campaign_gauges(&services).await;
         }
         match cstore::claim_runnable(&services.pool, &owner, ttl).await {
             Ok(ids) => {
@@ -82,6 +66,50 @@ pub(crate) async fn run(services: Services, owner: String, mut stop: Shutdown) {
     }
     for (_, task) in tasks {
         let _ = task.await;
+    }
+}
+
+/// The campaign gauges: the longest pause, and each watched campaign's counts and costs.
+/// Campaigns that left the watched set leave the gauges with it.
+async fn refresh_campaign_gauges(services: &Services) {
+    let metrics = &services.metrics;
+    match cstore::longest_pause_seconds(&services.pool).await {
+        Ok(s) => metrics.campaign_longest_pause_seconds.set(s),
+        Err(e) => tracing::warn!(error = %e, "could not read campaign pauses"),
+    }
+    match cstore::watched_counts(&services.pool, WATCHED_CAMPAIGNS).await {
+        Ok(rows) => {
+            metrics.campaign_messages.reset();
+            for (id, name, status, n) in rows {
+                metrics
+                    .campaign_messages
+                    .with_label_values(&[id.to_string().as_str(), &name, &status])
+                    .set(n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read campaign counts"),
+    }
+    match cstore::watched_costs(&services.pool, WATCHED_CAMPAIGNS).await {
+        Ok(rows) => {
+            let mut by_campaign: BTreeMap<(Uuid, String), Vec<campaign::CostCount>> =
+                BTreeMap::new();
+            for (id, name, count) in rows {
+                by_campaign.entry((id, name)).or_default().push(count);
+            }
+            metrics.campaign_cost.reset();
+            let card = &services.derived.rate_card;
+            for ((id, name), counts) in by_campaign {
+                let cost = card.campaign_cost(&counts);
+                let id = id.to_string();
+                for (kind, priced) in [("estimated", cost.estimated), ("billed", cost.billed)] {
+                    metrics
+                        .campaign_cost
+                        .with_label_values(&[id.as_str(), &name, kind, &cost.currency])
+                        .set(priced.amount);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read campaign costs"),
     }
 }
 
@@ -289,6 +317,7 @@ impl Runner {
                     recipient,
                     body,
                     sender,
+                    country,
                     ..
                 } => {
                     let id = Uuid::now_v7();
@@ -299,6 +328,7 @@ impl Runner {
                         seq,
                         sender,
                         recipient,
+                        country: country.to_string(),
                         body: body.to_string(),
                     })
                 }

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use pregon::api::auth::{Role, create_key};
+use pregon::domain::campaign::round_money;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -234,6 +235,29 @@ async fn a_campaign_from_csv_to_failure_report() {
             (count(&p, "failed") == 1).then_some(p)
         })
         .await;
+    // The estimate priced what was planned; the bill grows as Meta reports billable templates
+    // delivered: the five that arrived, not the one that failed.
+    assert_eq!(
+        failed["cost"]["estimated"]["amount"],
+        estimate["cost"]["total"]
+    );
+    assert_eq!(failed["cost"]["estimated"]["unpriced"], 0);
+    let mx_marketing = estimate["cost"]["by_country"]["MX"]["price"]
+        .as_f64()
+        .unwrap();
+    let billed = env
+        .eventually(
+            "five delivered templates billed",
+            Duration::from_secs(15),
+            async || {
+                let p = progress(&env, &id).await;
+                (p["cost"]["billed"]["amount"].as_f64() == Some(round_money(5.0 * mx_marketing)))
+                    .then_some(p)
+            },
+        )
+        .await;
+    assert_eq!(billed["cost"]["currency"], "USD");
+    assert_eq!(billed["cost"]["billed"]["unpriced"], 0);
     assert_eq!(failed["counts"]["failed"]["by_reason"]["131026"], 1);
     let (status, report) = get_text(&env, &format!("/v1/campaigns/{id}/failures.csv")).await;
     assert_eq!(status, StatusCode::OK);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Env, Options, recipients};
+use crate::harness::{Env, Options, inbound, recipients};
 
 const STEADY: &str = "1065550800";
 const TROUBLED: &str = "1065550801";
@@ -201,6 +201,9 @@ async fn every_panel_and_alert_evaluates_against_a_real_prometheus_scraping_real
     env.template("promo", "marketing").await;
     let audience = recipients(20, 82);
     env.opt_in(&audience).await;
+    // One of them is not on WhatsApp: the funnel's failed step.
+    env.sim("/_sim/undeliverable", json!({"numbers": [audience[19]]}))
+        .await;
     let csv = format!("phone,name\n{},Ana\n", audience[0]);
     let (status, report) = env
         .import_csv(&env.admin_key, "phone=phone&name=name", &csv)
@@ -254,26 +257,60 @@ async fn every_panel_and_alert_evaluates_against_a_real_prometheus_scraping_real
         done >= troubled.len() as i64
     })
     .await;
+    // One recipient answers the campaign (the funnel's replied step).
+    let wamid = env
+        .eventually("a campaign message sent", Duration::from_secs(30), async || {
+            sqlx::query_scalar::<_, String>(
+                "SELECT wamid FROM messages WHERE campaign_id = $1::uuid AND wamid IS NOT NULL LIMIT 1",
+            )
+            .bind(&id)
+            .fetch_optional(&env.services.pool)
+            .await
+            .unwrap()
+        })
+        .await;
+    let replier: String = sqlx::query_scalar("SELECT recipient FROM messages WHERE wamid = $1")
+        .bind(&wamid)
+        .fetch_one(&env.services.pool)
+        .await
+        .unwrap();
+    env.webhook(&inbound(
+        CAMPAIGNS,
+        &replier,
+        "wamid.observed-reply",
+        json!({"type": "text", "text": {"body": "Me interesa"},
+               "context": {"from": CAMPAIGNS, "id": wamid}}),
+    ))
+    .await;
     // Enough scrapes for every rate window to hold two samples after the traffic, and the
-    // campaign gauges (refreshed every 10 s) scraped at least once since the campaign sent.
+    // campaign gauges (refreshed every 10 s) scraped at least once since the campaign sent,
+    // failed, was answered and billed.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = query(&prometheus, "pregon_campaign_messages{status=\"sent\"} or pregon_campaign_messages{status=\"delivered\"} or pregon_campaign_messages{status=\"read\"}").await;
-        if answer["data"]["result"]
-            .as_array()
-            .is_some_and(|r| !r.is_empty())
-        {
-            // A few more evaluations, so rates over the per-campaign counts have two points.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            break;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let campaign_steps = [
+        r#"pregon_campaign_messages{status=~"sent|delivered|read"}"#,
+        r#"pregon_campaign_messages{status="failed"}"#,
+        r#"pregon_campaign_messages{status="replied"}"#,
+        r#"pregon_campaign_cost{kind="billed"} > 0"#,
+    ];
+    for expr in campaign_steps {
+        loop {
+            let answer = query(&prometheus, expr).await;
+            if answer["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the campaign gauges never showed {expr}: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the campaign gauges never showed the campaign's sends: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // A few more evaluations, so rates over the per-campaign counts have two points.
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     let rules: Value = reqwest::get(format!("{}/api/v1/rules", prometheus.url))
         .await

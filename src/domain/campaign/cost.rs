@@ -58,6 +58,85 @@ impl RateCard {
     }
 }
 
+/// Money is shown to a hundredth of a cent: finer than any rate card, coarse enough that sums of
+/// floats do not show their noise.
+pub fn round_money(amount: f64) -> f64 {
+    (amount * 10_000.0).round() / 10_000.0
+}
+
+/// Which cost a counter row of a campaign counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostKind {
+    /// Planned to be sent: the estimate, in the campaign's category.
+    Planned,
+    /// Delivered and billable, as Meta reported it: what the campaign costs so far.
+    Billed,
+}
+
+impl CostKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            CostKind::Planned => "planned",
+            CostKind::Billed => "billed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<CostKind> {
+        [CostKind::Planned, CostKind::Billed]
+            .into_iter()
+            .find(|k| k.code() == raw)
+    }
+}
+
+/// Messages counted by recipient country and category (as Meta or the campaign names it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostCount {
+    pub kind: CostKind,
+    pub country: String,
+    pub category: String,
+    pub n: i64,
+}
+
+/// An amount from counted messages, and how many of them the rate card has no price for (left
+/// out of the amount, not guessed).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct Priced {
+    pub amount: f64,
+    pub unpriced: u64,
+}
+
+/// A campaign's estimated cost (what it planned) beside what it has been billed so far.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
+pub struct CampaignCost {
+    pub currency: String,
+    pub rate_card_valid_from: String,
+    pub estimated: Priced,
+    pub billed: Priced,
+}
+
+impl RateCard {
+    /// Prices a campaign's cost counters with this card.
+    pub fn campaign_cost(&self, counts: &[CostCount]) -> CampaignCost {
+        let priced = |kind: CostKind| {
+            let mut p = Priced::default();
+            for c in counts.iter().filter(|c| c.kind == kind && c.n > 0) {
+                match Category::parse(&c.category).and_then(|cat| self.price(&c.country, cat)) {
+                    Some(price) => p.amount += price * c.n as f64,
+                    None => p.unpriced += c.n as u64,
+                }
+            }
+            p.amount = round_money(p.amount);
+            p
+        };
+        CampaignCost {
+            currency: self.currency.clone(),
+            rate_card_valid_from: self.valid_from.clone(),
+            estimated: priced(CostKind::Planned),
+            billed: priced(CostKind::Billed),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +156,65 @@ mod tests {
             RateCard::parse("country,category,price,currency,valid_from\nMX,marketing,x,USD,d")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn campaign_costs_price_planned_and_billed_counts_apart() {
+        let card = RateCard::parse(
+            "country,category,price,currency,valid_from\nMX,marketing,0.03,USD,2026-10-01\nMX,utility,0.01,USD,2026-10-01\n",
+        )
+        .unwrap();
+        let count = |kind, country: &str, category: &str, n| CostCount {
+            kind,
+            country: country.into(),
+            category: category.into(),
+            n,
+        };
+        // (counts, estimated (amount, unpriced), billed (amount, unpriced))
+        type Case<'a> = (&'a [CostCount], (f64, u64), (f64, u64));
+        let cases: &[Case] = &[
+            (&[], (0.0, 0), (0.0, 0)),
+            (
+                &[count(CostKind::Planned, "MX", "marketing", 100)],
+                (3.0, 0),
+                (0.0, 0),
+            ),
+            // Billed in the category Meta reports, which may differ from the campaign's.
+            (
+                &[
+                    count(CostKind::Planned, "MX", "marketing", 3),
+                    count(CostKind::Billed, "MX", "marketing", 1),
+                    count(CostKind::Billed, "MX", "utility", 1),
+                ],
+                (0.09, 0),
+                (0.04, 0),
+            ),
+            // No price: counted apart, not guessed; an unknown category likewise.
+            (
+                &[
+                    count(CostKind::Planned, "BR", "marketing", 7),
+                    count(CostKind::Billed, "MX", "marketing_future", 2),
+                ],
+                (0.0, 7),
+                (0.0, 2),
+            ),
+        ];
+        for (counts, estimated, billed) in cases {
+            let cost = card.campaign_cost(counts);
+            assert_eq!(
+                (cost.estimated.amount, cost.estimated.unpriced),
+                *estimated,
+                "{counts:?}"
+            );
+            assert_eq!(
+                (cost.billed.amount, cost.billed.unpriced),
+                *billed,
+                "{counts:?}"
+            );
+            assert_eq!(cost.currency, "USD");
+        }
+        assert_eq!(CostKind::parse("billed"), Some(CostKind::Billed));
+        assert_eq!(CostKind::parse("x"), None);
+        assert_eq!(round_money(0.1 + 0.2), 0.3);
     }
 }
