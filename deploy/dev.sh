@@ -120,6 +120,13 @@ ensure_prometheus() {
   fi
 }
 
+# The console's tests drive a real Chromium through chromedriver, both from the system's packages.
+ensure_chromium() {
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    apt_install chromium chromium-driver
+  fi
+}
+
 # The deployment files are checked by the tools their platforms use, from PyPI and pinned:
 # docker-compose parses the compose file, kubernetes-validate checks the manifests against the
 # Kubernetes schemas. docker-compose 1.29 needs a PyYAML 5 that only builds with Cython < 3.
@@ -186,6 +193,7 @@ case "$command" in
     ensure_services
     ensure_schemathesis
     ensure_prometheus
+    ensure_chromium
     deploy/prometheus/check.sh
     validate_dashboards
     python3 deploy/snapshot.py --check-panels
@@ -208,8 +216,16 @@ case "$command" in
       cargo test --test it observability "$@"
     say "wrote dashboards/snapshot.png"
     ;;
+  screenshots)
+    # Pictures of the console's main pages (src/console/screenshots/*.png), taken by its browser test.
+    ensure_toolchain
+    ensure_services
+    ensure_chromium
+    CONSOLE_SCREENSHOTS="$PWD/src/console/screenshots" cargo test --test it console::a_campaign "$@"
+    say "wrote src/console/screenshots/*.png"
+    ;;
   *)
-    echo "usage: deploy/dev.sh demo|test|services|snapshot" >&2
+    echo "usage: deploy/dev.sh demo|test|services|snapshot|screenshots" >&2
     exit 2
     ;;
 esac

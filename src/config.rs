@@ -149,6 +149,9 @@ pub struct Config {
     pub campaign_window: u32,
     pub campaign_chunk: u32,
     pub rate_card: String,
+    pub console_secure_cookies: bool,
+    pub console_session_idle: HumanDuration,
+    pub console_session_lifetime: HumanDuration,
     pub log_format: String,
 }
 
@@ -224,6 +227,9 @@ impl Default for Config {
             campaign_window: 20_000,
             campaign_chunk: 2_000,
             rate_card: String::new(),
+            console_secure_cookies: true,
+            console_session_idle: secs(12 * 3600),
+            console_session_lifetime: secs(7 * 86_400),
             log_format: "text".into(),
         }
     }
@@ -482,6 +488,18 @@ pub const SETTINGS: &[(&str, &str)] = &[
     (
         "rate_card",
         "CSV of prices per country and category for estimates (empty: deploy/rate-card.csv as built in)",
+    ),
+    (
+        "console_secure_cookies",
+        "mark console cookies Secure (sent over HTTPS only); false only for plain-HTTP development",
+    ),
+    (
+        "console_session_idle",
+        "a console session unused this long signs out",
+    ),
+    (
+        "console_session_lifetime",
+        "a console session ends this long after sign-in, used or not",
     ),
     ("log_format", "text or json"),
 ];

@@ -22,12 +22,14 @@ pub struct DemoArgs {
     /// Multiplies the number of messages (1 = about 12,000).
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
-    /// Keep the API and the simulator running after the summary, until Ctrl-C.
+    /// End after the summary instead of keeping the API, the console and the simulator running
+    /// until Ctrl-C.
     #[arg(long)]
-    pub keep_running: bool,
+    pub exit: bool,
 }
 
 const DEMO_APP_SECRET: &str = "pregon-demo-secret";
+const DEMO_USER: &str = "marketing@demo.pregon";
 
 struct Plan {
     sender: String,
@@ -67,6 +69,8 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     config.database_url = replace_database(&config.database_url, "pregon_demo");
     config.redis_prefix = "pregon-demo".into();
     config.amqp_namespace = "pregon-demo".into();
+    // The demo serves plain HTTP on this machine: the console's cookies cannot be Secure.
+    config.console_secure_cookies = false;
     println!(
         "pregon demo: RabbitMQ {}, Redis {}, PostgreSQL {}",
         config.amqp_namespace,
@@ -85,7 +89,25 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     let (_, admin) =
         crate::api::auth::create_key(&services.pool, "demo", crate::api::auth::Role::Admin, None)
             .await?;
-    println!("API at {api_url} (admin key {admin})\n");
+    println!("API at {api_url} (admin key {admin})");
+    // A person for the console; the demo's database starts empty each run, so the address is free.
+    let console_password = crate::api::auth::generate_secret()
+        .trim_start_matches("pgn_")
+        .chars()
+        .take(16)
+        .collect::<String>();
+    crate::console::create_user(
+        &services.pool,
+        DEMO_USER,
+        &console_password,
+        "marketing",
+        None,
+    )
+    .await
+    .map_err(|e| AppError::Invalid(e.to_string()))?;
+    println!(
+        "Console at {api_url}/console (sign in as {DEMO_USER}, password {console_password})\n"
+    );
     let http = reqwest::Client::new();
     let admin_api = Client::new(&ApiArgs {
         api_url: api_url.clone(),
@@ -303,8 +325,11 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
     )
     .await?;
     println!("\nMetrics: {api_url}/metrics   Message: {api_url}/v1/messages/<id>");
-    if args.keep_running {
-        println!("\nRunning until Ctrl-C.");
+    if !args.exit {
+        println!(
+            "\nConsole: {api_url}/console (sign in as {DEMO_USER}, password {console_password}).\n\
+             Running until Ctrl-C."
+        );
         crate::app::termination_signal().await;
     }
     api_stop.trigger();

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod chaos;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod contacts;
 pub mod dead;
 pub mod demo;

@@ -49,6 +49,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Apikey(commands::ApikeyCommand),
+    /// Manage the console's users (people; systems use API keys).
+    #[command(subcommand)]
+    User(commands::UserCommand),
     /// Erase a person's data everywhere (PostgreSQL and Redis), keeping only a hashed tombstone
     /// so an opt-out survives; prints what was removed.
     Erase {
@@ -252,6 +255,7 @@ async fn run(command: Command, config: Config) -> Result<(), AppError> {
         Command::Bench(args) => pregon::bench::run(config, args).await,
         Command::Chaos(args) => pregon::chaos::run(config, args).await,
         Command::Apikey(command) => commands::apikey(&config, command).await,
+        Command::User(command) => commands::user(&config, command).await,
         Command::Secrets(command) => commands::secrets(&config, command).await,
         Command::Erase { phone } => commands::erase(config, &phone).await,
         Command::Config => {

@@ -78,7 +78,9 @@ pub async fn serve_api(
     mut shutdown: Shutdown,
 ) {
     let keeper = tokio::spawn(crate::state_copy::keep(services.clone(), shutdown.clone()));
-    let router = crate::api::router(services);
+    // The peer address counts failed console sign-ins per client.
+    let router =
+        crate::api::router(services).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await;

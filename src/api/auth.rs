@@ -104,14 +104,44 @@ impl Role {
     }
 }
 
+/// Who is calling: another system by its API key, or a person signed in to the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    ApiKey(Uuid),
+    User { id: Uuid, email: String },
+}
+
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub key_id: Uuid,
+    pub principal: Principal,
     pub role: Role,
     pub senders: Option<Vec<String>>,
 }
 
 impl Caller {
+    /// Who did it, as campaign events, revocations and redrives record it.
+    pub fn actor(&self) -> String {
+        match &self.principal {
+            Principal::ApiKey(id) => format!("api_key:{id}"),
+            Principal::User { email, .. } => format!("user:{email}"),
+        }
+    }
+
+    /// The key calling, if another system is.
+    pub fn api_key_id(&self) -> Option<Uuid> {
+        match self.principal {
+            Principal::ApiKey(id) => Some(id),
+            Principal::User { .. } => None,
+        }
+    }
+
+    /// What requests are counted and scoped by (rate limits, idempotency keys).
+    pub fn id(&self) -> Uuid {
+        match self.principal {
+            Principal::ApiKey(id) | Principal::User { id, .. } => id,
+        }
+    }
+
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
         if self.role.allows(permission) {
             Ok(())
@@ -236,7 +266,15 @@ needs! {
 /// it answers 401 for a missing or unknown key and 403 for a role without the permission.
 pub struct Authorized<N: Need> {
     caller: Caller,
+    key_id: Uuid,
     need: PhantomData<N>,
+}
+
+impl<N: Need> Authorized<N> {
+    /// The API key calling (the HTTP API is called with keys only; people use the console).
+    pub fn key_id(&self) -> Uuid {
+        self.key_id
+    }
 }
 
 impl<N: Need> std::ops::Deref for Authorized<N> {
@@ -254,12 +292,14 @@ impl<N: Need> FromRequestParts<ApiState> for Authorized<N> {
             .keys
             .authenticate(&state.services.pool, &parts.headers)
             .await?;
-        state.key_rate.check(caller.key_id)?;
+        state.key_rate.check(caller.id())?;
         if let Some(permission) = N::PERMISSION {
             caller.require(permission)?;
         }
+        let key_id = caller.id();
         Ok(Authorized {
             caller,
+            key_id,
             need: PhantomData,
         })
     }
@@ -375,7 +415,7 @@ impl KeyCache {
             ));
         };
         let caller = Caller {
-            key_id: key.id,
+            principal: Principal::ApiKey(key.id),
             role: Role::parse(&key.role).unwrap_or(Role::Viewer),
             senders: key.senders,
         };
@@ -404,7 +444,7 @@ mod tests {
     #[test]
     fn roles_are_ordered_and_senders_limit() {
         let caller = Caller {
-            key_id: Uuid::nil(),
+            principal: Principal::ApiKey(Uuid::nil()),
             role: Role::Service,
             senders: Some(vec!["1".into()]),
         };

@@ -198,10 +198,6 @@ fn campaign_id(raw: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_id", Some("id"), "campaign ids are UUIDs"))
 }
 
-fn actor(caller: &super::auth::Caller) -> String {
-    format!("api_key:{}", caller.key_id)
-}
-
 // -- contacts ------------------------------------------------------------------------------------
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -285,7 +281,7 @@ async fn import_contacts(
         attribute_columns: split_list(&q.attributes),
         consent,
         list: q.list,
-        actor: actor(&caller),
+        actor: caller.actor(),
     };
     let services = &state.services;
     let max = services.config.import_max_bytes;
@@ -596,7 +592,8 @@ async fn create_campaign(
         &state.services,
         definition,
         |s| caller.may_use_sender(s),
-        Some(caller.key_id),
+        caller.api_key_id(),
+        &caller.actor(),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(c)).into_response())
@@ -614,7 +611,11 @@ async fn list_campaigns(
 
 /// The campaign a caller names, if it may see it: a key limited to some senders sees only the
 /// campaigns whose whole pool it may use, and is told of no other (404, as if it did not exist).
-async fn load(state: &ApiState, caller: &Caller, raw: &str) -> Result<cstore::Campaign, ApiError> {
+pub(crate) async fn load(
+    state: &ApiState,
+    caller: &Caller,
+    raw: &str,
+) -> Result<cstore::Campaign, ApiError> {
     let id = campaign_id(raw)?;
     cstore::get_campaign(&state.services.pool, id)
         .await
@@ -652,7 +653,7 @@ async fn act(
     action: Action,
 ) -> Result<Response, ApiError> {
     let id = load(&state, caller, &id).await?.id;
-    let c = campaigns::act(&state.services, id, action, &actor(caller)).await?;
+    let c = campaigns::act(&state.services, id, action, &caller.actor()).await?;
     Ok(Json(c).into_response())
 }
 
@@ -694,6 +695,13 @@ async fn failures_csv(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let c = load(&state, &caller, &id).await?;
+    Ok(failures_report(&state, &c))
+}
+
+/// Every failure of a campaign with its code, reason, error, attempts and last attempt, as a
+/// streamed CSV (the console's download is this one).
+pub(crate) fn failures_report(state: &ApiState, c: &cstore::Campaign) -> Response {
+    let c = c.clone();
     let pool = state.services.pool.clone();
     let header_line = crate::domain::csv::line([
         "recipient",
@@ -703,35 +711,30 @@ async fn failures_csv(
         "attempts",
         "last_attempt",
     ]);
-    Ok(csv_stream(
-        "failures.csv",
-        header_line,
-        0i64,
-        move |after| {
-            let pool = pool.clone();
-            async move {
-                let page = cstore::failures_after(&pool, c.id, after, 5000).await?;
-                let next = page.last().map(|f| f.campaign_seq);
-                let text: String = page
-                    .iter()
-                    .map(|f| {
-                        let code = f.last_error_code.map(|c| c.to_string()).unwrap_or_default();
-                        let attempts = f.attempts.to_string();
-                        let at = f.updated_at.to_rfc3339();
-                        crate::domain::csv::line([
-                            f.recipient.as_str(),
-                            code.as_str(),
-                            f.status_reason.as_deref().unwrap_or(""),
-                            f.last_error.as_deref().unwrap_or(""),
-                            attempts.as_str(),
-                            at.as_str(),
-                        ])
-                    })
-                    .collect();
-                Ok(next.map(|n| (text, n)))
-            }
-        },
-    ))
+    csv_stream("failures.csv", header_line, 0i64, move |after| {
+        let pool = pool.clone();
+        async move {
+            let page = cstore::failures_after(&pool, c.id, after, 5000).await?;
+            let next = page.last().map(|f| f.campaign_seq);
+            let text: String = page
+                .iter()
+                .map(|f| {
+                    let code = f.last_error_code.map(|c| c.to_string()).unwrap_or_default();
+                    let attempts = f.attempts.to_string();
+                    let at = f.updated_at.to_rfc3339();
+                    crate::domain::csv::line([
+                        f.recipient.as_str(),
+                        code.as_str(),
+                        f.status_reason.as_deref().unwrap_or(""),
+                        f.last_error.as_deref().unwrap_or(""),
+                        attempts.as_str(),
+                        at.as_str(),
+                    ])
+                })
+                .collect();
+            Ok(next.map(|n| (text, n)))
+        }
+    })
 }
 
 /// Who planning left out and why (no opt-in, opted out, invalid, duplicate, missing variable,
@@ -742,15 +745,21 @@ async fn exclusions_csv(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let c = load(&state, &caller, &id).await?;
+    Ok(exclusions_report(&state, &c))
+}
+
+/// Who planning left out and why, as a streamed CSV (the console's download is this one).
+pub(crate) fn exclusions_report(state: &ApiState, c: &cstore::Campaign) -> Response {
+    let id = c.id;
     let pool = state.services.pool.clone();
-    Ok(csv_stream(
+    csv_stream(
         "exclusions.csv",
         crate::domain::csv::line(["recipient", "reason"]),
         0i64,
         move |after| {
             let pool = pool.clone();
             async move {
-                let page = cstore::exclusions_after(&pool, c.id, after, 5000).await?;
+                let page = cstore::exclusions_after(&pool, id, after, 5000).await?;
                 let next = page.last().map(|(seq, _, _)| *seq);
                 let text: String = page
                     .iter()
@@ -761,7 +770,7 @@ async fn exclusions_csv(
                 Ok(next.map(|n| (text, n)))
             }
         },
-    ))
+    )
 }
 
 async fn retry_failed(
@@ -770,7 +779,7 @@ async fn retry_failed(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = load(&state, &caller, &id).await?.id;
-    let outcome = campaigns::retry_failed(&state.services, id, &actor(&caller)).await?;
+    let outcome = campaigns::retry_failed(&state.services, id, &caller.actor()).await?;
     Ok(Json(outcome).into_response())
 }
 

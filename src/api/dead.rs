@@ -125,7 +125,7 @@ async fn redrive(
     let Query(q) =
         query.map_err(|e| ApiError::bad_request("invalid_query", None, e.body_text()))?;
     visible(&state, &caller, id).await?;
-    let by = format!("api_key:{}", caller.key_id);
+    let by = caller.actor();
     let job = dead::redrive(&state.services, id, &by, q.force.unwrap_or(false)).await?;
     Ok(Json(dead::view(&job)).into_response())
 }

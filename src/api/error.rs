@@ -219,19 +219,20 @@ pub async fn storable_url(
 
 /// Gives the refusals axum makes itself (a path parameter of the wrong type, a body over the
 /// limit, a method the route does not take) the API's error shape, so every 4xx a client sees
-/// parses the same way. Answers that are already JSON, and successes, pass untouched.
+/// parses the same way. Answers that are already JSON, the console's pages, and successes pass
+/// untouched.
 pub async fn json_refusals(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    let is_json = response
+    let shaped = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !status.is_client_error() || is_json {
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if !status.is_client_error() || shaped {
         return response;
     }
     let (parts, body) = response.into_parts();

@@ -78,6 +78,8 @@ pub fn router(services: Services) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         // Health checks, metrics and the contract answer even when the API is saturated.
         .merge(contract::mount(&ops))
+        // The console's pages: for people, outside the API's contract.
+        .merge(crate::console::router())
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn(error::storable_url))
         .layer(axum::middleware::from_fn(error::json_refusals))
@@ -309,7 +311,7 @@ fn delivery_mode(headers: &HeaderMap) -> Result<DeliveryMode, ApiError> {
 }
 
 fn scoped_key(caller: &Caller, key: &str) -> String {
-    format!("{}:{key}", caller.key_id)
+    format!("{}:{key}", caller.id())
 }
 
 /// The Cloud API's success shape, with pregon's message id where Meta would put its wamid.
@@ -411,7 +413,7 @@ async fn send_message(
         sender: phone_number_id,
         idempotency_key: header_key.or(body_key).map(|k| scoped_key(&caller, &k)),
         body,
-        api_key_id: Some(caller.key_id),
+        api_key_id: Some(caller.key_id()),
         delivery: delivery_mode(&headers)?,
     };
     let accepted = enqueue::enqueue(&state.services, request).await?;
@@ -459,7 +461,7 @@ async fn send_batch(
                 .and_then(Value::as_str)
                 .map(|k| scoped_key(&caller, k)),
             body,
-            api_key_id: Some(caller.key_id),
+            api_key_id: Some(caller.key_id()),
             delivery,
         })
         .collect();
@@ -831,13 +833,9 @@ async fn post_erasure(
     let b: ErasureBody = parse_json(&body)?;
     phone_field(&b.recipient, "recipient")?;
     caller.require_unscoped("erase a person: their data spans every sender")?;
-    let erased = crate::privacy::erase(
-        &state.services,
-        &b.recipient,
-        &format!("api_key:{}", caller.key_id),
-    )
-    .await
-    .map_err(ApiError::internal)?;
+    let erased = crate::privacy::erase(&state.services, &b.recipient, &caller.actor())
+        .await
+        .map_err(ApiError::internal)?;
     Ok((StatusCode::OK, Json(ErasureAnswer { erased })).into_response())
 }
 
@@ -891,7 +889,7 @@ async fn post_consent(
         action: b.action,
         source: b.source,
         evidence: b.evidence,
-        actor: Some(format!("api_key:{}", caller.key_id)),
+        actor: Some(caller.actor()),
     };
     let ids = state
         .services
@@ -1043,7 +1041,7 @@ async fn revoke_api_key(
             format!("API key {id} was revoked already"),
         ));
     }
-    store::revoke_api_key(pool, id, &format!("api_key:{}", caller.key_id))
+    store::revoke_api_key(pool, id, &caller.actor())
         .await
         .map_err(ApiError::internal)?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -152,7 +152,7 @@ async fn create(
     let saved = stored::insert_subscription(
         &state.services.pool,
         &state.services.derived.keyring,
-        caller.key_id,
+        caller.key_id(),
         url.as_str(),
         &events,
         &secret,
@@ -171,7 +171,7 @@ async fn list(
     State(state): State<ApiState>,
     caller: Authorized<AnyKey>,
 ) -> Result<Response, ApiError> {
-    let scope = (!caller.is_unscoped_admin()).then_some(caller.key_id);
+    let scope = (!caller.is_unscoped_admin()).then_some(caller.key_id());
     let subs =
         stored::list_subscriptions(&state.services.pool, &state.services.derived.keyring, scope)
             .await
@@ -193,7 +193,7 @@ async fn owned(
         .await
         .map_err(ApiError::internal)?
     {
-        Some(s) if caller.is_unscoped_admin() || s.api_key_id == caller.key_id => Ok(s),
+        Some(s) if caller.is_unscoped_admin() || Some(s.api_key_id) == caller.api_key_id() => Ok(s),
         _ => Err(ApiError::not_found(
             "unknown_subscription",
             format!("no subscription {id}"),

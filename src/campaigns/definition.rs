@@ -68,6 +68,7 @@ pub async fn create(
     d: Definition,
     allowed_sender: impl Fn(&str) -> bool,
     api_key_id: Option<Uuid>,
+    created_by: &str,
 ) -> Result<Campaign, CampaignError> {
     if d.name.trim().is_empty() {
         return Err(invalid(
@@ -255,6 +256,7 @@ pub async fn create(
         fanout_claimed: 0,
         fanout_cursor: 0,
         api_key_id,
+        created_by: Some(created_by.to_string()),
         lease_owner: None,
         created_at: now,
         launched_at: None,

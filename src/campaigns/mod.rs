@@ -23,7 +23,7 @@ pub use definition::{Definition, QuietHoursBody, Schedule, TemplateChoice, creat
 pub use estimate::{CostEstimate, CountryCost, Estimate, SenderEstimate, estimate};
 pub(crate) use plan::{Plan, Verdict, check_page, plan_of};
 pub(crate) use progress::count_map;
-pub use progress::{Progress, RateTracker, progress};
+pub use progress::{Funnel, Progress, RateTracker, done_and_total, progress, retryable};
 
 use crate::domain::Category;
 use crate::domain::campaign::CampaignState;

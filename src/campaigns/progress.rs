@@ -13,9 +13,60 @@ use crate::store::campaigns::{self as cstore, Campaign};
 
 use super::*;
 use crate::domain::MessageStatus;
+use crate::domain::reason::Reason;
 
 /// The pseudo-state the counter rows give to a campaign's exclusions.
 const EXCLUDED: &str = "excluded";
+
+/// Messages in a final state, and all messages (not exclusions), from the counts by state.
+pub fn done_and_total(totals: &HashMap<String, i64>) -> (i64, i64) {
+    let get = |s: &MessageStatus| totals.get(s.as_str()).copied().unwrap_or(0);
+    let total: i64 = MessageStatus::ALL.iter().map(get).sum();
+    let open: i64 = MessageStatus::ALL
+        .iter()
+        .filter(|s| !s.is_final())
+        .map(get)
+        .sum();
+    (total - open, total)
+}
+
+/// How many messages reached each step: a read message was delivered and sent, so each step
+/// counts its own state and every later one (the dashboard's funnel sums the same states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, schemars::JsonSchema)]
+pub struct Funnel {
+    pub sent: i64,
+    pub delivered: i64,
+    pub read: i64,
+    pub replied: i64,
+    pub failed: i64,
+}
+
+impl Funnel {
+    pub fn from_counts(totals: &HashMap<String, i64>) -> Funnel {
+        let get = |s: &str| totals.get(s).copied().unwrap_or(0);
+        Funnel {
+            sent: get("sent") + get("delivered") + get("read"),
+            delivered: get("delivered") + get("read"),
+            read: get("read"),
+            replied: get("replied"),
+            failed: get("failed"),
+        }
+    }
+}
+
+/// About how many failures a retry would queue again, from the failure counts by detail (a
+/// Meta code, else a reason). The retry itself judges each message by both, so it may queue a
+/// few less.
+pub fn retryable(failed_by_detail: &[(String, i64)]) -> i64 {
+    failed_by_detail
+        .iter()
+        .filter(|(detail, _)| match detail.parse::<i64>() {
+            Ok(code) => crate::domain::errors::worth_retrying(Some(code), None),
+            Err(_) => crate::domain::errors::worth_retrying(None, Reason::parse(detail)),
+        })
+        .map(|(_, n)| n)
+        .sum()
+}
 
 pub(crate) fn count_map(rows: &[(String, String, i64)]) -> HashMap<String, i64> {
     let mut map = HashMap::new();
@@ -35,6 +86,10 @@ pub struct Progress {
     pub done: i64,
     pub rate_per_second: Option<f64>,
     pub eta_seconds: Option<u64>,
+    /// Messages that reached sent, delivered, read and replied, and those that failed.
+    pub funnel: Funnel,
+    /// About how many failures a retry would queue again.
+    pub retryable: i64,
     /// The estimate for what was planned beside what Meta has billed so far.
     pub cost: crate::domain::campaign::CampaignCost,
     pub events: Vec<cstore::CampaignEvent>,
@@ -83,18 +138,7 @@ pub async fn progress(
             }
         }
     }
-    let get = |s: &str| totals.get(s).copied().unwrap_or(0);
-    // Messages (not exclusions); delivered and read have been sent.
-    let total = MessageStatus::ALL
-        .iter()
-        .map(|s| get(s.as_str()))
-        .sum::<i64>();
-    let open = MessageStatus::ALL
-        .iter()
-        .filter(|s| !s.is_final())
-        .map(|s| get(s.as_str()))
-        .sum::<i64>();
-    let done = total - open;
+    let (done, total) = done_and_total(&totals);
     let rate = rates.observe(id, done);
     let remaining = total - done;
     // While the audience is still being planned the total is what is planned so far: no ETA.
@@ -116,6 +160,14 @@ pub async fn progress(
         done,
         rate_per_second: rate,
         eta_seconds: eta,
+        funnel: Funnel::from_counts(&totals),
+        retryable: retryable(
+            &rows
+                .iter()
+                .filter(|(status, _, _)| status == "failed")
+                .map(|(_, detail, n)| (detail.clone(), *n))
+                .collect::<Vec<_>>(),
+        ),
         cost,
         events,
     })
@@ -149,5 +201,70 @@ impl RateTracker {
         let (t0, d0) = *samples.front()?;
         let elapsed = now.duration_since(t0).as_secs_f64();
         (elapsed >= 0.5).then(|| ((done - d0).max(0) as f64 / elapsed * 10.0).round() / 10.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(pairs: &[(&str, i64)]) -> HashMap<String, i64> {
+        pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn the_funnel_counts_what_reached_each_step() {
+        let cases: &[(&[(&str, i64)], Funnel)] = &[
+            (&[], Funnel::default()),
+            (
+                &[
+                    ("sent", 5),
+                    ("delivered", 3),
+                    ("read", 2),
+                    ("replied", 1),
+                    ("failed", 4),
+                    ("queued", 9),
+                ],
+                Funnel {
+                    sent: 10,
+                    delivered: 5,
+                    read: 2,
+                    replied: 1,
+                    failed: 4,
+                },
+            ),
+        ];
+        for (pairs, want) in cases {
+            assert_eq!(Funnel::from_counts(&counts(pairs)), *want, "{pairs:?}");
+        }
+        // Exclusions and replies are not messages of their own.
+        let (done, total) = done_and_total(&counts(&[
+            ("read", 2),
+            ("queued", 3),
+            ("excluded", 7),
+            ("replied", 1),
+        ]));
+        assert_eq!((done, total), (2, 5));
+    }
+
+    #[test]
+    fn retryable_failures_follow_the_retry_rules() {
+        let by_detail = |pairs: &[(&str, i64)]| {
+            pairs
+                .iter()
+                .map(|(d, n)| (d.to_string(), *n))
+                .collect::<Vec<_>>()
+        };
+        for (pairs, want) in [
+            (vec![], 0),
+            (vec![("131026", 3)], 0),
+            (vec![("131026", 3), ("attempts_exhausted", 2)], 2),
+            (
+                vec![("recipient_opted_out", 1), ("131000", 4), ("131050", 1)],
+                4,
+            ),
+        ] {
+            assert_eq!(retryable(&by_detail(&pairs)), want, "{pairs:?}");
+        }
     }
 }

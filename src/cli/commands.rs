@@ -332,6 +332,95 @@ pub async fn apikey(config: &Config, command: ApikeyCommand) -> Result<(), AppEr
     }
 }
 
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add a person who signs in to the console. The password is read from standard input with
+    /// --password-stdin; otherwise one is generated and printed once.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// admin, marketing or viewer
+        #[arg(long, default_value = "marketing")]
+        role: String,
+        /// Limit the user to these sender phone_number_ids (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        senders: Vec<String>,
+        /// Read the password (at least 12 characters) from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users (never a password hash): email, role, senders, created, disabled.
+    List,
+    /// Stop a user signing in and end their sessions.
+    Disable { email: String },
+}
+
+pub async fn user(config: &Config, command: UserCommand) -> Result<(), AppError> {
+    let pool = key_database(config).await?;
+    match command {
+        UserCommand::Create {
+            email,
+            role,
+            senders,
+            password_stdin,
+        } => {
+            let generated = !password_stdin;
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\r', '\n']).to_string()
+            } else {
+                crate::api::auth::generate_secret()
+                    .trim_start_matches("pgn_")
+                    .chars()
+                    .take(20)
+                    .collect()
+            };
+            let senders = (!senders.is_empty()).then_some(senders);
+            let user =
+                crate::console::create_user(&pool, &email, &password, &role, senders.as_deref())
+                    .await
+                    .map_err(|e| AppError::Invalid(e.to_string()))?;
+            if generated {
+                println!("{password}");
+            }
+            eprintln!(
+                "created {} user {}{}",
+                user.role,
+                user.email,
+                if generated {
+                    "; the password above is shown only once"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+        UserCommand::List => {
+            for u in store::users::list_users(&pool).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    u.email,
+                    u.role,
+                    u.senders.map_or("*".into(), |s| s.join(",")),
+                    u.created_at.to_rfc3339(),
+                    u.disabled_at
+                        .map_or("active".into(), |d| format!("disabled {}", d.to_rfc3339())),
+                );
+            }
+            Ok(())
+        }
+        UserCommand::Disable { email } => {
+            if store::users::disable_user(&pool, &email.trim().to_lowercase()).await? {
+                eprintln!("disabled {email}; their sessions are ended");
+                Ok(())
+            } else {
+                Err(AppError::Invalid(format!("no user {email}")))
+            }
+        }
+    }
+}
+
 /// The database the keys live in, migrated, for the key commands that work on it directly.
 async fn key_database(config: &Config) -> Result<sqlx::PgPool, AppError> {
     store::ensure_database(&config.database_url).await?;

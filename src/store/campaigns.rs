@@ -40,6 +40,8 @@ pub struct Campaign {
     pub fanout_claimed: i64,
     pub fanout_cursor: i64,
     pub api_key_id: Option<Uuid>,
+    /// Who created it ("api_key:…" or "user:…"); unknown for campaigns older than the console.
+    pub created_by: Option<String>,
     #[serde(skip)]
     pub lease_owner: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -52,15 +54,15 @@ macro_rules! campaign_columns {
     () => {
         "id, name, template_name, template_language, category, senders, audience, variables, start_at,
     quiet_hours, end_by, rate_cap, state, paused_by, pause_causes, planned, plan_cursor, recipients,
-    fanout_claimed, fanout_cursor, api_key_id, lease_owner, created_at, launched_at, finished_at, updated_at"
+    fanout_claimed, fanout_cursor, api_key_id, created_by, lease_owner, created_at, launched_at, finished_at, updated_at"
     };
 }
 
 pub async fn insert_campaign(pool: &PgPool, c: &Campaign) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO campaigns (id, name, template_name, template_language, category, senders, audience,
-             variables, start_at, quiet_hours, end_by, rate_cap, api_key_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             variables, start_at, quiet_hours, end_by, rate_cap, api_key_id, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(c.id)
     .bind(&c.name)
@@ -75,6 +77,7 @@ pub async fn insert_campaign(pool: &PgPool, c: &Campaign) -> Result<(), StoreErr
     .bind(c.end_by)
     .bind(c.rate_cap)
     .bind(c.api_key_id)
+    .bind(&c.created_by)
     .execute(pool)
     .await?;
     Ok(())
@@ -489,6 +492,20 @@ fn cost_count(r: &sqlx::postgres::PgRow, at: usize) -> Option<CostCount> {
         category: r.get(at + 2),
         n: r.get(at + 3),
     })
+}
+
+/// Counts by status (summed over details) of several campaigns: (campaign, status, count).
+pub async fn counts_of(
+    pool: &PgPool,
+    campaigns: &[Uuid],
+) -> Result<Vec<(Uuid, String, i64)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT campaign_id, status, sum(n)::bigint FROM campaign_counts
+         WHERE campaign_id = ANY($1) GROUP BY 1, 2",
+    )
+    .bind(campaigns)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Progress counters: (status, detail, count), including `excluded` at planning.

@@ -20,6 +20,7 @@ pub mod dead;
 pub mod events;
 mod messages;
 pub mod privacy;
+pub mod users;
 pub mod webhooks;
 mod writer;
 

@@ -3,7 +3,9 @@
 
 mod authorization;
 mod broker_restart;
+mod browser;
 mod campaigns;
+mod console;
 mod contract;
 mod dispatch;
 mod enqueue;

@@ -1,0 +1,81 @@
+//! The console: server-rendered pages under `/console` for people (marketing, viewers, admins),
+//! beside the HTTP API for systems. It signs people in with a password and a session cookie and
+//! turns them into the same [`Caller`] an API key becomes, so roles and sender limits mean the
+//! same thing; every action calls the same use cases as the API (`crate::campaigns`), never a
+//! second path. Pages are plain HTML that works without JavaScript; one small script (served
+//! from the binary, like the stylesheet) keeps a running campaign's page live and formats times
+//! in the reader's time zone.
+
+mod campaigns;
+pub mod i18n;
+mod page;
+mod senders;
+mod session;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+
+use crate::api::ApiState;
+
+pub use session::{create_user, hash_password};
+
+const STYLESHEET: &str = include_str!("assets/console.css");
+const SCRIPT: &str = include_str!("assets/console.js");
+
+/// The console's routes, and `/` sending a browser to it.
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/console") }))
+        .route(
+            "/console",
+            get(|| async { Redirect::to("/console/campaigns") }),
+        )
+        .route("/console/assets/console.css", get(stylesheet))
+        .route("/console/assets/console.js", get(script))
+        .route(
+            "/console/login",
+            get(session::login_page).post(session::login),
+        )
+        .route("/console/logout", post(session::logout))
+        .route(
+            "/console/logout-everywhere",
+            post(session::logout_everywhere),
+        )
+        .route("/console/language", post(session::set_language))
+        .route("/console/campaigns", get(campaigns::list))
+        .route("/console/campaigns/{id}", get(campaigns::show))
+        .route("/console/campaigns/{id}/live", get(campaigns::live))
+        .route(
+            "/console/campaigns/{id}/failures.csv",
+            get(campaigns::failures_csv),
+        )
+        .route(
+            "/console/campaigns/{id}/exclusions.csv",
+            get(campaigns::exclusions_csv),
+        )
+        .route("/console/campaigns/{id}/{action}", post(campaigns::act))
+        .route("/console/senders", get(senders::list))
+}
+
+/// Assets are part of the binary: nothing is loaded from outside (the machines running pregon
+/// may have no internet).
+async fn stylesheet() -> Response {
+    asset("text/css; charset=utf-8", STYLESHEET)
+}
+
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
