@@ -11,7 +11,7 @@ use crate::app::{AppError, Services};
 use crate::domain::Category;
 use crate::domain::campaign::parameter_slots;
 use crate::domain::decision::TemplateStatus;
-use crate::store::Template;
+use crate::store::{self, Template};
 
 #[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct SyncReport {
@@ -69,7 +69,12 @@ pub async fn sync(
                     .entry(template.status.as_str().to_string())
                     .or_default() += 1;
                 report.templates += 1;
+                let (name, language) = (template.name.clone(), template.language.clone());
                 services.register_template(template).await?;
+                if let Some(components) = raw.get("components") {
+                    store::set_template_components(&services.pool, &name, &language, components)
+                        .await?;
+                }
             }
             match next {
                 Some(cursor) if after.as_deref() != Some(cursor.as_str()) => after = Some(cursor),

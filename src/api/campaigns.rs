@@ -200,34 +200,36 @@ fn campaign_id(raw: &str) -> Result<Uuid, ApiError> {
 
 // -- contacts ------------------------------------------------------------------------------------
 
-#[derive(Deserialize, schemars::JsonSchema)]
+/// How a contact CSV's columns are read: the API's import query, and the console's mapping form
+/// (the same names).
+#[derive(Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ImportQuery {
-    phone: String,
+pub(crate) struct ImportQuery {
+    pub(crate) phone: String,
     #[serde(default)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default)]
-    language: Option<String>,
+    pub(crate) language: Option<String>,
     /// Comma-separated tags for every row.
     #[serde(default)]
-    tags: Option<String>,
+    pub(crate) tags: Option<String>,
     #[serde(default)]
-    tags_column: Option<String>,
+    pub(crate) tags_column: Option<String>,
     /// Comma-separated columns to keep as attributes, or `*` for every other column.
     #[serde(default)]
-    attributes: Option<String>,
+    pub(crate) attributes: Option<String>,
     #[serde(default)]
-    consent_column: Option<String>,
+    pub(crate) consent_column: Option<String>,
     #[serde(default)]
-    consent_purpose: Option<String>,
+    pub(crate) consent_purpose: Option<String>,
     #[serde(default)]
-    consent_source: Option<String>,
+    pub(crate) consent_source: Option<String>,
     #[serde(default)]
-    evidence_column: Option<String>,
+    pub(crate) evidence_column: Option<String>,
     #[serde(default)]
-    evidence: Option<String>,
+    pub(crate) evidence: Option<String>,
     #[serde(default)]
-    list: Option<String>,
+    pub(crate) list: Option<String>,
 }
 
 fn split_list(raw: &Option<String>) -> Vec<String> {
@@ -238,6 +240,38 @@ fn split_list(raw: &Option<String>) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+impl ImportQuery {
+    /// The importer's options; recording consent by import needs a caller not limited to some
+    /// senders (consent spans every sender).
+    pub(crate) fn options(self, caller: &Caller) -> Result<ImportOptions, ApiError> {
+        let q = self;
+        let consent = match q.consent_column {
+            None => None,
+            Some(column) => Some(ConsentColumns {
+                column,
+                purpose: q.consent_purpose.unwrap_or_else(|| "marketing".into()),
+                source: q.consent_source.unwrap_or_else(|| "import".into()),
+                evidence_column: q.evidence_column,
+                evidence: q.evidence,
+            }),
+        };
+        if consent.is_some() {
+            caller.require_unscoped("record consent by import")?;
+        }
+        Ok(ImportOptions {
+            phone_column: q.phone,
+            name_column: q.name,
+            language_column: q.language,
+            tags: split_list(&q.tags),
+            tags_column: q.tags_column,
+            attribute_columns: split_list(&q.attributes),
+            consent,
+            list: q.list,
+            actor: caller.actor(),
+        })
+    }
 }
 
 impl From<ImportFailure> for ApiError {
@@ -259,30 +293,7 @@ async fn import_contacts(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let consent = match q.consent_column {
-        None => None,
-        Some(column) => Some(ConsentColumns {
-            column,
-            purpose: q.consent_purpose.unwrap_or_else(|| "marketing".into()),
-            source: q.consent_source.unwrap_or_else(|| "import".into()),
-            evidence_column: q.evidence_column,
-            evidence: q.evidence,
-        }),
-    };
-    if consent.is_some() {
-        caller.require_unscoped("record consent by import")?;
-    }
-    let options = ImportOptions {
-        phone_column: q.phone,
-        name_column: q.name,
-        language_column: q.language,
-        tags: split_list(&q.tags),
-        tags_column: q.tags_column,
-        attribute_columns: split_list(&q.attributes),
-        consent,
-        list: q.list,
-        actor: caller.actor(),
-    };
+    let options = q.options(&caller)?;
     let services = &state.services;
     let max = services.config.import_max_bytes;
     // A declared length over the limit is refused before anything is written.
@@ -346,6 +357,12 @@ async fn import_errors(
     let id: Uuid = id
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_id", Some("id"), "import ids are UUIDs"))?;
+    import_errors_report(&state, id).await
+}
+
+/// Every row error of an import (row, reason, field, value) as a streamed CSV (the console's
+/// download is this one).
+pub(crate) async fn import_errors_report(state: &ApiState, id: Uuid) -> Result<Response, ApiError> {
     let pool = state.services.pool.clone();
     if !contact_store::import_exists(&pool, id)
         .await

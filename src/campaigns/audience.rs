@@ -197,6 +197,20 @@ pub(crate) struct Candidate {
     pub(crate) contact: Option<ContactRow>,
 }
 
+/// The first contact of an audience, for a preview of what its members will see: None when the
+/// audience is empty or starts with a number that is no contact.
+pub async fn sample_contact(
+    services: &Services,
+    audience: &Value,
+) -> Result<Option<contacts::ContactRow>, CampaignError> {
+    let audience = Audience::parse(audience)?;
+    Ok(audience_page(services, &audience, 0, 1)
+        .await?
+        .into_iter()
+        .next()
+        .and_then(|c| c.contact))
+}
+
 /// The audience members after position `cursor`, at most `limit`, in position order.
 pub(crate) async fn audience_page(
     services: &Services,

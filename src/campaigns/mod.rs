@@ -17,7 +17,7 @@ mod plan;
 mod progress;
 
 pub use actions::{RetryOutcome, act, retry_failed};
-pub use audience::Audience;
+pub use audience::{Audience, sample_contact};
 pub(crate) use audience::{Candidate, audience_is_empty, audience_page};
 pub use definition::{Definition, QuietHoursBody, Schedule, TemplateChoice, create};
 pub use estimate::{CostEstimate, CountryCost, Estimate, SenderEstimate, estimate};

@@ -69,6 +69,9 @@ pub async fn list(State(state): State<ApiState>, signed: Signed) -> Response {
     let body = html! {
         main id="main" {
             h1 { (t(Text::Campaigns)) }
+            @if may_run_campaigns(&signed) {
+                p { a class="button" href="/console/campaigns/new" { (t(Text::NewCampaign)) } }
+            }
             @if listed.is_empty() {
                 p { (t(Text::NoCampaigns)) }
             } @else {

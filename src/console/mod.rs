@@ -7,12 +7,15 @@
 //! in the reader's time zone.
 
 mod campaigns;
+mod contacts;
 pub mod i18n;
+mod new_campaign;
 mod page;
 mod senders;
 mod session;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -45,6 +48,11 @@ pub fn router() -> Router<ApiState> {
         )
         .route("/console/language", post(session::set_language))
         .route("/console/campaigns", get(campaigns::list))
+        .route(
+            "/console/campaigns/new",
+            get(new_campaign::start).post(new_campaign::submit),
+        )
+        .route("/console/campaigns/new/details", get(new_campaign::details))
         .route("/console/campaigns/{id}", get(campaigns::show))
         .route("/console/campaigns/{id}/live", get(campaigns::live))
         .route(
@@ -57,6 +65,20 @@ pub fn router() -> Router<ApiState> {
         )
         .route("/console/campaigns/{id}/{action}", post(campaigns::act))
         .route("/console/senders", get(senders::list))
+        .route(
+            "/console/contacts/import",
+            get(contacts::upload_page)
+                .post(contacts::upload)
+                .layer(DefaultBodyLimit::max(contacts::UPLOAD_LIMIT)),
+        )
+        .route(
+            "/console/contacts/import/{id}",
+            get(contacts::mapping_page).post(contacts::import),
+        )
+        .route(
+            "/console/contacts/imports/{id}/errors.csv",
+            get(contacts::errors_csv),
+        )
 }
 
 /// Assets are part of the binary: nothing is loaded from outside (the machines running pregon

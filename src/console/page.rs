@@ -35,6 +35,7 @@ pub fn document(
                             a class="brand" href="/console/campaigns" { "pregon" }
                             @if signed.is_some() {
                                 a href="/console/campaigns" { (t(Text::Campaigns)) }
+                                a href="/console/contacts/import" { (t(Text::ImportContacts)) }
                                 a href="/console/senders" { (t(Text::Senders)) }
                             }
                         }

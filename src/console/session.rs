@@ -233,6 +233,15 @@ impl FromRequestParts<ApiState> for Signed {
     }
 }
 
+impl Signed {
+    /// The person's role allows `permission`, or the page that says it does not (403).
+    pub fn require(&self, permission: crate::api::auth::Permission) -> Result<(), Shown> {
+        self.caller
+            .require(permission)
+            .map_err(|e| Shown::api(self.locale, e))
+    }
+}
+
 #[derive(Deserialize)]
 struct CsrfField {
     #[serde(rename = "_csrf")]
@@ -268,6 +277,56 @@ impl<F: DeserializeOwned + Send> FromRequest<ApiState> for Posted<F> {
             Shown::status(locale, StatusCode::BAD_REQUEST, &e.to_string()).into_response()
         })?;
         Ok(Posted { signed, form })
+    }
+}
+
+/// A file posted by a signed-in person (`multipart/form-data`), its CSRF token checked like
+/// [`Posted`]'s: the file's name and bytes.
+pub struct Uploaded {
+    pub signed: Signed,
+    pub file_name: String,
+    pub body: axum::body::Bytes,
+}
+
+impl FromRequest<ApiState> for Uploaded {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &ApiState) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let signed = Signed::from_request_parts(&mut parts, state).await?;
+        let locale = signed.locale;
+        let bad =
+            |detail: &str| Shown::status(locale, StatusCode::BAD_REQUEST, detail).into_response();
+        let request = Request::from_parts(parts, body);
+        let mut multipart = axum::extract::Multipart::from_request(request, state)
+            .await
+            .map_err(|e| bad(&e.body_text()))?;
+        let (mut token, mut file) = (None, None);
+        while let Some(field) = multipart
+            .next_field()
+            .await
+            .map_err(|e| bad(&e.body_text()))?
+        {
+            match field.name() {
+                Some("_csrf") => token = Some(field.text().await.map_err(|e| bad(&e.body_text()))?),
+                Some("file") => {
+                    let name = field.file_name().unwrap_or("upload.csv").to_string();
+                    file = Some((name, field.bytes().await.map_err(|e| bad(&e.body_text()))?));
+                }
+                _ => {}
+            }
+        }
+        if !token.is_some_and(|t| same_token(&t, &signed.csrf)) {
+            return Err(
+                Shown::text(locale, StatusCode::FORBIDDEN, Text::FormExpired).into_response(),
+            );
+        }
+        let (file_name, body) = file.ok_or_else(|| bad("file: choose a CSV file"))?;
+        Ok(Uploaded {
+            signed,
+            file_name,
+            body,
+        })
     }
 }
 

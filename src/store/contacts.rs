@@ -400,3 +400,14 @@ pub async fn current_consent_page(
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
 }
+
+/// Contact lists, newest first, with how many contacts each holds.
+pub async fn lists(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, String, i64)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT l.id, l.name, (SELECT count(*) FROM contact_list_members m WHERE m.list_id = l.id)
+         FROM contact_lists l ORDER BY l.created_at DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

@@ -346,6 +346,39 @@ pub async fn upsert_template(pool: &PgPool, t: &Template) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Keeps a template's components as Meta lists them (texts, buttons), for previews.
+pub async fn set_template_components(
+    pool: &PgPool,
+    name: &str,
+    language: &str,
+    components: &serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE templates SET components = $3 WHERE name = $1 AND language = $2")
+        .bind(name)
+        .bind(language)
+        .bind(components)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// A template's components as Meta listed them at the last sync; None for a template registered
+/// by hand (or unknown).
+pub async fn template_components(
+    pool: &PgPool,
+    name: &str,
+    language: &str,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT components FROM templates WHERE name = $1 AND language = $2")
+            .bind(name)
+            .bind(language)
+            .fetch_optional(pool)
+            .await?
+            .flatten(),
+    )
+}
+
 pub async fn list_templates(pool: &PgPool) -> Result<Vec<Template>, StoreError> {
     Ok(sqlx::query_as::<_, Template>(
         "SELECT name, language, category, status, parameters FROM templates ORDER BY name, language",

@@ -216,3 +216,53 @@ pub async fn clear_login_failures(pool: &PgPool, email: &str) -> Result<(), Stor
         .await?;
     Ok(())
 }
+
+/// Keeps an uploaded file for the next step; uploads older than a day go with it.
+pub async fn insert_upload(
+    pool: &PgPool,
+    user: Uuid,
+    file_name: &str,
+    body: &[u8],
+) -> Result<Uuid, StoreError> {
+    let id = Uuid::now_v7();
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM console_uploads WHERE created_at < now() - interval '1 day'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO console_uploads (id, user_id, file_name, body) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(file_name)
+    .bind(body)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// An upload of this user (another user's is not found): its file name and bytes.
+pub async fn upload(
+    pool: &PgPool,
+    id: Uuid,
+    user: Uuid,
+) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+    Ok(
+        sqlx::query_as(
+            "SELECT file_name, body FROM console_uploads WHERE id = $1 AND user_id = $2",
+        )
+        .bind(id)
+        .bind(user)
+        .fetch_optional(pool)
+        .await?,
+    )
+}
+
+pub async fn delete_upload(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM console_uploads WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

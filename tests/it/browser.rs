@@ -163,11 +163,16 @@ impl Browser {
             if let Some(e) = self.all(css).await.into_iter().next() {
                 return e;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no element {css} on {}",
-                self.url().await
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let page = self
+                    .run("return document.body.innerText.slice(0, 2000)", json!([]))
+                    .await;
+                panic!(
+                    "no element {css} on {}:\n{}",
+                    self.url().await,
+                    page.as_str().unwrap_or("")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -584,3 +584,181 @@ async fn a_campaign_run_from_the_console_in_a_real_browser() {
     drop(browser);
     env.cleanup().await;
 }
+
+const BUILDER_SENDER: &str = "1065557002";
+
+#[tokio::test]
+async fn from_a_csv_with_mistakes_to_a_previewed_draft_in_a_real_browser() {
+    let mut env = Env::start(Options {
+        tweak: |c| c.console_secure_cookies = false,
+        ..Options::default()
+    })
+    .await;
+    env.sender(BUILDER_SENDER, json!(100_000), 80).await;
+    // Template sync reads the business account's templates with one of its senders' tokens.
+    let (status, body) = env
+        .post(
+            "/v1/senders",
+            json!({"phone_number_id": BUILDER_SENDER, "business_portfolio_id": "bp-builder",
+                   "tier": 100_000, "mps": 80, "access_token": "test-token", "waba_id": "waba-it"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    env.sim(
+        "/_sim/templates",
+        json!({"name": "promo", "language": "es_MX", "status": "APPROVED", "category": "MARKETING",
+               "components": [{"type": "BODY", "text": "Hola {{1}}, tu cupón es {{2}}"},
+                              {"type": "FOOTER", "text": "Responde PARAR para no recibir más"},
+                              {"type": "BUTTONS", "buttons": [{"type": "QUICK_REPLY", "text": "Parar"}]}]}),
+    )
+    .await;
+    let (status, report) = env.post("/v1/templates/sync", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    user(&env, "ana@example.com", "marketing", None).await;
+    // Six good rows; one each: invalid number, repeated number, wrong field count, no opt-in,
+    // opted out, US number, missing coupon.
+    let csv = "Telefono,Nombre,Cupon,Acepta,Prueba\n\
+        +52 1 55 1000 0001,Ana,A1,si,formulario web 2026-11-01\n\
+        5215510000002,,A2,si,formulario web\n\
+        5215510000003,Luis,A3,si,formulario web\n\
+        5215510000004,Eva,A4,yes,checkout\n\
+        5215510000005,Sol,A5,1,checkout\n\
+        5215510000006,Rey,A6,si,checkout\n\
+        12,Bad,X,si,x\n\
+        5215510000001,Ana otra vez,A9,si,x\n\
+        5215510000007,Corto,A7\n\
+        5215510000008,Sin,A8,,\n\
+        5215510000009,Baja,A9,no,\n\
+        12025550123,Gringo,US1,si,web\n\
+        5215510000010,SinCupon,,si,web\n";
+    let folder = std::env::temp_dir().join(format!("pregon-csv-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&folder).unwrap();
+    let file = folder.join("noviembre.csv");
+    std::fs::write(&file, csv).unwrap();
+
+    let browser = Browser::start("es").await;
+    let console = format!("{}/console", env.api_url);
+    browser.goto(&format!("{console}/contacts/import")).await;
+    browser.type_into("#email", "ana@example.com").await;
+    browser.type_into("#password", PASSWORD).await;
+    browser.click("form[action='/console/login'] button").await;
+    browser.type_into("#file", file.to_str().unwrap()).await;
+    browser
+        .click("form[enctype='multipart/form-data'] button")
+        .await;
+    // The mapping: a preview of the first rows, and the columns guessed from their names.
+    browser.find("#preview-title").await;
+    let preview = browser
+        .text("section[aria-labelledby=preview-title] table")
+        .await;
+    assert!(
+        preview.contains("Telefono") && preview.contains("Ana"),
+        "{preview}"
+    );
+    let guessed = browser
+        .run(
+            "return ['phone', 'name', 'consent_column', 'evidence_column', 'list']
+                 .map(id => document.getElementById(id).value)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        guessed,
+        json!(["Telefono", "Nombre", "Acepta", "Prueba", "noviembre"])
+    );
+    browser.screenshot("import-mapping").await;
+    browser
+        .click("form[action^='/console/contacts/import/'] button[type=submit]")
+        .await;
+    // The report lists every bad row with its number and reason.
+    assert_eq!(browser.text("[data-total=rows]").await, "13");
+    assert_eq!(browser.text("[data-total=created]").await, "10");
+    let rows = browser
+        .run(
+            "return [...document.querySelectorAll('#row-errors tr[data-row]')]
+                 .map(r => r.dataset.row + ':' + r.dataset.reason)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        rows,
+        json!(["7:invalid_phone_number", "8:duplicate", "9:bad_column"])
+    );
+    assert!(
+        browser
+            .text("#row-errors")
+            .await
+            .contains("Número de teléfono inválido")
+    );
+    browser.screenshot("import-report").await;
+
+    // A campaign for the list: the template's variables mapped, with a preview for its first
+    // contact rendered like a WhatsApp bubble.
+    browser
+        .click("a[href^='/console/campaigns/new?list_id=']")
+        .await;
+    browser.type_into("#name", "Buen Fin").await;
+    browser
+        .click("form[action='/console/campaigns/new/details'] button")
+        .await;
+    assert_eq!(
+        browser.text("#bubble .bubble-body").await,
+        "Hola Ana, tu cupón es {{2}}",
+        "before the coupon is mapped"
+    );
+    browser
+        .type_into("input[name='value.body.1']", "cliente")
+        .await;
+    browser
+        .click("select[name='source.body.2'] option[value='attr:Cupon']")
+        .await;
+    browser.click("button[name=action][value=preview]").await;
+    browser
+        .wait_text(
+            "#bubble .bubble-body",
+            "Hola Ana, tu cupón es A1",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        browser.text("#bubble .bubble-footer").await,
+        "Responde PARAR para no recibir más"
+    );
+    assert_eq!(browser.text(".bubble-button").await, "Parar");
+    browser.screenshot("builder").await;
+    browser.click("button[name=action][value=create]").await;
+
+    // The draft's page: the estimate, the same as the API's.
+    browser.find("[data-estimate=eligible]").await;
+    let url = browser.url().await;
+    let id = url.rsplit('/').next().unwrap().to_string();
+    let (status, estimate) = env
+        .post(&format!("/v1/campaigns/{id}/estimate"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{estimate}");
+    assert_eq!(estimate["eligible"], 6, "{estimate}");
+    assert_eq!(browser.text("[data-estimate=eligible]").await, "6");
+    for (reason, n) in estimate["excluded"].as_object().unwrap() {
+        let shown = browser
+            .all(&format!(
+                "[data-estimate=exclusions] li[data-reason={reason}]"
+            ))
+            .await;
+        if n == 0 {
+            assert!(shown.is_empty(), "{reason} shown with no exclusion");
+        } else {
+            let text = browser.text_of(&shown[0]).await;
+            assert!(text.ends_with(&format!(": {n}")), "{reason}: {text}");
+        }
+    }
+    let (_, campaign) = env.get(&format!("/v1/campaigns/{id}")).await;
+    assert_eq!(campaign["campaign"]["created_by"], "user:ana@example.com");
+    assert_eq!(
+        campaign["campaign"]["variables"],
+        json!({"body.1": {"attribute": "name", "default": "cliente"},
+               "body.2": {"attribute": "Cupon"}})
+    );
+    drop(browser);
+    let _ = std::fs::remove_dir_all(&folder);
+    env.cleanup().await;
+}

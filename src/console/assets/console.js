@@ -69,8 +69,16 @@ function liveCampaign(main) {
   if (main.dataset.state !== "draft") poll();
 }
 
+// The schedule's start is written in the reader's local time; the server needs the offset.
+function timeZoneOffset() {
+  for (const field of document.querySelectorAll("input[data-tz-offset]")) {
+    if (!field.value) field.value = String(new Date().getTimezoneOffset());
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   localizeTimes(document);
+  timeZoneOffset();
   languageSwitch();
   const main = document.querySelector("main[data-campaign]");
   if (main) liveCampaign(main);

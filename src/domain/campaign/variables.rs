@@ -151,6 +151,29 @@ impl ContactView<'_> {
     }
 }
 
+/// Each slot's value for one recipient, in slot order, or the first slot with no value and no
+/// default.
+pub fn resolve_values(
+    slots: &[String],
+    mapping: &VariableMap,
+    contact: &ContactView<'_>,
+) -> Result<Vec<(String, String)>, String> {
+    slots
+        .iter()
+        .map(|slot| {
+            let source = mapping.get(slot).ok_or_else(|| slot.clone())?;
+            let value = match (&source.value, &source.attribute) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(attribute)) => contact.lookup(attribute),
+                (None, None) => None,
+            }
+            .or_else(|| source.default.clone())
+            .ok_or_else(|| slot.clone())?;
+            Ok((slot.clone(), value))
+        })
+        .collect()
+}
+
 /// The template `components` for one recipient, or the first slot with no value and no default.
 pub fn render_components(
     slots: &[String],
@@ -160,15 +183,7 @@ pub fn render_components(
     let mut header = Vec::new();
     let mut body = Vec::new();
     let mut buttons: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
-    for slot in slots {
-        let source = mapping.get(slot).ok_or_else(|| slot.clone())?;
-        let value = match (&source.value, &source.attribute) {
-            (Some(v), _) => Some(v.clone()),
-            (None, Some(attribute)) => contact.lookup(attribute),
-            (None, None) => None,
-        }
-        .or_else(|| source.default.clone())
-        .ok_or_else(|| slot.clone())?;
+    for (slot, value) in resolve_values(slots, mapping, contact)? {
         let mut parts = slot.splitn(3, '.');
         let kind = parts.next().unwrap_or("");
         let name = parts.next().unwrap_or("");
@@ -199,6 +214,67 @@ pub fn render_components(
         );
     }
     Ok(Value::Array(components))
+}
+
+/// What a recipient sees of a template: its texts with the recipient's values in place (a
+/// placeholder without a value stays as written), a media header by its kind, and the buttons.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Bubble {
+    pub header: Option<String>,
+    pub body: String,
+    pub footer: Option<String>,
+    pub buttons: Vec<String>,
+}
+
+pub fn bubble(components: &Value, values: &[(String, String)]) -> Bubble {
+    let fill = |kind: &str, text: &str| {
+        let mut out = text.to_string();
+        for name in placeholders(text) {
+            if let Some((_, v)) = values.iter().find(|(s, _)| *s == format!("{kind}.{name}")) {
+                out = out.replace(&format!("{{{{{name}}}}}"), v);
+            }
+        }
+        out
+    };
+    let mut bubble = Bubble::default();
+    for component in components.as_array().into_iter().flatten() {
+        let text = component.get("text").and_then(Value::as_str);
+        match component
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "header" => {
+                let format = component
+                    .get("format")
+                    .and_then(Value::as_str)
+                    .unwrap_or("TEXT");
+                bubble.header = if format.eq_ignore_ascii_case("text") {
+                    text.map(|t| fill("header", t))
+                } else {
+                    Some(format!("[{}]", format.to_ascii_uppercase()))
+                };
+            }
+            "body" => bubble.body = text.map(|t| fill("body", t)).unwrap_or_default(),
+            "footer" => bubble.footer = text.map(str::to_string),
+            "buttons" => {
+                for button in component
+                    .get("buttons")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(label) = button.get("text").and_then(Value::as_str) {
+                        bubble.buttons.push(label.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    bubble
 }
 
 /// The Cloud API body of one campaign message.
@@ -325,5 +401,35 @@ mod tests {
         let body = message_body("5215512345678", "promo", "es_MX", rendered);
         assert_eq!(body["template"]["language"]["code"], "es_MX");
         assert_eq!(body["template"]["components"][1]["type"], "body");
+    }
+
+    #[test]
+    fn a_bubble_shows_the_texts_with_the_recipients_values() {
+        let components = json!([
+            {"type": "HEADER", "format": "TEXT", "text": "Hola {{1}}"},
+            {"type": "BODY", "text": "{{1}}, usa {{2}} antes del {{3}}"},
+            {"type": "FOOTER", "text": "Responde STOP para no recibir más"},
+            {"type": "BUTTONS", "buttons": [{"type": "QUICK_REPLY", "text": "Me interesa"},
+                                             {"type": "URL", "text": "Ver", "url": "https://x.mx/{{1}}"}]}
+        ]);
+        let values: Vec<(String, String)> = [
+            ("header.1", "Ana"),
+            ("body.1", "Ana"),
+            ("body.2", "NAVIDAD10"),
+        ]
+        .iter()
+        .map(|(s, v)| (s.to_string(), v.to_string()))
+        .collect();
+        let b = bubble(&components, &values);
+        assert_eq!(b.header.as_deref(), Some("Hola Ana"));
+        assert_eq!(b.body, "Ana, usa NAVIDAD10 antes del {{3}}");
+        assert_eq!(
+            b.footer.as_deref(),
+            Some("Responde STOP para no recibir más")
+        );
+        assert_eq!(b.buttons, vec!["Me interesa", "Ver"]);
+        let image = bubble(&json!([{"type": "HEADER", "format": "IMAGE"}]), &[]);
+        assert_eq!(image.header.as_deref(), Some("[IMAGE]"));
+        assert_eq!(bubble(&json!(null), &[]), Bubble::default());
     }
 }

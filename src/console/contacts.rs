@@ -1,0 +1,378 @@
+//! Contact import in two steps: upload a CSV (kept in PostgreSQL, so any API process serves the
+//! next step), then map its columns with a preview of the first rows; the import itself is the
+//! API's (`contacts::Importer` with the options the API builds from the same field names), and
+//! its report lists every bad row with its number and reason.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use uuid::Uuid;
+
+use super::i18n::{self, Locale, Text};
+use super::page::{self, Shown, csrf};
+use super::session::{Posted, Signed, Uploaded};
+use crate::api::ApiState;
+use crate::api::auth::{Permission, Principal};
+use crate::api::campaigns::{ImportQuery, import_errors_report};
+use crate::api::error::ApiError;
+use crate::contacts::{CONSENT_SOURCES, ImportReport, Importer};
+use crate::domain::csv::RecordReader;
+use crate::store::users;
+
+/// The largest CSV the console keeps between its two steps; bigger files go through the API's
+/// streaming import (`pregon contacts import`).
+pub const UPLOAD_LIMIT: usize = 100 * 1024 * 1024;
+
+/// Rows shown under the mapping.
+const PREVIEW_ROWS: usize = 5;
+
+fn user_id(signed: &Signed) -> Uuid {
+    match signed.caller.principal {
+        Principal::User { id, .. } | Principal::ApiKey(id) => id,
+    }
+}
+
+pub async fn upload_page(signed: Signed) -> Response {
+    if let Err(refused) = signed.require(Permission::Contacts) {
+        return refused.into_response();
+    }
+    let l = signed.locale;
+    let t = |text: Text| text.get(l);
+    let body = html! {
+        main id="main" {
+            h1 { (t(Text::ImportContacts)) }
+            section {
+                form method="post" action="/console/contacts/import" enctype="multipart/form-data" {
+                    (csrf(&signed))
+                    label for="file" { (t(Text::CsvFile)) }
+                    input id="file" name="file" type="file" accept=".csv,text/csv" required;
+                    p { button type="submit" { (t(Text::Upload)) } }
+                }
+            }
+        }
+    };
+    page::document(l, t(Text::ImportContacts), Some(&signed), body).into_response()
+}
+
+pub async fn upload(State(state): State<ApiState>, uploaded: Uploaded) -> Response {
+    let Uploaded {
+        signed,
+        file_name,
+        body,
+    } = uploaded;
+    if let Err(refused) = signed.require(Permission::Contacts) {
+        return refused.into_response();
+    }
+    match users::insert_upload(&state.services.pool, user_id(&signed), &file_name, &body).await {
+        Ok(id) => Redirect::to(&format!("/console/contacts/import/{id}")).into_response(),
+        Err(e) => Shown::internal(signed.locale, e).into_response(),
+    }
+}
+
+/// The header and the first rows of a CSV.
+fn head_of(body: &[u8]) -> Result<(Vec<String>, Vec<Vec<String>>), String> {
+    let mut reader = RecordReader::default();
+    let mut records = Vec::new();
+    let start = &body[..body.len().min(256 * 1024)];
+    reader
+        .feed(start, &mut records)
+        .map_err(|e| e.to_string())?;
+    if records.len() <= PREVIEW_ROWS {
+        // A short file: read to its end so its last line counts.
+        reader.feed(&[], &mut records).map_err(|e| e.to_string())?;
+    }
+    let mut records = records.into_iter();
+    let header = records.next().ok_or("the file is empty")?;
+    Ok((header, records.take(PREVIEW_ROWS).collect()))
+}
+
+/// The column a header most likely holds, by common names in the three languages.
+fn guess(header: &[String], words: &[&str]) -> Option<String> {
+    header
+        .iter()
+        .find(|h| {
+            let h = h.to_lowercase();
+            words.iter().any(|w| h.contains(w))
+        })
+        .cloned()
+}
+
+async fn load_upload(
+    state: &ApiState,
+    signed: &Signed,
+    raw: &str,
+) -> Result<(Uuid, String, Vec<u8>), Response> {
+    let l = signed.locale;
+    let not_found = || Shown::text(l, StatusCode::NOT_FOUND, Text::NotFound).into_response();
+    let id: Uuid = raw.parse().map_err(|_| not_found())?;
+    match users::upload(&state.services.pool, id, user_id(signed)).await {
+        Ok(Some((name, body))) => Ok((id, name, body)),
+        Ok(None) => Err(not_found()),
+        Err(e) => Err(Shown::internal(l, e).into_response()),
+    }
+}
+
+pub async fn mapping_page(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(refused) = signed.require(Permission::Contacts) {
+        return refused.into_response();
+    }
+    let (id, file_name, body) = match load_upload(&state, &signed, &id).await {
+        Ok(upload) => upload,
+        Err(refused) => return refused,
+    };
+    let l = signed.locale;
+    let (header, rows) = match head_of(&body) {
+        Ok(head) => head,
+        Err(problem) => {
+            return Shown::status(
+                l,
+                StatusCode::BAD_REQUEST,
+                &format!("{file_name}: {problem}"),
+            )
+            .into_response();
+        }
+    };
+    let body = mapping_form(&signed, id, &file_name, &header, &rows);
+    page::document(l, Text::MapColumns.get(l), Some(&signed), body).into_response()
+}
+
+fn column_select(
+    id: &str,
+    header: &[String],
+    chosen: Option<&str>,
+    required: bool,
+    l: Locale,
+) -> Markup {
+    html! {
+        select id=(id) name=(id) required[required] {
+            @if !required { option value="" { (Text::NoColumn.get(l)) } }
+            @for h in header {
+                option value=(h) selected[Some(h.as_str()) == chosen] { (h) }
+            }
+        }
+    }
+}
+
+fn mapping_form(
+    signed: &Signed,
+    id: Uuid,
+    file_name: &str,
+    header: &[String],
+    rows: &[Vec<String>],
+) -> Markup {
+    let l = signed.locale;
+    let t = |text: Text| text.get(l);
+    let phone = guess(
+        header,
+        &[
+            "phone", "tel", "celular", "whatsapp", "móvil", "movil", "número", "numero",
+        ],
+    );
+    let name = guess(header, &["name", "nombre", "nome"]);
+    let language = guess(header, &["language", "idioma", "lang"]);
+    let consent = guess(header, &["consent", "acepta", "opt", "aceita", "permiso"]);
+    let evidence = guess(header, &["evidence", "evidencia", "prueba", "prova"]);
+    let mapped: Vec<&Option<String>> = vec![&phone, &name, &language, &consent, &evidence];
+    let is_mapped = |h: &String| mapped.iter().any(|m| m.as_deref() == Some(h.as_str()));
+    html! {
+        main id="main" {
+            h1 { (t(Text::MapColumns)) }
+            p { code { (file_name) } }
+            section aria-labelledby="preview-title" {
+                h2 id="preview-title" { (t(Text::FirstRows)) }
+                div class="table" { table {
+                    thead { tr { @for h in header { th scope="col" { (h) } } } }
+                    tbody { @for row in rows { tr { @for cell in row { td { (cell) } } } } }
+                } }
+            }
+            section {
+                form method="post" action={"/console/contacts/import/" (id)} {
+                    (csrf(signed))
+                    label for="phone" { (t(Text::PhoneColumn)) }
+                    (column_select("phone", header, phone.as_deref(), true, l))
+                    label for="name" { (t(Text::NameColumn)) }
+                    (column_select("name", header, name.as_deref(), false, l))
+                    label for="language" { (t(Text::LanguageColumn)) }
+                    (column_select("language", header, language.as_deref(), false, l))
+                    fieldset {
+                        legend { (t(Text::AttributeColumns)) }
+                        @for (i, h) in header.iter().enumerate() {
+                            div {
+                                input type="checkbox" id={"attribute-" (i)} name="attribute" value=(h) checked[!is_mapped(h)];
+                                label for={"attribute-" (i)} class="inline" { (h) }
+                            }
+                        }
+                    }
+                    label for="tags" { (t(Text::TagsForAll)) }
+                    input id="tags" name="tags" type="text";
+                    @if signed.caller.sender_scope().is_none() {
+                        label for="consent_column" { (t(Text::ConsentColumn)) }
+                        (column_select("consent_column", header, consent.as_deref(), false, l))
+                        label for="evidence_column" { (t(Text::EvidenceColumn)) }
+                        (column_select("evidence_column", header, evidence.as_deref(), false, l))
+                        label for="consent_source" { (t(Text::ConsentSource)) }
+                        select id="consent_source" name="consent_source" {
+                            @for source in CONSENT_SOURCES {
+                                option value=(source) selected[*source == "web_form"] { (source) }
+                            }
+                        }
+                    }
+                    label for="list" { (t(Text::ListName)) }
+                    input id="list" name="list" type="text" value=(file_name.trim_end_matches(".csv"));
+                    p { button type="submit" { (t(Text::Import)) } }
+                }
+            }
+        }
+    }
+}
+
+/// The mapping form: the API's import query names, with attribute columns as repeated boxes.
+struct MappingForm(Vec<(String, String)>);
+
+impl MappingForm {
+    fn query(self) -> ImportQuery {
+        let mut attributes = Vec::new();
+        let mut q = ImportQuery::default();
+        for (key, value) in self.0 {
+            let value = Some(value).filter(|v| !v.trim().is_empty());
+            match key.as_str() {
+                "phone" => q.phone = value.unwrap_or_default(),
+                "name" => q.name = value,
+                "language" => q.language = value,
+                "tags" => q.tags = value,
+                "consent_column" => q.consent_column = value,
+                "evidence_column" => q.evidence_column = value,
+                "consent_source" => q.consent_source = value,
+                "list" => q.list = value,
+                "attribute" => attributes.extend(value),
+                _ => {}
+            }
+        }
+        // A column mapped to a field is not an attribute as well.
+        attributes.retain(|a| {
+            ![&q.name, &q.language, &q.consent_column, &q.evidence_column]
+                .iter()
+                .any(|c| c.as_deref() == Some(a.as_str()))
+                && *a != q.phone
+        });
+        if q.consent_column.is_none() {
+            q.consent_source = None;
+            q.evidence_column = None;
+        }
+        q.attributes = (!attributes.is_empty()).then(|| attributes.join(","));
+        q
+    }
+}
+
+pub async fn import(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    posted: Posted<Vec<(String, String)>>,
+) -> Response {
+    let Posted { signed, form } = posted;
+    let form = MappingForm(form);
+    if let Err(refused) = signed.require(Permission::Contacts) {
+        return refused.into_response();
+    }
+    let l = signed.locale;
+    let (id, _, body) = match load_upload(&state, &signed, &id).await {
+        Ok(upload) => upload,
+        Err(refused) => return refused,
+    };
+    let refused = |e: ApiError| Shown::api(l, e).into_response();
+    let options = match form.query().options(&signed.caller) {
+        Ok(o) => o,
+        Err(e) => return refused(e),
+    };
+    let services = &state.services;
+    let report = async {
+        let mut importer = Importer::new(options)?;
+        for chunk in body.chunks(64 * 1024) {
+            importer.feed(services, chunk).await?;
+        }
+        importer.finish(services, false).await
+    };
+    let report = match report.await {
+        Ok(r) => r,
+        Err(e) => return refused(e.into()),
+    };
+    if let Err(e) = users::delete_upload(&services.pool, id).await {
+        tracing::warn!(error = %e, "could not delete an imported upload");
+    }
+    let body = report_page(&signed, &report);
+    page::document(l, Text::ImportReport.get(l), Some(&signed), body).into_response()
+}
+
+fn report_page(signed: &Signed, r: &ImportReport) -> Markup {
+    let l = signed.locale;
+    let t = |text: Text| text.get(l);
+    // In the file's order, whatever order the importer found them in.
+    let mut errors: Vec<_> = r.errors.iter().collect();
+    errors.sort_by_key(|e| e.row);
+    html! {
+        main id="main" {
+            h1 { (t(Text::ImportReport)) }
+            section {
+                dl class="facts" data-import=(r.import_id) {
+                    dt { (t(Text::Rows)) } dd data-total="rows" { (l.number(r.totals.rows as i64)) }
+                    dt { (t(Text::Created)) } dd data-total="created" { (l.number(r.totals.created as i64)) }
+                    dt { (t(Text::Updated)) } dd data-total="updated" { (l.number(r.totals.updated as i64)) }
+                    dt { (t(Text::RowErrors)) } dd data-total="errors" { (l.number(r.totals.errors as i64)) }
+                }
+                @if let Some(list) = r.list_id {
+                    p { a class="button" href={"/console/campaigns/new?list_id=" (list)} { (t(Text::NewCampaignForList)) } }
+                }
+            }
+            @if !r.errors.is_empty() {
+                section aria-labelledby="errors-title" {
+                    h2 id="errors-title" { (t(Text::RowErrors)) }
+                    ul {
+                        @for (reason, n) in &r.errors_by_reason {
+                            li { (i18n::import_error(reason, l)) ": " (l.number(*n as i64)) }
+                        }
+                    }
+                    div class="table" { table id="row-errors" {
+                        thead { tr {
+                            th scope="col" { (t(Text::Row)) }
+                            th scope="col" { (t(Text::Reason)) }
+                            th scope="col" { (t(Text::Field)) }
+                            th scope="col" { (t(Text::Value)) }
+                        } }
+                        tbody { @for e in &errors {
+                            tr data-row=(e.row) data-reason=(e.reason) {
+                                td { (e.row) }
+                                td { (i18n::import_error(&e.reason, l)) }
+                                td { (e.field.as_deref().unwrap_or("")) }
+                                td { (e.value.as_deref().unwrap_or("")) }
+                            }
+                        } }
+                    } }
+                    p { a href={"/console/contacts/imports/" (r.import_id) "/errors.csv"} download { (t(Text::DownloadErrors)) } }
+                }
+            }
+        }
+    }
+}
+
+pub async fn errors_csv(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> Response {
+    let l = signed.locale;
+    if let Err(refused) = signed.require(Permission::Contacts) {
+        return refused.into_response();
+    }
+    let Ok(id) = id.parse::<Uuid>() else {
+        return Shown::text(l, StatusCode::NOT_FOUND, Text::NotFound).into_response();
+    };
+    match import_errors_report(&state, id).await {
+        Ok(r) => r,
+        Err(e) => Shown::api(l, e).into_response(),
+    }
+}
