@@ -21,6 +21,7 @@ use crate::api::campaigns::{exclusions_report, failures_report, load};
 use crate::api::error::ApiError;
 use crate::campaigns::{self, Funnel, Progress};
 use crate::domain::campaign::{Action, CampaignState, Exclusion};
+use crate::domain::decision::{Quality, TemplateStatus};
 use crate::domain::errors::{self, Disposition};
 use crate::domain::reason::Reason;
 use crate::store::campaigns::{self as cstore, Campaign};
@@ -129,7 +130,13 @@ pub async fn show(
     };
     let estimate = if c.state == CampaignState::Draft {
         match campaigns::estimate(&state.services, &c).await {
-            Ok(e) => Some(e),
+            Ok(e) => {
+                let warnings = match launch_warnings(&state, &c, &e, l).await {
+                    Ok(w) => w,
+                    Err(e) => return Shown::internal(l, e).into_response(),
+                };
+                Some((e, warnings))
+            }
             Err(e) => return shown(l)(e.into()),
         }
     } else {
@@ -147,7 +154,7 @@ pub async fn show(
     let body = campaign_page(
         &signed,
         &progress,
-        estimate.as_ref(),
+        estimate.as_ref().map(|(e, w)| (e, w.as_slice())),
         &replies,
         query.requeued,
     );
@@ -284,7 +291,7 @@ pub async fn live(
 fn campaign_page(
     signed: &Signed,
     p: &Progress,
-    estimate: Option<&campaigns::Estimate>,
+    estimate: Option<(&campaigns::Estimate, &[String])>,
     replies: &[cstore::Reply],
     requeued: Option<u64>,
 ) -> Markup {
@@ -334,7 +341,7 @@ fn campaign_page(
                     }
                 }
             }
-            @if let Some(e) = estimate { (estimate_section(signed, c, e, &base)) }
+            @if let Some((e, warnings)) = estimate { (estimate_section(signed, c, e, warnings, &base)) }
             @if c.state != CampaignState::Draft {
                 section aria-labelledby="progress-title" {
                     h2 id="progress-title" { (t(Text::Progress)) }
@@ -479,7 +486,64 @@ fn exclusion_text(code: &str, l: Locale) -> &str {
         .map_or(code, |e| i18n::exclusion(e, l))
 }
 
-fn estimate_section(signed: &Signed, c: &Campaign, e: &campaigns::Estimate, base: &str) -> Markup {
+/// What marketing should know before launching: a sender short of its 24 h limit for its share
+/// of the audience or at YELLOW/RED quality, a template Meta paused, or one whose category
+/// changed since the campaign was created.
+async fn launch_warnings(
+    state: &ApiState,
+    c: &Campaign,
+    e: &campaigns::Estimate,
+    l: Locale,
+) -> Result<Vec<String>, crate::store::StoreError> {
+    let mut warnings = Vec::new();
+    let share = e.eligible.div_ceil(e.senders.len().max(1) as u64);
+    for s in &e.senders {
+        if s.remaining_today.is_some_and(|left| left < share) {
+            warnings.push(format!(
+                "{}: {}",
+                s.phone_number_id,
+                Text::WarnTierShort.get(l)
+            ));
+        }
+    }
+    for id in &c.senders {
+        if let Some(sender) = state.services.catalog.sender(id).await?
+            && matches!(sender.quality, Quality::Yellow | Quality::Red)
+        {
+            warnings.push(format!(
+                "{id} {} {}",
+                Text::WarnQuality.get(l),
+                sender.quality.as_str()
+            ));
+        }
+    }
+    let template = crate::store::list_templates(&state.services.pool)
+        .await?
+        .into_iter()
+        .find(|t| t.name == c.template_name && t.language == c.template_language);
+    if let Some(t) = template {
+        if t.status == TemplateStatus::Paused {
+            warnings.push(Text::WarnTemplatePaused.get(l).to_string());
+        }
+        if t.category != c.category {
+            warnings.push(format!(
+                "{} {} → {}",
+                Text::WarnCategoryChanged.get(l),
+                c.category.as_str(),
+                t.category.as_str()
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+fn estimate_section(
+    signed: &Signed,
+    c: &Campaign,
+    e: &campaigns::Estimate,
+    warnings: &[String],
+    base: &str,
+) -> Markup {
     let l = signed.locale;
     let t = |text: Text| text.get(l);
     let cost = l.money(e.cost.total, &e.cost.currency);
@@ -499,6 +563,29 @@ fn estimate_section(signed: &Signed, c: &Campaign, e: &campaigns::Estimate, base
                     @if e.cost.unpriced > 0 { " (+" (l.number(e.cost.unpriced as i64)) " " (t(Text::Unpriced)) ")" } }
                 dt { (t(Text::Eta)) } dd { (eta_words(e.eta_seconds)) }
             }
+            @if !warnings.is_empty() {
+                div class="notice" role="alert" {
+                    h3 { (t(Text::Warnings)) }
+                    ul data-estimate="warnings" { @for w in warnings { li { (w) } } }
+                }
+            }
+            h3 { (t(Text::CostByCountry)) }
+            div class="table" { table data-estimate="cost" {
+                thead { tr {
+                    th scope="col" { (t(Text::Country)) }
+                    th scope="col" { (t(Text::Recipients)) }
+                    th scope="col" { (t(Text::Price)) }
+                    th scope="col" { (t(Text::EstimatedCost)) }
+                } }
+                tbody { @for (country, cc) in &e.cost.by_country {
+                    tr {
+                        th scope="row" { (country) }
+                        td { (l.number(cc.recipients as i64)) }
+                        td { @match cc.price { Some(p) => { (l.money(p, &e.cost.currency)) } None => { (t(Text::Unpriced)) } } }
+                        td { (l.money(cc.cost, &e.cost.currency)) }
+                    }
+                } }
+            } }
             h3 { (t(Text::Exclusions)) }
             ul data-estimate="exclusions" {
                 @for (code, n) in &excluded {

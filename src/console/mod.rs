@@ -13,6 +13,7 @@ mod new_campaign;
 mod page;
 mod senders;
 mod session;
+mod templates;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -65,6 +66,7 @@ pub fn router() -> Router<ApiState> {
         )
         .route("/console/campaigns/{id}/{action}", post(campaigns::act))
         .route("/console/senders", get(senders::list))
+        .route("/console/templates", get(templates::list))
         .route(
             "/console/contacts/import",
             get(contacts::upload_page)

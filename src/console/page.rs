@@ -37,6 +37,7 @@ pub fn document(
                                 a href="/console/campaigns" { (t(Text::Campaigns)) }
                                 a href="/console/contacts/import" { (t(Text::ImportContacts)) }
                                 a href="/console/senders" { (t(Text::Senders)) }
+                                a href="/console/templates" { (t(Text::Templates)) }
                             }
                         }
                         div class="tools" {

@@ -785,6 +785,36 @@ pub struct TemplateChangeRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// The latest changes of every template, newest first: (name, language, change).
+pub async fn recent_template_changes(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<(String, String, TemplateChangeRow)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT name, language, change, old_value, new_value, reason, created_at
+         FROM template_changes ORDER BY id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                TemplateChangeRow {
+                    change: r.get(2),
+                    old_value: r.get(3),
+                    new_value: r.get(4),
+                    reason: r.get(5),
+                    created_at: r.get(6),
+                },
+            )
+        })
+        .collect())
+}
+
 pub async fn template_changes(
     pool: &PgPool,
     name: &str,

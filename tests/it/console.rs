@@ -352,6 +352,9 @@ async fn a_campaign_run_from_the_console_in_a_real_browser() {
             assert!(text.ends_with(&format!(": {n}")), "{reason}: {text}");
         }
     }
+    let cost = browser.text("[data-estimate=cost]").await;
+    assert!(cost.contains("MX") && cost.contains("20"), "{cost}");
+    assert!(browser.all("[data-estimate=warnings]").await.is_empty());
     browser.screenshot("estimate").await;
     // Launching needs the confirmation box, which names the count and the cost.
     let confirm = browser.text("form.launch label").await;
@@ -753,6 +756,13 @@ async fn from_a_csv_with_mistakes_to_a_previewed_draft_in_a_real_browser() {
     }
     let (_, campaign) = env.get(&format!("/v1/campaigns/{id}")).await;
     assert_eq!(campaign["campaign"]["created_by"], "user:ana@example.com");
+    browser.goto(&format!("{console}/templates")).await;
+    assert!(
+        browser
+            .text("tr[data-template=promo]")
+            .await
+            .contains("APPROVED")
+    );
     assert_eq!(
         campaign["campaign"]["variables"],
         json!({"body.1": {"attribute": "name", "default": "cliente"},
