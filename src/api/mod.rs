@@ -807,15 +807,16 @@ async fn list_templates(
     Ok(Json(List { data: templates }).into_response())
 }
 
+/// One consent change for one person, as the API and the console take it.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ConsentBody {
-    recipient: String,
-    purpose: String,
-    action: String,
-    source: String,
+pub(crate) struct ConsentBody {
+    pub(crate) recipient: String,
+    pub(crate) purpose: String,
+    pub(crate) action: String,
+    pub(crate) source: String,
     #[serde(default)]
-    evidence: Option<String>,
+    pub(crate) evidence: Option<String>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -851,6 +852,24 @@ async fn post_consent(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let b: ConsentBody = parse_json(&body)?;
+    let (ids, event) = record_consent(&state, &caller, b).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ConsentRecorded {
+            id: ids.first().copied(),
+            event,
+        }),
+    )
+        .into_response())
+}
+
+/// Checks one consent change (a purpose and an action we know, where it was given, evidence for
+/// an opt-in, a person the caller may reach) and records it in the log and Redis.
+pub(crate) async fn record_consent(
+    state: &ApiState,
+    caller: &auth::Caller,
+    b: ConsentBody,
+) -> Result<(Vec<i64>, ConsentEvent), ApiError> {
     let recipient = phone_field(&b.recipient, "recipient")?;
     if !matches!(b.purpose.as_str(), "marketing" | "utility") {
         return Err(ApiError::bad_request(
@@ -896,14 +915,7 @@ async fn post_consent(
         .record_consent(std::slice::from_ref(&event))
         .await
         .map_err(ApiError::internal)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(ConsentRecorded {
-            id: ids.first().copied(),
-            event,
-        }),
-    )
-        .into_response())
+    Ok((ids, event))
 }
 
 #[derive(serde::Serialize, schemars::JsonSchema)]

@@ -376,3 +376,270 @@ pub async fn errors_csv(
         Err(e) => Shown::api(l, e).into_response(),
     }
 }
+
+// -- contacts and consent ----------------------------------------------------------------------
+
+/// Contacts shown per page of a tag search.
+const CONTACTS_SHOWN: i64 = 100;
+
+#[derive(serde::Deserialize)]
+pub struct SearchQuery {
+    q: Option<String>,
+}
+
+/// Search by number (straight to the contact) or by tag.
+pub async fn search(
+    State(state): State<ApiState>,
+    signed: Signed,
+    axum::extract::Query(query): axum::extract::Query<SearchQuery>,
+) -> Response {
+    if let Err(refused) = signed.require(Permission::Contacts) {
+        return refused.into_response();
+    }
+    let l = signed.locale;
+    let t = |text: Text| text.get(l);
+    let q = query.q.unwrap_or_default().trim().to_string();
+    if let Ok(number) = crate::domain::phone::normalize(&q) {
+        return Redirect::to(&format!("/console/contacts/{}", number.digits())).into_response();
+    }
+    let tag = (!q.is_empty()).then_some(q.as_str());
+    let found = match crate::store::contacts::contacts_with_tag(
+        &state.services.pool,
+        0,
+        tag,
+        CONTACTS_SHOWN,
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(e) => return Shown::internal(l, e).into_response(),
+    };
+    let body = html! {
+        main id="main" {
+            h1 { (t(Text::Contacts)) }
+            form method="get" action="/console/contacts" role="search" {
+                label for="q" { (t(Text::SearchHint)) }
+                input id="q" name="q" type="search" value=(q);
+                button type="submit" { (t(Text::Search)) }
+            }
+            p { a href="/console/contacts/import" { (t(Text::ImportContacts)) } }
+            @if found.is_empty() {
+                p { (t(Text::NoContacts)) }
+            } @else {
+                div class="table" { table id="contacts" {
+                    thead { tr {
+                        th scope="col" { (t(Text::Number)) }
+                        th scope="col" { (t(Text::Name)) }
+                        th scope="col" { (t(Text::Country)) }
+                        th scope="col" { (t(Text::Tags)) }
+                    } }
+                    tbody { @for c in &found {
+                        tr {
+                            td { a href={"/console/contacts/" (c.phone)} { (c.phone) } }
+                            td { (c.name.as_deref().unwrap_or("")) }
+                            td { (c.country) }
+                            td { (c.tags.join(", ")) }
+                        }
+                    } }
+                } }
+            }
+        }
+    };
+    page::document(l, t(Text::Contacts), Some(&signed), body).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct ContactQuery {
+    recorded: Option<String>,
+}
+
+/// A person: their profile, consent now and its history with evidence, their suppression, and
+/// the forms to record consent and lift a suppression.
+pub async fn contact(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path(raw): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ContactQuery>,
+) -> Response {
+    if let Err(refused) = signed.require(Permission::ReadConsent) {
+        return refused.into_response();
+    }
+    let l = signed.locale;
+    let t = |text: Text| text.get(l);
+    let refused = |e: ApiError| Shown::api(l, e).into_response();
+    let phone = match crate::api::phone_field(&raw, "phone") {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    let services = &state.services;
+    if let Err(e) = signed
+        .caller
+        .require_recipient(&services.pool, &phone)
+        .await
+    {
+        return refused(e);
+    }
+    let profile = crate::store::contacts::contact(&services.pool, &phone).await;
+    let history = crate::store::consent_history(&services.pool, &phone).await;
+    let suppression = crate::store::webhooks::suppression(&services.pool, &phone).await;
+    let (profile, history, suppression) = match (profile, history, suppression) {
+        (Ok(p), Ok(h), Ok(s)) => (p, h, s),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return Shown::internal(l, e).into_response();
+        }
+    };
+    // Redis holds the current consent; when it cannot be read the history still shows.
+    let current = services.state.consent(&phone).await.ok();
+    let consent_word = |action: Option<&str>| match action {
+        Some("opt_in") => t(Text::OptIn),
+        Some("opt_out") => t(Text::OptOut),
+        _ => t(Text::NotRecorded),
+    };
+    let may_record = signed.caller.role.allows(Permission::Consent);
+    let may_lift = signed.caller.role.allows(Permission::Operate);
+    let body = html! {
+        main id="main" data-contact=(phone) {
+            h1 { (phone) }
+            @if query.recorded.is_some() { p class="notice" role="status" { (t(Text::Recorded)) } }
+            @if let Some(c) = &profile {
+                dl class="facts" {
+                    dt { (t(Text::Name)) } dd { (c.name.as_deref().unwrap_or("—")) }
+                    dt { (t(Text::Language2)) } dd { (c.language.as_deref().unwrap_or("—")) }
+                    dt { (t(Text::Country)) } dd { (c.country) }
+                    dt { (t(Text::Tags)) } dd { (c.tags.join(", ")) }
+                    dt { (t(Text::Attributes)) } dd { code { (c.attributes.0.to_string()) } }
+                }
+            }
+            section aria-labelledby="consent-title" {
+                h2 id="consent-title" { (t(Text::ConsentNow)) }
+                dl class="facts" {
+                    dt { "marketing" } dd data-consent="marketing" { (consent_word(current.as_ref().and_then(|c| c.marketing.map(|a| a.as_str())))) }
+                    dt { "utility" } dd data-consent="utility" { (consent_word(current.as_ref().and_then(|c| c.utility.map(|a| a.as_str())))) }
+                }
+                h3 { (t(Text::ConsentHistory)) }
+                div class="table" { table id="consent-history" {
+                    thead { tr {
+                        th scope="col" { (t(Text::When)) }
+                        th scope="col" { (t(Text::Purpose)) }
+                        th scope="col" { (t(Text::Action)) }
+                        th scope="col" { (t(Text::Source)) }
+                        th scope="col" { (t(Text::Evidence)) }
+                        th scope="col" { (t(Text::Actor)) }
+                    } }
+                    tbody { @for e in &history {
+                        tr {
+                            td { (page::time(Some(e.created_at))) }
+                            td { (e.purpose) }
+                            td { (consent_word(Some(&e.action))) }
+                            td { (e.source) }
+                            td { (e.evidence.as_deref().unwrap_or("")) }
+                            td { (e.actor.as_deref().unwrap_or("")) }
+                        }
+                    } }
+                } }
+                @if may_record {
+                    form method="post" action={"/console/contacts/" (phone) "/consent"} class="consent" {
+                        (csrf(&signed))
+                        h3 { (t(Text::RecordConsent)) }
+                        label for="purpose" { (t(Text::Purpose)) }
+                        select id="purpose" name="purpose" {
+                            option value="marketing" { "marketing" }
+                            option value="utility" { "utility" }
+                        }
+                        label for="action" { (t(Text::Action)) }
+                        select id="action" name="action" {
+                            option value="opt_in" { (t(Text::OptIn)) }
+                            option value="opt_out" { (t(Text::OptOut)) }
+                        }
+                        label for="source" { (t(Text::Source)) }
+                        select id="source" name="source" {
+                            @for source in CONSENT_SOURCES { option value=(source) { (source) } }
+                        }
+                        label for="evidence" { (t(Text::EvidenceHint)) }
+                        input id="evidence" name="evidence" type="text";
+                        p { button type="submit" { (t(Text::RecordConsent)) } }
+                    }
+                }
+            }
+            section aria-labelledby="suppression-title" {
+                h2 id="suppression-title" { (t(Text::Suppression)) }
+                @match &suppression {
+                    None => { p { (t(Text::NotSuppressed)) } }
+                    Some(s) => {
+                        p data-suppressed=(s.reason) {
+                            (s.reason) @if let Some(e) = &s.evidence { " · " (e) } " · " (page::time(Some(s.created_at)))
+                        }
+                        @if may_lift {
+                            form method="post" action={"/console/contacts/" (phone) "/lift-suppression"} {
+                                (csrf(&signed))
+                                button type="submit" { (t(Text::LiftSuppression)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page::document(l, &phone, Some(&signed), body).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct ConsentForm {
+    purpose: String,
+    action: String,
+    source: String,
+    evidence: Option<String>,
+}
+
+/// Records consent through the API's own rule (`api::record_consent`).
+pub async fn record_consent(
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+    posted: Posted<ConsentForm>,
+) -> Response {
+    let Posted { signed, form } = posted;
+    if let Err(refused) = signed.require(Permission::Consent) {
+        return refused.into_response();
+    }
+    let body = crate::api::ConsentBody {
+        recipient: raw,
+        purpose: form.purpose,
+        action: form.action,
+        source: form.source,
+        evidence: form.evidence.filter(|e| !e.trim().is_empty()),
+    };
+    match crate::api::record_consent(&state, &signed.caller, body).await {
+        Ok((_, event)) => {
+            Redirect::to(&format!("/console/contacts/{}?recorded=1", event.recipient))
+                .into_response()
+        }
+        Err(e) => Shown::api(signed.locale, e).into_response(),
+    }
+}
+
+pub async fn lift_suppression(
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+    posted: Posted<super::session::Empty>,
+) -> Response {
+    let signed = posted.signed;
+    let l = signed.locale;
+    if let Err(refused) = signed.require(Permission::Operate) {
+        return refused.into_response();
+    }
+    let phone = match crate::api::phone_field(&raw, "phone") {
+        Ok(p) => p,
+        Err(e) => return Shown::api(l, e).into_response(),
+    };
+    if let Err(e) = signed
+        .caller
+        .require_recipient(&state.services.pool, &phone)
+        .await
+    {
+        return Shown::api(l, e).into_response();
+    }
+    match state.services.unsuppress(&phone).await {
+        Ok(_) => Redirect::to(&format!("/console/contacts/{phone}")).into_response(),
+        Err(e) => Shown::internal(l, e).into_response(),
+    }
+}

@@ -67,6 +67,16 @@ pub fn router() -> Router<ApiState> {
         .route("/console/campaigns/{id}/{action}", post(campaigns::act))
         .route("/console/senders", get(senders::list))
         .route("/console/templates", get(templates::list))
+        .route("/console/contacts", get(contacts::search))
+        .route("/console/contacts/{phone}", get(contacts::contact))
+        .route(
+            "/console/contacts/{phone}/consent",
+            post(contacts::record_consent),
+        )
+        .route(
+            "/console/contacts/{phone}/lift-suppression",
+            post(contacts::lift_suppression),
+        )
         .route(
             "/console/contacts/import",
             get(contacts::upload_page)

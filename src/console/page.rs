@@ -35,7 +35,7 @@ pub fn document(
                             a class="brand" href="/console/campaigns" { "pregon" }
                             @if signed.is_some() {
                                 a href="/console/campaigns" { (t(Text::Campaigns)) }
-                                a href="/console/contacts/import" { (t(Text::ImportContacts)) }
+                                a href="/console/contacts" { (t(Text::Contacts)) }
                                 a href="/console/senders" { (t(Text::Senders)) }
                                 a href="/console/templates" { (t(Text::Templates)) }
                             }

@@ -768,6 +768,52 @@ async fn from_a_csv_with_mistakes_to_a_previewed_draft_in_a_real_browser() {
         json!({"body.1": {"attribute": "name", "default": "cliente"},
                "body.2": {"attribute": "Cupon"}})
     );
+
+    // Contacts and consent: find a person by number in any spelling, read their consent with its
+    // evidence, record an opt-out; an opt-in without evidence is refused by the API's own rule.
+    browser.goto(&format!("{console}/contacts")).await;
+    browser.type_into("#q", "+52 1 55 1000 0001").await;
+    browser.click("form[role=search] button").await;
+    browser.find("#consent-history").await;
+    assert_eq!(browser.text("h1").await, "5215510000001");
+    assert!(
+        browser
+            .text("#consent-history")
+            .await
+            .contains("formulario web 2026-11-01")
+    );
+    assert_eq!(
+        browser.text("[data-consent=marketing]").await,
+        "Acepta (opt-in)"
+    );
+    browser.click("#action option[value=opt_out]").await;
+    browser
+        .type_into("#evidence", "pidió la baja por teléfono")
+        .await;
+    browser.click("form.consent button").await;
+    browser.find("[role=status]").await;
+    assert_eq!(
+        browser.text("[data-consent=marketing]").await,
+        "Baja (opt-out)"
+    );
+    let (_, consent) = env.get("/v1/consent/5215510000001").await;
+    assert_eq!(consent["marketing"], "opt_out", "{consent}");
+    assert_eq!(
+        consent["history"].as_array().unwrap().last().unwrap()["actor"],
+        "user:ana@example.com"
+    );
+    browser.click("#action option[value=opt_in]").await;
+    browser.click("form.consent button").await;
+    assert!(
+        browser
+            .text("main")
+            .await
+            .contains("an opt-in needs evidence")
+    );
+    browser
+        .goto(&format!("{console}/contacts/5215510000001"))
+        .await;
+    browser.screenshot("contact").await;
     drop(browser);
     let _ = std::fs::remove_dir_all(&folder);
     env.cleanup().await;
