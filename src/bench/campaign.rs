@@ -266,6 +266,82 @@ fn contact_csv(n: usize) -> Vec<u8> {
     out
 }
 
+const CONSOLE_USER: &str = "bench@console.pregon";
+const CONSOLE_PASSWORD: &str = "bench-console-password";
+
+/// A signed-in console session, reading pages as a browser would (HTML, the session cookie).
+struct ConsoleReader {
+    http: reqwest::Client,
+    api_url: String,
+    cookie: String,
+}
+
+impl ConsoleReader {
+    async fn sign_in(api_url: &str) -> Result<ConsoleReader, AppError> {
+        let fail = |e: String| AppError::Invalid(format!("console sign-in: {e}"));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let cookie_of = |r: &reqwest::Response, name: &str| {
+            r.headers()
+                .get_all(reqwest::header::SET_COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| v.strip_prefix(&format!("{name}=")))
+                .and_then(|v| v.split(';').next())
+                .map(str::to_string)
+        };
+        let form = http
+            .get(format!("{api_url}/console/login"))
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let csrf = cookie_of(&form, "pregon_login_csrf").ok_or_else(|| fail("no token".into()))?;
+        let body = serde_urlencoded::to_string([
+            ("_csrf", csrf.as_str()),
+            ("email", CONSOLE_USER),
+            ("password", CONSOLE_PASSWORD),
+        ])
+        .map_err(|e| fail(e.to_string()))?;
+        let signed = http
+            .post(format!("{api_url}/console/login"))
+            .header("cookie", format!("pregon_login_csrf={csrf}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let session = cookie_of(&signed, "pregon_session")
+            .ok_or_else(|| fail(format!("answered {}", signed.status())))?;
+        Ok(ConsoleReader {
+            http,
+            api_url: api_url.to_string(),
+            cookie: format!("pregon_session={session}"),
+        })
+    }
+
+    /// Reads a page whole; answers how long it took, in milliseconds.
+    async fn read(&self, path: &str) -> Result<f64, AppError> {
+        let asked = Instant::now();
+        let response = self
+            .http
+            .get(format!("{}{path}", self.api_url))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .map_err(|e| AppError::Invalid(format!("console {path}: {e}")))?;
+        let status = response.status();
+        let _ = response.bytes().await;
+        if status != StatusCode::OK {
+            return Err(AppError::Invalid(format!(
+                "console {path} answered {status}"
+            )));
+        }
+        Ok(asked.elapsed().as_secs_f64() * 1000.0)
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -322,6 +398,15 @@ pub async fn run(mut config: Config, args: CampaignBenchArgs) -> Result<(), AppE
     // A clean namespace, migrated, with an admin key; then this process lets go of it.
     let stack = LocalStack::fresh(config.clone(), "bench").await?;
     let (_, key) = create_key(&stack.services.pool, "bench", Role::Admin, None).await?;
+    crate::console::create_user(
+        &stack.services.pool,
+        CONSOLE_USER,
+        CONSOLE_PASSWORD,
+        "marketing",
+        None,
+    )
+    .await
+    .map_err(|e| AppError::Invalid(e.to_string()))?;
     stack.stop().await;
 
     children.push(Child::spawn(
@@ -484,7 +569,11 @@ async fn drive(
     )
     .await?;
 
-    // Poll as a marketing screen would, until completion.
+    // Poll as a marketing screen would, until completion: the API's progress, and the console's
+    // running-campaign page and campaign list as a signed-in person sees them.
+    let console = ConsoleReader::sign_in(api_url).await?;
+    let mut page_latencies = Vec::new();
+    let mut list_latencies = Vec::new();
     let every = Duration::from_secs_f64(args.poll_interval.max(0.1));
     let limit =
         Duration::from_secs(600 + (10 * n / (args.senders * args.mps as usize).max(1)) as u64);
@@ -504,6 +593,8 @@ async fn drive(
             )
             .await?;
         latencies.push(asked.elapsed().as_secs_f64() * 1000.0);
+        page_latencies.push(console.read(&format!("/console/campaigns/{id}")).await?);
+        list_latencies.push(console.read("/console/campaigns").await?);
         let at = launched.elapsed().as_secs_f64();
         let done = p["done"].as_i64().unwrap_or(0);
         samples.push(Sample { at, done });
@@ -581,6 +672,8 @@ async fn drive(
         _ => None,
     };
     latencies.sort_by(f64::total_cmp);
+    page_latencies.sort_by(f64::total_cmp);
+    list_latencies.sort_by(f64::total_cmp);
 
     println!();
     println!(
@@ -618,6 +711,23 @@ async fn drive(
         latencies.len(),
         every.as_secs_f64()
     );
+    for (what, samples) in [
+        ("console page", &page_latencies),
+        ("console list", &list_latencies),
+    ] {
+        println!(
+            "{what:<17} p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms   ({} reads of the {})",
+            percentile(samples, 0.5),
+            percentile(samples, 0.99),
+            samples.last().copied().unwrap_or(0.0),
+            samples.len(),
+            if what == "console page" {
+                "running campaign's page"
+            } else {
+                "campaign list"
+            }
+        );
+    }
     println!("process           peak RSS    CPU import   CPU campaign (µs per recipient)");
     for (i, child) in children.iter().enumerate() {
         let import_cpu = after_import.children[i] - before_import.children[i];
