@@ -150,15 +150,54 @@ pub async fn show(
         Ok(r) => r,
         Err(e) => return Shown::internal(l, e).into_response(),
     };
+    let senders = match sender_rows(&state, &progress.campaign).await {
+        Ok(rows) => rows,
+        Err(e) => return Shown::internal(l, e).into_response(),
+    };
     let title = progress.campaign.name.clone();
     let body = campaign_page(
         &signed,
         &progress,
         estimate.as_ref().map(|(e, w)| (e, w.as_slice())),
+        &senders,
         &replies,
         query.requeued,
     );
     page::document(l, &title, Some(&signed), body).into_response()
+}
+
+/// One sender of a campaign: its share of the audience, its 24 h limit use (None while Redis
+/// cannot say) against its limit (negative: unlimited), its quality.
+pub struct SenderRow {
+    id: String,
+    planned: i64,
+    used: Option<u64>,
+    limit: i64,
+    quality: &'static str,
+}
+
+async fn sender_rows(
+    state: &ApiState,
+    c: &Campaign,
+) -> Result<Vec<SenderRow>, crate::store::StoreError> {
+    let services = &state.services;
+    let shares = cstore::sender_shares(&services.pool, c.id).await?;
+    let mut rows = Vec::with_capacity(c.senders.len());
+    for id in &c.senders {
+        let planned = shares.iter().find(|(s, _)| s == id).map_or(0, |(_, n)| *n);
+        let Some(sender) = services.catalog.sender(id).await? else {
+            continue;
+        };
+        let (counter, tier) = services.tier_counter(&sender);
+        rows.push(SenderRow {
+            id: id.clone(),
+            planned,
+            used: services.state.tier_usage(&counter).await.ok(),
+            limit: tier.limit(),
+            quality: sender.quality.as_str(),
+        });
+    }
+    Ok(rows)
 }
 
 /// Counter details of one state (`failed`, `excluded`), biggest first.
@@ -292,6 +331,7 @@ fn campaign_page(
     signed: &Signed,
     p: &Progress,
     estimate: Option<(&campaigns::Estimate, &[String])>,
+    senders: &[SenderRow],
     replies: &[cstore::Reply],
     requeued: Option<u64>,
 ) -> Markup {
@@ -367,6 +407,31 @@ fn campaign_page(
                             polyline points="" {}
                         }
                         figcaption id="chart-caption" { (t(Text::LiveChart)) ". " (t(Text::UpdatesLive)) }
+                    }
+                    @if !senders.is_empty() {
+                        h3 { (t(Text::SenderShares)) }
+                        div class="table" { table id="sender-shares" {
+                            thead { tr {
+                                th scope="col" { (t(Text::Number)) }
+                                th scope="col" { (t(Text::Share)) }
+                                th scope="col" { (t(Text::Used24h)) }
+                                th scope="col" { (t(Text::Quality)) }
+                            } }
+                            tbody { @for s in senders {
+                                tr data-sender=(s.id) {
+                                    th scope="row" { (s.id) }
+                                    td { (l.number(s.planned)) }
+                                    td {
+                                        @match s.used {
+                                            Some(n) if s.limit > 0 => { (l.number(n as i64)) " / " (l.number(s.limit)) " (" (l.percent(n as f64 / s.limit as f64)) ")" }
+                                            Some(n) => { (l.number(n as i64)) " (" (t(Text::Unlimited)) ")" }
+                                            None => { "—" }
+                                        }
+                                    }
+                                    td { (s.quality) }
+                                }
+                            } }
+                        } }
                     }
                     dl class="facts" {
                         dt { (t(Text::EstimatedCost)) }

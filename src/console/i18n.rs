@@ -313,6 +313,8 @@ texts! {
     NotSuppressed => ("No está suprimido.", "Not suppressed.", "Não está suprimido."),
     LiftSuppression => ("Quitar la supresión", "Lift the suppression", "Remover a supressão"),
     Recorded => ("Registrado.", "Recorded.", "Registrado."),
+    SenderShares => ("Números: parte de la audiencia y uso del límite", "Senders: share of the audience and limit use", "Números: parte do público e uso do limite"),
+    Share => ("Destinatarios asignados", "Recipients given", "Destinatários atribuídos"),
     NewCampaignForList => ("Crear una campaña para esta lista", "Create a campaign for this list", "Criar uma campanha para esta lista"),
 }
 

@@ -244,11 +244,15 @@ pub async fn plan_chunk(
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $9::bigint[], $10::text[])
                   AS u(id, sender, recipient, body, seq, country)
              ON CONFLICT (campaign_id, recipient) WHERE campaign_id IS NOT NULL DO NOTHING
-             RETURNING country
+             RETURNING country, sender
          ), costs AS (
              INSERT INTO campaign_costs AS k (campaign_id, kind, country, category, n)
              SELECT $8, 'planned', country, $5, count(*) FROM ins GROUP BY country ORDER BY country
              ON CONFLICT (campaign_id, kind, country, category) DO UPDATE SET n = k.n + excluded.n
+         ), shares AS (
+             INSERT INTO campaign_sender_shares AS s (campaign_id, sender, planned)
+             SELECT $8, sender, count(*) FROM ins GROUP BY sender ORDER BY sender
+             ON CONFLICT (campaign_id, sender) DO UPDATE SET planned = s.planned + excluded.planned
          )
          SELECT count(*) FROM ins",
     )
@@ -492,6 +496,19 @@ fn cost_count(r: &sqlx::postgres::PgRow, at: usize) -> Option<CostCount> {
         category: r.get(at + 2),
         n: r.get(at + 3),
     })
+}
+
+/// How many of a campaign's recipients each sender was given at planning.
+pub async fn sender_shares(
+    pool: &PgPool,
+    campaign: Uuid,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT sender, planned FROM campaign_sender_shares WHERE campaign_id = $1 ORDER BY sender",
+    )
+    .bind(campaign)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Counts by status (summed over details) of several campaigns: (campaign, status, count).

@@ -431,6 +431,11 @@ async fn a_campaign_run_from_the_console_in_a_real_browser() {
         points.as_str().unwrap().split(' ').count() >= 2,
         "the chart drew no line: {points}"
     );
+    let shares = browser.text("#sender-shares").await;
+    assert!(
+        shares.contains(&format!("{SENDER}\t20")) || shares.contains(&format!("{SENDER} 20")),
+        "{shares}"
+    );
     browser.screenshot("running").await;
 
     // Results: the failures by reason, explained; the report; the retry of what can succeed.
@@ -540,6 +545,25 @@ async fn a_campaign_run_from_the_console_in_a_real_browser() {
     browser.goto(&format!("{console}/campaigns")).await;
     assert!(browser.text("table").await.contains("Navidad"));
     browser.screenshot("campaigns").await;
+    // On a phone-sized screen nothing runs off the side: wide tables scroll in their own box.
+    browser.resize(390, 844).await;
+    for path in [
+        format!("/campaigns/{id}"),
+        "/campaigns".into(),
+        "/senders".into(),
+    ] {
+        browser.goto(&format!("{console}{path}")).await;
+        let overflow = browser
+            .run(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+                json!([]),
+            )
+            .await;
+        assert_eq!(overflow, 0, "{path} is wider than a phone");
+    }
+    browser.goto(&format!("{console}/campaigns/{id}")).await;
+    browser.screenshot("campaign-phone").await;
+    browser.resize(1280, 1000).await;
 
     // A viewer sees campaigns but no launch, pause or retry, and a post of its own is refused.
     let (status, draft) = env
