@@ -448,6 +448,17 @@ pub async fn search(
     page::document(l, t(Text::Contacts), Some(&signed), body).into_response()
 }
 
+/// The person a path names, as digits, if the signed-in person may reach them (one limited to
+/// some senders only those their senders have talked to).
+async fn reachable(state: &ApiState, signed: &Signed, raw: &str) -> Result<String, ApiError> {
+    let phone = crate::api::phone_field(raw, "phone")?;
+    signed
+        .caller
+        .require_recipient(&state.services.pool, &phone)
+        .await?;
+    Ok(phone)
+}
+
 #[derive(serde::Deserialize)]
 pub struct ContactQuery {
     recorded: Option<String>,
@@ -467,18 +478,11 @@ pub async fn contact(
     let l = signed.locale;
     let t = |text: Text| text.get(l);
     let refused = |e: ApiError| Shown::api(l, e).into_response();
-    let phone = match crate::api::phone_field(&raw, "phone") {
+    let phone = match reachable(&state, &signed, &raw).await {
         Ok(p) => p,
         Err(e) => return refused(e),
     };
     let services = &state.services;
-    if let Err(e) = signed
-        .caller
-        .require_recipient(&services.pool, &phone)
-        .await
-    {
-        return refused(e);
-    }
     let profile = crate::store::contacts::contact(&services.pool, &phone).await;
     let history = crate::store::consent_history(&services.pool, &phone).await;
     let suppression = crate::store::webhooks::suppression(&services.pool, &phone).await;
@@ -627,17 +631,10 @@ pub async fn lift_suppression(
     if let Err(refused) = signed.require(Permission::Operate) {
         return refused.into_response();
     }
-    let phone = match crate::api::phone_field(&raw, "phone") {
+    let phone = match reachable(&state, &signed, &raw).await {
         Ok(p) => p,
         Err(e) => return Shown::api(l, e).into_response(),
     };
-    if let Err(e) = signed
-        .caller
-        .require_recipient(&state.services.pool, &phone)
-        .await
-    {
-        return Shown::api(l, e).into_response();
-    }
     match state.services.unsuppress(&phone).await {
         Ok(_) => Redirect::to(&format!("/console/contacts/{phone}")).into_response(),
         Err(e) => Shown::internal(l, e).into_response(),

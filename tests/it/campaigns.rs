@@ -11,7 +11,7 @@ use pregon::domain::campaign::round_money;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Env, Options, inbound, recipients};
+use crate::harness::{CONTACTS_WITH_MISTAKES, Env, Options, inbound, recipients};
 
 /// A sender the simulator and pregon both know, in business account `waba-it`, whose display
 /// number is its id (so the simulator's quality webhooks find it).
@@ -120,20 +120,7 @@ async fn a_campaign_from_csv_to_failure_report() {
         .unwrap();
     // 6 eligible; one each: invalid number, repeated row, wrong field count, no opt-in, opted
     // out, US number, missing coupon.
-    let csv = "Telefono,Nombre,Cupon,Acepta,Prueba\n\
-        +52 1 55 1000 0001,Ana,A1,si,formulario web 2026-11-01\n\
-        5215510000002,,A2,si,formulario web\n\
-        5215510000003,Luis,A3,si,formulario web\n\
-        5215510000004,Eva,A4,yes,checkout\n\
-        5215510000005,Sol,A5,1,checkout\n\
-        5215510000006,Rey,A6,si,checkout\n\
-        12,Bad,X,si,x\n\
-        5215510000001,Ana otra vez,A9,si,x\n\
-        5215510000007,Corto,A7\n\
-        5215510000008,Sin,A8,,\n\
-        5215510000009,Baja,A9,no,\n\
-        12025550123,Gringo,US1,si,web\n\
-        5215510000010,SinCupon,,si,web\n";
+    let csv = CONTACTS_WITH_MISTAKES;
     let (status, report) = env.import_csv(
         &marketing,
         "phone=Telefono&name=Nombre&attributes=Cupon&tags=nov&consent_column=Acepta&evidence_column=Prueba&consent_source=web_form&list=noviembre",

@@ -8,7 +8,7 @@ use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
-use crate::harness::{Env, Options, inbound, recipients};
+use crate::harness::{CONTACTS_WITH_MISTAKES, Env, Options, inbound, recipients};
 
 const PASSWORD: &str = "una clave bastante larga";
 
@@ -274,6 +274,23 @@ async fn sign_in_sessions_csrf_and_failed_attempts() {
     env.cleanup().await;
 }
 
+/// The estimate's exclusions on the page are the API's, reason by reason.
+async fn exclusions_match(browser: &Browser, estimate: &Value) {
+    for (reason, n) in estimate["excluded"].as_object().unwrap() {
+        let shown = browser
+            .all(&format!(
+                "[data-estimate=exclusions] li[data-reason={reason}]"
+            ))
+            .await;
+        if n == 0 {
+            assert!(shown.is_empty(), "{reason} shown with no exclusion");
+        } else {
+            let text = browser.text_of(&shown[0]).await;
+            assert!(text.ends_with(&format!(": {n}")), "{reason}: {text}");
+        }
+    }
+}
+
 const SENDER: &str = "1065557001";
 
 #[tokio::test]
@@ -339,19 +356,7 @@ async fn a_campaign_run_from_the_console_in_a_real_browser() {
 
     // The estimate on the page is the API's: eligible and every exclusion by reason.
     assert_eq!(browser.text("[data-estimate=eligible]").await, "20");
-    for (reason, n) in estimate["excluded"].as_object().unwrap() {
-        let shown = browser
-            .all(&format!(
-                "[data-estimate=exclusions] li[data-reason={reason}]"
-            ))
-            .await;
-        if n == 0 {
-            assert!(shown.is_empty(), "{reason} shown with no exclusion");
-        } else {
-            let text = browser.text_of(&shown[0]).await;
-            assert!(text.ends_with(&format!(": {n}")), "{reason}: {text}");
-        }
-    }
+    exclusions_match(&browser, &estimate).await;
     let cost = browser.text("[data-estimate=cost]").await;
     assert!(cost.contains("MX") && cost.contains("20"), "{cost}");
     assert!(browser.all("[data-estimate=warnings]").await.is_empty());
@@ -644,20 +649,7 @@ async fn from_a_csv_with_mistakes_to_a_previewed_draft_in_a_real_browser() {
     user(&env, "ana@example.com", "marketing", None).await;
     // Six good rows; one each: invalid number, repeated number, wrong field count, no opt-in,
     // opted out, US number, missing coupon.
-    let csv = "Telefono,Nombre,Cupon,Acepta,Prueba\n\
-        +52 1 55 1000 0001,Ana,A1,si,formulario web 2026-11-01\n\
-        5215510000002,,A2,si,formulario web\n\
-        5215510000003,Luis,A3,si,formulario web\n\
-        5215510000004,Eva,A4,yes,checkout\n\
-        5215510000005,Sol,A5,1,checkout\n\
-        5215510000006,Rey,A6,si,checkout\n\
-        12,Bad,X,si,x\n\
-        5215510000001,Ana otra vez,A9,si,x\n\
-        5215510000007,Corto,A7\n\
-        5215510000008,Sin,A8,,\n\
-        5215510000009,Baja,A9,no,\n\
-        12025550123,Gringo,US1,si,web\n\
-        5215510000010,SinCupon,,si,web\n";
+    let csv = CONTACTS_WITH_MISTAKES;
     let folder = std::env::temp_dir().join(format!("pregon-csv-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&folder).unwrap();
     let file = folder.join("noviembre.csv");
@@ -765,19 +757,7 @@ async fn from_a_csv_with_mistakes_to_a_previewed_draft_in_a_real_browser() {
     assert_eq!(status, StatusCode::OK, "{estimate}");
     assert_eq!(estimate["eligible"], 6, "{estimate}");
     assert_eq!(browser.text("[data-estimate=eligible]").await, "6");
-    for (reason, n) in estimate["excluded"].as_object().unwrap() {
-        let shown = browser
-            .all(&format!(
-                "[data-estimate=exclusions] li[data-reason={reason}]"
-            ))
-            .await;
-        if n == 0 {
-            assert!(shown.is_empty(), "{reason} shown with no exclusion");
-        } else {
-            let text = browser.text_of(&shown[0]).await;
-            assert!(text.ends_with(&format!(": {n}")), "{reason}: {text}");
-        }
-    }
+    exclusions_match(&browser, &estimate).await;
     let (_, campaign) = env.get(&format!("/v1/campaigns/{id}")).await;
     assert_eq!(campaign["campaign"]["created_by"], "user:ana@example.com");
     browser.goto(&format!("{console}/templates")).await;

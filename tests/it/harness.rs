@@ -658,6 +658,24 @@ pub fn text_body(to: &str) -> Value {
     json!({"messaging_product": "whatsapp", "to": to, "type": "text", "text": {"body": "Hola"}})
 }
 
+/// A contact CSV with consent and the usual mistakes: six good rows with an opt-in; then rows 7
+/// (an invalid number), 8 (a repeated number) and 9 (a wrong field count) are refused; and one
+/// each without an opt-in, opted out, a US number, and a missing coupon.
+pub const CONTACTS_WITH_MISTAKES: &str = "Telefono,Nombre,Cupon,Acepta,Prueba\n\
+        +52 1 55 1000 0001,Ana,A1,si,formulario web 2026-11-01\n\
+        5215510000002,,A2,si,formulario web\n\
+        5215510000003,Luis,A3,si,formulario web\n\
+        5215510000004,Eva,A4,yes,checkout\n\
+        5215510000005,Sol,A5,1,checkout\n\
+        5215510000006,Rey,A6,si,checkout\n\
+        12,Bad,X,si,x\n\
+        5215510000001,Ana otra vez,A9,si,x\n\
+        5215510000007,Corto,A7\n\
+        5215510000008,Sin,A8,,\n\
+        5215510000009,Baja,A9,no,\n\
+        12025550123,Gringo,US1,si,web\n\
+        5215510000010,SinCupon,,si,web\n";
+
 /// Distinct valid Mexican mobile numbers.
 pub fn recipients(n: usize, seed: u32) -> Vec<String> {
     assert!(n <= 10_000_000);
