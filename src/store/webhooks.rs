@@ -256,7 +256,8 @@ pub async fn mark_effects_done(pool: &PgPool, ids: &[i64]) -> Result<(), StoreEr
 /// Folds statuses into their message rows: the state only moves forward (sent → delivered →
 /// read, whatever order they came in), each first delivered / read / failed becomes an event, and
 /// statuses whose message pregon has not recorded yet stay for [`unapplied_with_message`].
-/// A 131049 failure is not folded: the message is sent again later instead.
+/// A 131049 failure is not folded: the message is sent again later instead. A campaign message
+/// that becomes billable and delivered is added to its campaign's bill (`campaign_costs`).
 pub async fn apply_statuses(pool: &PgPool, ids: &[i64]) -> Result<u64, StoreError> {
     let row = sqlx::query(concat!(
         "WITH s AS (
@@ -303,7 +304,18 @@ pub async fn apply_statuses(pool: &PgPool, ids: &[i64]) -> Result<u64, StoreErro
              RETURNING ",
         changed_columns!(),
         ", old.status AS old_status, old.delivered_at AS old_delivered_at, old.read_at AS old_read_at,
-           old.failed_at AS old_failed_at
+           old.failed_at AS old_failed_at, m.campaign_id AS cost_campaign, m.country AS cost_country,
+           COALESCE(m.pricing_category, m.category) AS cost_category,
+           m.billable IS TRUE AND (m.delivered_at IS NOT NULL OR m.read_at IS NOT NULL) AS now_billed,
+           old.billable IS TRUE AND (old.delivered_at IS NOT NULL OR old.read_at IS NOT NULL) AS was_billed
+         ), billed AS (
+             -- A campaign's bill: billable templates Meta reported delivered (or read), counted
+             -- once each, here where statuses are folded rather than on every message update.
+             INSERT INTO campaign_costs AS k (campaign_id, kind, country, category, n)
+             SELECT cost_campaign, 'billed', cost_country, cost_category, count(*) FROM c
+             WHERE cost_campaign IS NOT NULL AND cost_country IS NOT NULL AND now_billed AND NOT was_billed
+             GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+             ON CONFLICT (campaign_id, kind, country, category) DO UPDATE SET n = k.n + excluded.n
          ), events AS (
              INSERT INTO event_outbox (event_type, routing_key, api_key_id, payload)
              SELECT 'message.' || s.status, 'message.' || s.status || '.' || c.category, c.api_key_id, ",
