@@ -91,11 +91,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> Result<(), AppError> {
             .await?;
     println!("API at {api_url} (admin key {admin})");
     // A person for the console; the demo's database starts empty each run, so the address is free.
-    let console_password = crate::api::auth::generate_secret()
-        .trim_start_matches("pgn_")
-        .chars()
-        .take(16)
-        .collect::<String>();
+    let console_password = crate::console::generate_password();
     crate::console::create_user(
         &services.pool,
         DEMO_USER,

@@ -118,13 +118,20 @@ pub struct Caller {
     pub senders: Option<Vec<String>>,
 }
 
-impl Caller {
+impl Principal {
     /// Who did it, as campaign events, revocations and redrives record it.
     pub fn actor(&self) -> String {
-        match &self.principal {
+        match self {
             Principal::ApiKey(id) => format!("api_key:{id}"),
             Principal::User { email, .. } => format!("user:{email}"),
         }
+    }
+}
+
+impl Caller {
+    /// Who did it, as campaign events, revocations and redrives record it.
+    pub fn actor(&self) -> String {
+        self.principal.actor()
     }
 
     /// The key calling, if another system is.

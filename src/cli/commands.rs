@@ -370,11 +370,7 @@ pub async fn user(config: &Config, command: UserCommand) -> Result<(), AppError>
                 std::io::stdin().read_line(&mut line)?;
                 line.trim_end_matches(['\r', '\n']).to_string()
             } else {
-                crate::api::auth::generate_secret()
-                    .trim_start_matches("pgn_")
-                    .chars()
-                    .take(20)
-                    .collect()
+                crate::console::generate_password()
             };
             let senders = (!senders.is_empty()).then_some(senders);
             let user =

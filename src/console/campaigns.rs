@@ -16,7 +16,7 @@ use super::i18n::{self, Locale, Text};
 use super::page::{self, Shown, csrf, time};
 use super::session::{Posted, Signed};
 use crate::api::ApiState;
-use crate::api::auth::Permission;
+use crate::api::auth::{Permission, Principal};
 use crate::api::campaigns::{exclusions_report, failures_report, load};
 use crate::api::error::ApiError;
 use crate::campaigns::{self, Funnel, Progress};
@@ -40,7 +40,7 @@ fn may_run_campaigns(signed: &Signed) -> bool {
 fn creator(c: &Campaign) -> String {
     c.created_by
         .clone()
-        .or_else(|| c.api_key_id.map(|k| format!("api_key:{k}")))
+        .or_else(|| c.api_key_id.map(|k| Principal::ApiKey(k).actor()))
         .unwrap_or_default()
 }
 
@@ -582,11 +582,12 @@ async fn launch_warnings(
             ));
         }
     }
-    let template = crate::store::list_templates(&state.services.pool)
+    if let Some(t) = state
+        .services
+        .catalog
+        .template(&c.template_name, &c.template_language)
         .await?
-        .into_iter()
-        .find(|t| t.name == c.template_name && t.language == c.template_language);
-    if let Some(t) = template {
+    {
         if t.status == TemplateStatus::Paused {
             warnings.push(Text::WarnTemplatePaused.get(l).to_string());
         }

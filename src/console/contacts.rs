@@ -13,7 +13,7 @@ use super::i18n::{self, Locale, Text};
 use super::page::{self, Shown, csrf};
 use super::session::{Posted, Signed, Uploaded};
 use crate::api::ApiState;
-use crate::api::auth::{Permission, Principal};
+use crate::api::auth::Permission;
 use crate::api::campaigns::{ImportQuery, import_errors_report};
 use crate::api::error::ApiError;
 use crate::contacts::{CONSENT_SOURCES, ImportReport, Importer};
@@ -26,12 +26,6 @@ pub const UPLOAD_LIMIT: usize = 100 * 1024 * 1024;
 
 /// Rows shown under the mapping.
 const PREVIEW_ROWS: usize = 5;
-
-fn user_id(signed: &Signed) -> Uuid {
-    match signed.caller.principal {
-        Principal::User { id, .. } | Principal::ApiKey(id) => id,
-    }
-}
 
 pub async fn upload_page(signed: Signed) -> Response {
     if let Err(refused) = signed.require(Permission::Contacts) {
@@ -64,7 +58,7 @@ pub async fn upload(State(state): State<ApiState>, uploaded: Uploaded) -> Respon
     if let Err(refused) = signed.require(Permission::Contacts) {
         return refused.into_response();
     }
-    match users::insert_upload(&state.services.pool, user_id(&signed), &file_name, &body).await {
+    match users::insert_upload(&state.services.pool, signed.caller.id(), &file_name, &body).await {
         Ok(id) => Redirect::to(&format!("/console/contacts/import/{id}")).into_response(),
         Err(e) => Shown::internal(signed.locale, e).into_response(),
     }
@@ -106,7 +100,7 @@ async fn load_upload(
     let l = signed.locale;
     let not_found = || Shown::text(l, StatusCode::NOT_FOUND, Text::NotFound).into_response();
     let id: Uuid = raw.parse().map_err(|_| not_found())?;
-    match users::upload(&state.services.pool, id, user_id(signed)).await {
+    match users::upload(&state.services.pool, id, signed.caller.id()).await {
         Ok(Some((name, body))) => Ok((id, name, body)),
         Ok(None) => Err(not_found()),
         Err(e) => Err(Shown::internal(l, e).into_response()),
@@ -508,7 +502,7 @@ pub async fn contact(
             @if let Some(c) = &profile {
                 dl class="facts" {
                     dt { (t(Text::Name)) } dd { (c.name.as_deref().unwrap_or("—")) }
-                    dt { (t(Text::Language2)) } dd { (c.language.as_deref().unwrap_or("—")) }
+                    dt { (t(Text::Language)) } dd { (c.language.as_deref().unwrap_or("—")) }
                     dt { (t(Text::Country)) } dd { (c.country) }
                     dt { (t(Text::Tags)) } dd { (c.tags.join(", ")) }
                     dt { (t(Text::Attributes)) } dd { code { (c.attributes.0.to_string()) } }

@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 
 use crate::api::ApiState;
 
-pub use session::{create_user, hash_password};
+pub use session::{create_user, generate_password};
 
 const STYLESHEET: &str = include_str!("assets/console.css");
 const SCRIPT: &str = include_str!("assets/console.js");

@@ -137,6 +137,12 @@ impl Draft {
         d
     }
 
+    /// Step 1 leads here without a choice of senders: every sender starts checked. A posted
+    /// form always names its action, and its checked boxes are the choice.
+    fn is_first_view(&self) -> bool {
+        self.action.is_empty()
+    }
+
     fn template(&self) -> (&str, &str) {
         self.template
             .split_once('|')
@@ -234,12 +240,7 @@ pub async fn details(
         return refused.into_response();
     }
     let pairs = serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or_default();
-    let mut draft = Draft::from_pairs(pairs);
-    draft.senders = match usable_senders(&state, &signed).await {
-        Ok(senders) => senders,
-        Err(refused) => return refused,
-    };
-    render(&state, &signed, &draft, None).await
+    render(&state, &signed, &Draft::from_pairs(pairs), None).await
 }
 
 /// Step 2, posted: the preview again, or the draft created.
@@ -296,11 +297,12 @@ async fn template_of(
 ) -> Result<(Vec<String>, String, Option<Value>), ApiError> {
     let (name, language) = draft.template();
     let pool = &state.services.pool;
-    let template = store::list_templates(pool)
+    let template = state
+        .services
+        .catalog
+        .template(name, language)
         .await
         .map_err(ApiError::internal)?
-        .into_iter()
-        .find(|t| t.name == name && t.language == language)
         .ok_or_else(|| {
             ApiError::bad_request(
                 "unknown_template",
@@ -412,7 +414,7 @@ fn details_page(
                             @for (i, s) in senders.iter().enumerate() {
                                 div {
                                     input type="checkbox" id={"sender-" (i)} name="sender" value=(s)
-                                        checked[draft.senders.contains(s)];
+                                        checked[draft.is_first_view() || draft.senders.contains(s)];
                                     label class="inline" for={"sender-" (i)} { (s) }
                                 }
                             }

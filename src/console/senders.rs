@@ -63,7 +63,7 @@ pub async fn list(State(state): State<ApiState>, signed: Signed) -> Response {
                                 }
                             }
                             td { span class={"quality " (s.quality.as_str())} { (s.quality.as_str()) } }
-                            td { (s.status.as_str()) @if s.paused { " · " (t(Text::Pause)) } }
+                            td { (s.status.as_str()) @if s.paused { " · " (t(Text::SenderPaused)) } }
                             td { (l.number(i64::from(s.mps))) }
                         }
                     } }

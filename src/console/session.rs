@@ -112,6 +112,12 @@ fn normalize_email(raw: &str) -> Option<String> {
         .then_some(email)
 }
 
+/// A generated password: 20 hex digits of a random UUID (74 random bits), what the demo and
+/// `pregon user create` without --password-stdin hand out.
+pub fn generate_password() -> String {
+    Uuid::new_v4().simple().to_string()[..20].to_string()
+}
+
 fn random_token() -> String {
     format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
@@ -234,6 +240,19 @@ impl FromRequestParts<ApiState> for Signed {
 }
 
 impl Signed {
+    /// The posted token is this session's, or the page that says the form expired (403).
+    fn check_csrf(&self, token: Option<&str>) -> Result<(), Shown> {
+        if token.is_some_and(|t| same_token(t, &self.csrf)) {
+            Ok(())
+        } else {
+            Err(Shown::text(
+                self.locale,
+                StatusCode::FORBIDDEN,
+                Text::FormExpired,
+            ))
+        }
+    }
+
     /// The person's role allows `permission`, or the page that says it does not (403).
     pub fn require(&self, permission: crate::api::auth::Permission) -> Result<(), Shown> {
         self.caller
@@ -268,11 +287,9 @@ impl<F: DeserializeOwned + Send> FromRequest<ApiState> for Posted<F> {
         let token = serde_urlencoded::from_bytes::<CsrfField>(&bytes)
             .ok()
             .and_then(|f| f.csrf);
-        if !token.is_some_and(|t| same_token(&t, &signed.csrf)) {
-            return Err(
-                Shown::text(locale, StatusCode::FORBIDDEN, Text::FormExpired).into_response(),
-            );
-        }
+        signed
+            .check_csrf(token.as_deref())
+            .map_err(IntoResponse::into_response)?;
         let form = serde_urlencoded::from_bytes::<F>(&bytes).map_err(|e| {
             Shown::status(locale, StatusCode::BAD_REQUEST, &e.to_string()).into_response()
         })?;
@@ -316,11 +333,9 @@ impl FromRequest<ApiState> for Uploaded {
                 _ => {}
             }
         }
-        if !token.is_some_and(|t| same_token(&t, &signed.csrf)) {
-            return Err(
-                Shown::text(locale, StatusCode::FORBIDDEN, Text::FormExpired).into_response(),
-            );
-        }
+        signed
+            .check_csrf(token.as_deref())
+            .map_err(IntoResponse::into_response)?;
         let (file_name, body) = file.ok_or_else(|| bad("file: choose a CSV file"))?;
         Ok(Uploaded {
             signed,

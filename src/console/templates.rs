@@ -40,7 +40,7 @@ pub async fn list(State(state): State<ApiState>, signed: Signed) -> Response {
                 div class="table" { table {
                     thead { tr {
                         th scope="col" { (t(Text::Name)) }
-                        th scope="col" { (t(Text::Language2)) }
+                        th scope="col" { (t(Text::Language)) }
                         th scope="col" { (t(Text::Category)) }
                         th scope="col" { (t(Text::Status)) }
                         th scope="col" { (t(Text::Changes)) }
