@@ -190,7 +190,13 @@ impl Browser {
                 .await
             {
                 Ok(text) => return text.as_str().unwrap_or_default().to_string(),
-                Err(e) if e["error"] == "stale element reference" => {
+                // The page was replaced between finding the element and reading it.
+                Err(e)
+                    if e["error"] == "stale element reference"
+                        || e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("does not belong to the document")) =>
+                {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 Err(e) => panic!("WebDriver text of {css}: {e}"),
@@ -265,6 +271,22 @@ impl Browser {
             Some(json!({"width": width, "height": height})),
         )
         .await;
+    }
+
+    /// Waits up to `timeout` until the text at `css` contains `needle`.
+    pub async fn wait_contains(&self, css: &str, needle: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let now = self.text(css).await;
+            if now.contains(needle) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{css} never contained {needle:?}: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub async fn delete_cookies(&self) {

@@ -809,12 +809,9 @@ async fn from_a_csv_with_mistakes_to_a_previewed_draft_in_a_real_browser() {
     );
     browser.click("#action option[value=opt_in]").await;
     browser.click("form.consent button").await;
-    assert!(
-        browser
-            .text("main")
-            .await
-            .contains("an opt-in needs evidence")
-    );
+    browser
+        .wait_contains("main", "an opt-in needs evidence", Duration::from_secs(10))
+        .await;
     browser
         .goto(&format!("{console}/contacts/5215510000001"))
         .await;
