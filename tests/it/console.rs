@@ -820,3 +820,100 @@ async fn from_a_csv_with_mistakes_to_a_previewed_draft_in_a_real_browser() {
     let _ = std::fs::remove_dir_all(&folder);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn roles_and_sender_limits_hold_on_every_console_page() {
+    let mut env = Env::start(Options::default()).await;
+    let http = no_redirects();
+    let (ours, theirs) = ("1065557011", "1065557012");
+    env.sender(ours, json!(1000), 80).await;
+    env.sender(theirs, json!(1000), 80).await;
+    env.template("promo", "marketing").await;
+    let (status, campaign) = env
+        .post(
+            "/v1/campaigns",
+            json!({"name": "Solo de ellos", "template": {"name": "promo", "language": "es_MX"},
+                   "sender": theirs, "audience": {"numbers": recipients(2, 711)}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{campaign}");
+    let id = campaign["id"].as_str().unwrap().to_string();
+    user(&env, "eva@example.com", "viewer", None).await;
+    user(
+        &env,
+        "lim@example.com",
+        "marketing",
+        Some(&[ours.to_string()]),
+    )
+    .await;
+    let eva = sign_in(&env, &http, "eva@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let lim = sign_in(&env, &http, "lim@example.com", PASSWORD)
+        .await
+        .unwrap();
+
+    // A viewer reads campaigns, senders and templates, and nothing that needs another role.
+    for path in [
+        "/console/campaigns",
+        "/console/senders",
+        "/console/templates",
+    ] {
+        let (status, _) = page(&env, &http, path, &eva).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    let (status, html) = page(&env, &http, &format!("/console/campaigns/{id}"), &eva).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !html.contains("form method=\"post\" action=\"/console/campaigns/"),
+        "{html}"
+    );
+    for path in [
+        "/console/campaigns/new",
+        "/console/contacts",
+        "/console/contacts/import",
+        "/console/contacts/5215570000001",
+    ] {
+        let (status, _) = page(&env, &http, path, &eva).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "a viewer opened {path}");
+    }
+
+    // A user limited to one sender sees only what that sender may: not the other sender's
+    // campaign, nor act on it (as if it did not exist), not the other sender, not people its
+    // sender never talked to (404, as the API answers).
+    let (status, html) = page(&env, &http, "/console/campaigns", &lim).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!html.contains("Solo de ellos"), "{html}");
+    let (status, _) = page(&env, &http, &format!("/console/campaigns/{id}"), &lim).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = page(
+        &env,
+        &http,
+        &format!("/console/campaigns/{id}/failures.csv"),
+        &lim,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, html) = page(&env, &http, "/console/senders", &lim).await;
+    assert!(html.contains(ours) && !html.contains(theirs), "{html}");
+    let (status, _) = page(&env, &http, "/console/contacts/5215570000001", &lim).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, html) = page(&env, &http, "/console/campaigns/new", &lim).await;
+    let csrf = csrf_of(&html);
+    let refused = http
+        .post(format!("{}/console/campaigns/{id}/pause", env.api_url))
+        .header("cookie", format!("pregon_session={lim}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string([("_csrf", csrf.as_str())]).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::NOT_FOUND,
+        "paused another sender's campaign"
+    );
+    let (_, still) = env.get(&format!("/v1/campaigns/{id}")).await;
+    assert_eq!(still["campaign"]["state"], "draft");
+    env.cleanup().await;
+}
