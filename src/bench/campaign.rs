@@ -39,13 +39,17 @@ pub struct CampaignBenchArgs {
     /// Have the simulator send delivered/read webhooks back to the API, as Meta does.
     #[arg(long)]
     pub webhooks: bool,
+    /// One-time passwords (authentication templates) enqueued per second on the campaign's
+    /// senders while it sends, whose enqueue → accepted latency is reported (0: none).
+    #[arg(long, default_value_t = 20.0)]
+    pub otp_rate: f64,
 }
 
 pub(crate) const APP_SECRET: &str = "pregon-bench-secret";
 
 /// A child process that is killed if the bench stops early, and asked to drain otherwise.
 pub(crate) struct Child {
-    name: String,
+    pub(crate) name: String,
     process: std::process::Child,
 }
 
@@ -147,12 +151,12 @@ fn services_cpu() -> [(&'static str, f64); 3] {
 }
 
 /// CPU of each child and of the services at one moment.
-struct CpuSnapshot {
-    children: Vec<f64>,
-    services: [(&'static str, f64); 3],
+pub(crate) struct CpuSnapshot {
+    pub(crate) children: Vec<f64>,
+    pub(crate) services: [(&'static str, f64); 3],
 }
 
-fn snapshot(children: &[Child]) -> CpuSnapshot {
+pub(crate) fn snapshot(children: &[Child]) -> CpuSnapshot {
     CpuSnapshot {
         children: children
             .iter()
@@ -190,14 +194,14 @@ pub(crate) fn child_env(config: &Config, listen: &str, webhooks: bool) -> Vec<(S
     env
 }
 
-struct Api {
-    http: reqwest::Client,
-    url: String,
-    key: String,
+pub(crate) struct Api {
+    pub(crate) http: reqwest::Client,
+    pub(crate) url: String,
+    pub(crate) key: String,
 }
 
 impl Api {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -220,7 +224,7 @@ impl Api {
     }
 
     /// A call that must succeed with `expected`.
-    async fn expect(
+    pub(crate) async fn expect(
         &self,
         method: Method,
         path: &str,
@@ -342,12 +346,109 @@ impl ConsoleReader {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let index = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
+}
+
+/// One-time passwords sent at a steady rate on the campaign's senders while it runs, each on a
+/// task of its own so a slow answer does not delay the next.
+struct Otps {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: tokio::task::JoinHandle<Result<Vec<String>, AppError>>,
+}
+
+impl Otps {
+    fn start(api: &Api, senders: &[String], rate: f64) -> Otps {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let api = Api {
+            http: api.http.clone(),
+            url: api.url.clone(),
+            key: api.key.clone(),
+        };
+        let api = std::sync::Arc::new(api);
+        let senders = senders.to_vec();
+        let stopped = stop.clone();
+        let sender = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            let mut requests = Vec::new();
+            let mut n = 0usize;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                every.tick().await;
+                let api = api.clone();
+                let sender = senders[n % senders.len()].clone();
+                let body = json!({"messaging_product": "whatsapp", "to": format!("5219{:09}", n),
+                    "type": "template", "template": {"name": "otp", "language": {"code": "es_MX"},
+                    "components": [{"type": "body", "parameters": [{"type": "text", "text": format!("{:06}", n % 1_000_000)}]}]}});
+                n += 1;
+                requests.push(tokio::spawn(async move {
+                    let answer = api
+                        .expect(
+                            Method::POST,
+                            &format!("/v1/{sender}/messages"),
+                            Some(body),
+                            StatusCode::ACCEPTED,
+                        )
+                        .await?;
+                    answer["messages"][0]["id"]
+                        .as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| AppError::Invalid(format!("no message id in {answer}")))
+                }));
+            }
+            let mut ids = Vec::with_capacity(requests.len());
+            for request in requests {
+                ids.push(
+                    request
+                        .await
+                        .map_err(|e| AppError::Invalid(e.to_string()))??,
+                );
+            }
+            Ok(ids)
+        });
+        Otps { stop, sender }
+    }
+
+    /// Stops sending, waits until every OTP was sent, and answers how many and their enqueue →
+    /// accepted latencies in milliseconds, sorted, as pregon recorded them.
+    async fn finish(self, config: &Config) -> Result<(usize, Vec<f64>), AppError> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let ids = self
+            .sender
+            .await
+            .map_err(|e| AppError::Invalid(e.to_string()))??;
+        let ids: Vec<uuid::Uuid> = ids.iter().filter_map(|id| id.parse().ok()).collect();
+        let pool = crate::store::connect(&config.database_url, 1).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let latencies = loop {
+            let latencies: Vec<f64> = sqlx::query_scalar(
+                "SELECT (extract(epoch FROM sent_at - created_at) * 1000)::float8 FROM messages
+                 WHERE id = ANY($1) AND sent_at IS NOT NULL",
+            )
+            .bind(&ids)
+            .fetch_all(&pool)
+            .await
+            .map_err(crate::store::StoreError::from)?;
+            if latencies.len() == ids.len() {
+                break latencies;
+            }
+            if Instant::now() > deadline {
+                return Err(AppError::Invalid(format!(
+                    "{} of {} OTPs were sent",
+                    latencies.len(),
+                    ids.len()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        pool.close().await;
+        let mut latencies = latencies;
+        latencies.sort_by(f64::total_cmp);
+        Ok((ids.len(), latencies))
+    }
 }
 
 /// One progress read: when (since launch), how long it took, and what it said.
@@ -494,6 +595,22 @@ async fn drive(
             response.status()
         )));
     }
+    let response = http
+        .post(format!("{sim}/_sim/templates"))
+        .json(
+            &json!({"name": "otp", "language": "es_MX", "status": "APPROVED",
+            "category": "AUTHENTICATION",
+            "components": [{"type": "BODY", "text": "{{1}} es tu código de verificación"}]}),
+        )
+        .send()
+        .await
+        .map_err(|e| AppError::Invalid(format!("simulator: {e}")))?;
+    if !response.status().is_success() {
+        return Err(AppError::Invalid(format!(
+            "simulator refused the OTP template: {}",
+            response.status()
+        )));
+    }
     api.expect(
         Method::POST,
         "/v1/templates/sync",
@@ -569,6 +686,8 @@ async fn drive(
     )
     .await?;
 
+    let otps = (args.otp_rate > 0.0).then(|| Otps::start(&api, &senders, args.otp_rate));
+
     // Poll as a marketing screen would, until completion: the API's progress, and the console's
     // running-campaign page and campaign list as a signed-in person sees them.
     let console = ConsoleReader::sign_in(api_url).await?;
@@ -624,6 +743,10 @@ async fn drive(
         tokio::time::sleep(every.saturating_sub(asked.elapsed())).await;
     };
     let campaign_seconds = launched.elapsed().as_secs_f64();
+    let otp_latencies = match otps {
+        Some(otps) => Some(otps.finish(config).await?),
+        None => None,
+    };
     let after_run = snapshot(children);
     let peaks: Vec<f64> = children
         .iter()
@@ -643,6 +766,9 @@ async fn drive(
             .await
             .map_err(|e| AppError::Invalid(format!("simulator: {e}")))?;
         for m in list["messages"].as_array().into_iter().flatten() {
+            if m["template"] != "promo" {
+                continue;
+            }
             received += 1;
             if let Some(to) = m["to"].as_str() {
                 seen.insert(to.to_string());
@@ -726,6 +852,15 @@ async fn drive(
             } else {
                 "campaign list"
             }
+        );
+    }
+    if let Some((sent, latencies)) = &otp_latencies {
+        println!(
+            "OTP during it     p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms   ({sent} authentication messages at {}/s on the campaign's senders, enqueue → accepted)",
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.99),
+            latencies.last().copied().unwrap_or(0.0),
+            args.otp_rate
         );
     }
     println!("process           peak RSS    CPU import   CPU campaign (µs per recipient)");

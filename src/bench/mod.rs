@@ -18,9 +18,11 @@ use crate::process::{LocalStack, local_sender_id};
 use crate::store::{self, Sender, Template};
 
 pub(crate) mod campaign;
+mod http;
 mod rebuild;
 
 pub use campaign::CampaignBenchArgs;
+pub use http::HttpBenchArgs;
 pub use rebuild::RebuildBenchArgs;
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -28,6 +30,10 @@ pub enum BenchMode {
     /// A campaign instead of notifications: import a contact CSV, estimate, launch over a pool of
     /// senders, with the API, a worker and the simulator as separate processes.
     Campaign(CampaignBenchArgs),
+    /// The single-message HTTP path: `POST /v1/{id}/messages` one message a request over keep-alive
+    /// connections, at the most the API accepts and then at half that rate, with the API, a
+    /// worker and the simulator as separate processes.
+    Http(HttpBenchArgs),
     /// Redis restarted empty: how long the rebuild of its copy from PostgreSQL holds sends, for a
     /// database of N contacts (filled by the bench itself).
     Rebuild(RebuildBenchArgs),
@@ -103,6 +109,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<(), AppError> {
     match args.mode {
         Some(BenchMode::Campaign(campaign)) => return campaign::run(config, campaign).await,
         Some(BenchMode::Rebuild(rebuild)) => return rebuild::run(config, rebuild).await,
+        Some(BenchMode::Http(load)) => return http::run(config, load).await,
         None => {}
     }
     if args.senders == 0 || args.messages == 0 {
@@ -114,29 +121,31 @@ pub async fn run(mut config: Config, args: BenchArgs) -> Result<(), AppError> {
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
         probe.local_addr()?.port()
     };
-    let mut simulator = std::process::Command::new(std::env::current_exe()?)
-        .args([
+    let simulator = campaign::Child::spawn(
+        "simulator",
+        &[
             "simulator",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--mps",
             &args.mps.to_string(),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
+        ],
+        &[],
+    )?;
     config.whatsapp_base_url = format!("http://127.0.0.1:{port}");
     config.database_url = replace_database(&config.database_url, "pregon_bench");
     config.redis_prefix = "pregon-bench".into();
     config.amqp_namespace = "pregon-bench".into();
     config.pair_rate_burst = 1000;
-    let result = measure(config, &args).await;
-    let _ = simulator.kill();
-    let _ = simulator.wait();
-    result
+    // Dropping the simulator's handle stops it.
+    measure(config, &args, &simulator).await
 }
 
-async fn measure(config: Config, args: &BenchArgs) -> Result<(), AppError> {
+async fn measure(
+    config: Config,
+    args: &BenchArgs,
+    simulator: &campaign::Child,
+) -> Result<(), AppError> {
     println!(
         "pregon bench: {} messages over {} senders ({} mps each), {} cores",
         args.messages,
@@ -198,6 +207,7 @@ async fn measure(config: Config, args: &BenchArgs) -> Result<(), AppError> {
     }
 
     let clock = CpuClock::start();
+    let before = campaign::snapshot(std::slice::from_ref(simulator));
     stack.start_worker();
     let total = args.messages;
     let per_task = total.div_ceil(args.enqueue_tasks.max(1));
@@ -254,6 +264,7 @@ async fn measure(config: Config, args: &BenchArgs) -> Result<(), AppError> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (wall, cpu) = clock.elapsed();
+    let after = campaign::snapshot(std::slice::from_ref(simulator));
     let rss = peak_rss_mib();
     let (p50, p99): (f64, f64) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM sent_at - created_at))::float8,
@@ -283,6 +294,33 @@ async fn measure(config: Config, args: &BenchArgs) -> Result<(), AppError> {
         cpu.as_secs_f64() * 1e6 / total as f64
     );
     println!("dispatcher RSS    {rss:>10.1} MiB peak");
+    let per_message = |seconds: f64| seconds * 1e6 / total as f64;
+    let mut sum = cpu.as_secs_f64();
+    println!("process           CPU (µs per message)");
+    println!(
+        "  {:<14} {:>8.1} s ({:.0})",
+        "pregon",
+        cpu.as_secs_f64(),
+        per_message(cpu.as_secs_f64())
+    );
+    let simulator_cpu = after.children[0] - before.children[0];
+    sum += simulator_cpu;
+    println!(
+        "  {:<14} {:>8.1} s ({:.0})",
+        "simulator",
+        simulator_cpu,
+        per_message(simulator_cpu)
+    );
+    for (i, (name, _)) in after.services.iter().enumerate() {
+        let used = after.services[i].1 - before.services[i].1;
+        sum += used;
+        println!("  {name:<14} {used:>8.1} s ({:.0})", per_message(used));
+    }
+    println!(
+        "  {:<14} {sum:>8.1} s ({:.0})",
+        "all of these",
+        per_message(sum)
+    );
     if let Some(broker) = broker_rate {
         println!(
             "broker capacity   {broker:>10.0} messages/s (persistent, confirmed publish + acked consume, one quorum queue)"

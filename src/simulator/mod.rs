@@ -187,6 +187,7 @@ pub fn router(config: SimConfig) -> Router {
             get(list_templates),
         )
         .route("/_sim/received", get(received))
+        .route("/_sim/summary", get(summary))
         .route("/_sim/attempts", get(attempts))
         .route("/_sim/numbers", post(configure_number))
         .route("/_sim/templates", post(configure_template))
@@ -645,6 +646,26 @@ async fn received(
         })
         .collect();
     Json(json!({"count": list.len(), "messages": list}))
+}
+
+/// What a large run received, without listing it: messages accepted, distinct pregon message ids
+/// among them (equal when none came twice), and the span between the first and the last.
+async fn summary(State(state): State<SimState>) -> Json<Value> {
+    let sim = state.lock();
+    let mut ids = std::collections::HashSet::with_capacity(sim.received.len());
+    for r in &sim.received {
+        if let Some(id) = &r.callback_data {
+            ids.insert(id.as_str());
+        }
+    }
+    let first = sim.received.iter().map(|r| r.at_us).min();
+    let last = sim.received.iter().map(|r| r.at_us).max();
+    Json(json!({
+        "count": sim.received.len(),
+        "distinct_ids": ids.len(),
+        "first_at_us": first,
+        "last_at_us": last,
+    }))
 }
 
 async fn attempts(
