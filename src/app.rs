@@ -54,6 +54,8 @@ pub struct Services {
     pub amqp: Broker,
     pub publisher: Publisher,
     pub writer: MessageWriter,
+    /// Committed jobs on their way to RabbitMQ, published together (`enqueue::JobHandoff`).
+    pub jobs: crate::enqueue::JobHandoff,
     pub names: Names,
     pub catalog: Catalog,
     pub cloud: CloudApi,
@@ -116,7 +118,14 @@ impl Services {
             config.sender_refresh.0,
         );
         catalog.refresh().await?;
+        let jobs = crate::enqueue::JobHandoff::spawn(
+            publisher.clone(),
+            writer.clone(),
+            names.send_exchange(),
+            config.job_chunk,
+        );
         let services = Services {
+            jobs,
             config: Arc::new(config),
             derived: Arc::new(derived),
             pool,

@@ -106,6 +106,7 @@ pub struct Config {
     pub throttle_cooldown: HumanDuration,
     pub marketing_pause_on_spam: HumanDuration,
     pub prefetch: u16,
+    pub job_chunk: usize,
     pub sender_concurrency: usize,
     pub hold_recheck: HumanDuration,
     pub lease_ttl: HumanDuration,
@@ -184,6 +185,7 @@ impl Default for Config {
             throttle_cooldown: secs(30),
             marketing_pause_on_spam: secs(600),
             prefetch: 256,
+            job_chunk: 32,
             sender_concurrency: 64,
             hold_recheck: secs(2),
             lease_ttl: secs(15),
@@ -323,6 +325,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "how long marketing on a sender holds after 131048",
     ),
     ("prefetch", "unacknowledged deliveries per lane consumer"),
+    (
+        "job_chunk",
+        "send jobs of one lane that one broker message carries at most (1: a message per job); a lane consumer holds at most prefetch × job_chunk jobs",
+    ),
     (
         "sender_concurrency",
         "Cloud API requests in flight per sender",
@@ -640,6 +646,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "callback_concurrency and background_poll must be positive".into(),
             ));
+        }
+        if self.job_chunk == 0 || self.job_chunk > 1000 {
+            return Err(ConfigError::Invalid("job_chunk must be 1 to 1000".into()));
         }
         if self.campaign_window == 0 || self.campaign_chunk == 0 || self.campaign_poll.0.is_zero() {
             return Err(ConfigError::Invalid(

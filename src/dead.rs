@@ -119,19 +119,16 @@ async fn intake(
         let from_ingest = crate::queue::first_death_queue(&delivery.properties).is_some_and(|q| {
             q == services.names.ingest_queue() || q == services.names.legacy_ingest_queue()
         });
-        let (source, job) = if from_ingest {
-            (DeadSource::Ingest, None)
+        let (source, jobs) = if from_ingest {
+            (DeadSource::Ingest, Vec::new())
         } else {
-            (DeadSource::Send, SendJob::decode(&delivery.data).ok())
+            (
+                DeadSource::Send,
+                SendJob::decode_many(&delivery.data).unwrap_or_default(),
+            )
         };
-        let kept = stored::insert_dead_job(
-            &services.pool,
-            source,
-            job.as_ref().map(|j| j.id),
-            job.as_ref().map(|j| j.sender.as_str()),
-            &delivery.data,
-        )
-        .await;
+        let kept = keep(services, source, &jobs, &delivery.data).await;
+        let job = jobs.first();
         match kept {
             Ok(id) => {
                 tracing::warn!(dead_job = id, source = source.code(), message = ?job.as_ref().map(|j| j.id), "job dead-lettered; kept for an operator");
@@ -149,6 +146,40 @@ async fn intake(
             }
         }
     }
+}
+
+/// Keeps what was dead-lettered: each job of a chunk as a dead job of its own (so each can be
+/// redriven alone), anything else as it came. The id of the first kept.
+async fn keep(
+    services: &Services,
+    source: DeadSource,
+    jobs: &[SendJob],
+    data: &[u8],
+) -> Result<i64, crate::store::StoreError> {
+    if jobs.len() <= 1 {
+        let job = jobs.first();
+        return stored::insert_dead_job(
+            &services.pool,
+            source,
+            job.map(|j| j.id),
+            job.map(|j| j.sender.as_str()),
+            data,
+        )
+        .await;
+    }
+    let mut first = None;
+    for job in jobs {
+        let id = stored::insert_dead_job(
+            &services.pool,
+            source,
+            Some(job.id),
+            Some(job.sender.as_str()),
+            &job.encode(),
+        )
+        .await?;
+        first.get_or_insert(id);
+    }
+    Ok(first.unwrap_or_default())
 }
 
 /// Sends a dead job again: a fresh attempt budget, its message back to `queued`, the job into the

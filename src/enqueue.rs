@@ -8,6 +8,8 @@
 
 use serde_json::Value;
 use serde_json::value::RawValue;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use uuid::Uuid;
 
 use crate::app::{Services, Shutdown};
@@ -16,8 +18,9 @@ use crate::domain::job::{SendJob, TemplateRef};
 use crate::domain::message::{self, MessageKind};
 use crate::domain::refusal::{Refusal, RefusalKind};
 use crate::domain::{Category, DeliveryMode};
-use crate::queue::QueueError;
+use crate::queue::{Publisher, QueueError};
 use crate::state::{StateError, now_ms};
+use crate::store::MessageWriter;
 use crate::store::{NewMessage, OutboxJob, StoreError};
 
 /// Why a request was not queued. `Refused` is the caller's to fix; the others are ours.
@@ -290,14 +293,14 @@ pub async fn enqueue_many(
     if fresh.is_empty() {
         return finish(results);
     }
-    // Publish from a task of its own: a client that hangs up cancels this request, not the
-    // publish. A job not confirmed stays in the outbox, and the relay publishes it.
+    // Durable from the commit on: the jobs are handed to the publishing task, which batches them
+    // with other requests' (a client that hangs up cannot stop it); what it cannot publish, the
+    // outbox relay does.
     let jobs: Vec<(Uuid, OutboxJob)> = fresh
         .iter()
         .filter_map(|(_, p)| p.row.job.clone().map(|j| (p.row.id, j)))
         .collect();
-    let publishing = tokio::spawn(publish_from_outbox(services.clone(), jobs));
-    let _ = publishing.await;
+    services.jobs.hand_over(jobs).await;
     for (i, p) in fresh {
         services
             .metrics
@@ -341,22 +344,98 @@ async fn replay_or_reuse_key(
     }))
 }
 
-/// Publishes committed jobs with confirms and clears the confirmed ones from the outbox.
-async fn publish_from_outbox(services: Services, jobs: Vec<(Uuid, OutboxJob)>) {
-    let confirmed = publish_jobs(&services, &jobs).await;
-    if !confirmed.is_empty() {
-        services.writer.clear_outbox(confirmed).await;
+/// Committed jobs on their way to RabbitMQ. Requests hand theirs over and answer, since their
+/// commit made them durable; one task publishes whatever has gathered meanwhile, in chunks per
+/// lane under one confirm window, and clears the confirmed jobs from the outbox in one write. So
+/// concurrent single-message requests share broker messages and confirms instead of each waiting
+/// for its own. What the task cannot publish stays in the outbox, for the relay.
+#[derive(Clone)]
+pub struct JobHandoff {
+    tx: mpsc::UnboundedSender<Handed>,
+    /// One permit per job handed over and not yet published: while RabbitMQ is slow to confirm,
+    /// requests wait for room here rather than pile jobs up in memory.
+    room: Arc<Semaphore>,
+}
+
+struct Handed {
+    jobs: Vec<(Uuid, OutboxJob)>,
+    room: OwnedSemaphorePermit,
+}
+
+/// Jobs one publishing round takes at most.
+const HANDOFF_ROUND: usize = 4096;
+/// Jobs handed over and not yet published, at most.
+const HANDOFF_ROOM: usize = 4 * HANDOFF_ROUND;
+
+impl JobHandoff {
+    /// Starts the publishing task; it ends once every handle is dropped and what it was given is
+    /// published.
+    pub fn spawn(
+        publisher: Publisher,
+        writer: MessageWriter,
+        exchange: String,
+        job_chunk: usize,
+    ) -> JobHandoff {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Handed>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut jobs = first.jobs;
+                let mut rooms = vec![first.room];
+                while jobs.len() < HANDOFF_ROUND {
+                    match rx.try_recv() {
+                        Ok(more) => {
+                            jobs.extend(more.jobs);
+                            rooms.push(more.room);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let confirmed = publish_jobs(&publisher, &exchange, job_chunk, &jobs).await;
+                drop(rooms);
+                if !confirmed.is_empty() {
+                    writer.clear_outbox(confirmed).await;
+                }
+            }
+        });
+        JobHandoff {
+            tx,
+            room: Arc::new(Semaphore::new(HANDOFF_ROOM)),
+        }
+    }
+
+    /// Hands committed jobs over for publishing (waiting only while the task is behind).
+    pub async fn hand_over(&self, jobs: Vec<(Uuid, OutboxJob)>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let wanted = u32::try_from(jobs.len().min(HANDOFF_ROOM)).unwrap_or(u32::MAX);
+        let Ok(room) = self.room.clone().acquire_many_owned(wanted).await else {
+            return;
+        };
+        if self.tx.send(Handed { jobs, room }).is_err() {
+            tracing::warn!("the job publisher has stopped; the outbox relay will publish");
+        }
     }
 }
 
-/// Publishes jobs of the outbox to `ns.send`; the ids RabbitMQ confirmed.
-async fn publish_jobs(services: &Services, jobs: &[(Uuid, OutboxJob)]) -> Vec<Uuid> {
-    let exchange = services.names.send_exchange();
+/// Publishes jobs of the outbox to `ns.send`, in chunks per lane; the ids RabbitMQ confirmed.
+async fn publish_jobs(
+    publisher: &Publisher,
+    exchange: &str,
+    job_chunk: usize,
+    jobs: &[(Uuid, OutboxJob)],
+) -> Vec<Uuid> {
     let items: Vec<(String, String, Vec<u8>)> = jobs
         .iter()
-        .map(|(_, j)| (exchange.clone(), j.routing_key.clone(), j.payload.clone()))
+        .map(|(_, j)| {
+            (
+                exchange.to_string(),
+                j.routing_key.clone(),
+                j.payload.clone(),
+            )
+        })
         .collect();
-    let published = services.publisher.publish_many(&items).await;
+    let published = publisher.publish_jobs(&items, job_chunk).await;
     let mut confirmed = Vec::with_capacity(jobs.len());
     for ((id, _), outcome) in jobs.iter().zip(published) {
         match outcome {
@@ -414,7 +493,13 @@ async fn relay_once(services: &Services) -> Result<usize, EnqueueError> {
     if jobs.is_empty() {
         return Ok(0);
     }
-    let confirmed = publish_jobs(services, &jobs).await;
+    let confirmed = publish_jobs(
+        &services.publisher,
+        &services.names.send_exchange(),
+        services.config.job_chunk,
+        &jobs,
+    )
+    .await;
     crate::store::delete_outbox_jobs(&mut tx, &confirmed).await?;
     tx.commit().await.map_err(StoreError::from)?;
     services.metrics.jobs_relayed.inc_by(confirmed.len() as u64);

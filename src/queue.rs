@@ -54,6 +54,20 @@ pub enum QueueError {
 }
 
 impl QueueError {
+    /// The same failure once more, for each job a chunk carried (a broker error as its text).
+    pub fn again(&self) -> QueueError {
+        match self {
+            QueueError::Amqp(e) => QueueError::NotPublished(e.to_string()),
+            QueueError::Nacked => QueueError::Nacked,
+            QueueError::ConfirmTimeout(d) => QueueError::ConfirmTimeout(*d),
+            QueueError::Unavailable => QueueError::Unavailable,
+            QueueError::NotPublished(s) => QueueError::NotPublished(s.clone()),
+            QueueError::Unroutable => QueueError::Unroutable,
+            QueueError::ConsumerEnded => QueueError::ConsumerEnded,
+            QueueError::Timeout(s) => QueueError::Timeout(s.clone()),
+        }
+    }
+
     /// Nothing was tried because the broker cannot be used now.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, QueueError::Unavailable | QueueError::NotPublished(_))
@@ -732,6 +746,50 @@ impl Publisher {
         items: &[(String, String, Vec<u8>)],
     ) -> Vec<Result<(), QueueError>> {
         self.publish_many_with(items, Routing::Required).await
+    }
+
+    /// Publishes send jobs, those bound for the same exchange and routing key (one lane, or one
+    /// delay step on the way back to one lane) together in chunks of at most `chunk_max`: one
+    /// broker message, one confirm, one delivery and one ack per chunk. Answers per job: the
+    /// outcome of the chunk that carried it.
+    pub async fn publish_jobs(
+        &self,
+        items: &[(String, String, Vec<u8>)],
+        chunk_max: usize,
+    ) -> Vec<Result<(), QueueError>> {
+        let chunk_max = chunk_max.max(1);
+        let mut lanes: Vec<(&str, &str, Vec<usize>)> = Vec::new();
+        for (i, (exchange, key, _)) in items.iter().enumerate() {
+            match lanes
+                .iter_mut()
+                .find(|(e, k, members)| e == exchange && k == key && members.len() < chunk_max)
+            {
+                Some((_, _, members)) => members.push(i),
+                None => lanes.push((exchange, key, vec![i])),
+            }
+        }
+        let messages: Vec<(String, String, Vec<u8>)> = lanes
+            .iter()
+            .map(|(exchange, key, members)| {
+                let body =
+                    crate::domain::job::chunk(members.iter().map(|&i| items[i].2.as_slice()));
+                (exchange.to_string(), key.to_string(), body)
+            })
+            .collect();
+        let published = self.publish_many(&messages).await;
+        let mut results: Vec<Option<Result<(), QueueError>>> = items.iter().map(|_| None).collect();
+        for ((_, _, members), outcome) in lanes.iter().zip(published) {
+            for &i in members {
+                results[i] = Some(match &outcome {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(e.again()),
+                });
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(QueueError::NotPublished("not published".into()))))
+            .collect()
     }
 
     pub async fn publish_many_with(

@@ -2,6 +2,10 @@
 //!
 //! The Cloud API body is carried as raw JSON so that neither the publisher nor the worker pays to
 //! re-parse it; only the fields the worker reasons about are typed.
+//!
+//! A broker message carries one job (a JSON object) or a chunk of jobs of one lane (a JSON array
+//! of them): a chunk costs RabbitMQ one publish, one confirm, one delivery and one ack however
+//! many jobs it holds. A chunk is built from the jobs' encodings as they are, without re-encoding.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -56,6 +60,8 @@ pub enum JobError {
     Malformed(#[from] serde_json::Error),
     #[error("job schema version {0} is not supported by this worker")]
     UnsupportedVersion(u16),
+    #[error("a chunk of jobs is empty")]
+    EmptyChunk,
 }
 
 impl SendJob {
@@ -134,11 +140,96 @@ impl SendJob {
         }
         Ok(job)
     }
+
+    /// The jobs a broker message carries: one job, or a chunk of them (never empty).
+    pub fn decode_many(bytes: &[u8]) -> Result<Vec<SendJob>, JobError> {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'[') {
+            return Ok(vec![SendJob::decode(bytes)?]);
+        }
+        let jobs: Vec<SendJob> = serde_json::from_slice(bytes)?;
+        if jobs.is_empty() {
+            return Err(JobError::EmptyChunk);
+        }
+        if let Some(job) = jobs.iter().find(|j| j.v != JOB_VERSION) {
+            return Err(JobError::UnsupportedVersion(job.v));
+        }
+        Ok(jobs)
+    }
+}
+
+/// One broker message's body for encoded jobs of one lane: the job itself when there is one, a
+/// chunk (a JSON array of them) when there are more.
+pub fn chunk<'a>(encoded: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let encoded: Vec<&[u8]> = encoded.into_iter().collect();
+    if let [one] = encoded.as_slice() {
+        return one.to_vec();
+    }
+    let size = encoded.iter().map(|e| e.len() + 1).sum::<usize>() + 1;
+    let mut out = Vec::with_capacity(size);
+    out.push(b'[');
+    for (i, job) in encoded.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(job);
+    }
+    out.push(b']');
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(n: u128) -> SendJob {
+        SendJob::new(
+            Uuid::from_u128(n),
+            "100".into(),
+            format!("52155{n:08}"),
+            Category::Marketing,
+            None,
+            RawValue::from_string(format!(r#"{{"to":"{n}"}}"#)).unwrap(),
+            n as i64,
+        )
+    }
+
+    #[test]
+    fn a_message_carries_one_job_or_a_chunk() {
+        let jobs: Vec<SendJob> = (1..=3).map(job).collect();
+        let encoded: Vec<Vec<u8>> = jobs.iter().map(SendJob::encode).collect();
+        // (jobs chunked, ids decoded)
+        let cases: [(usize, Vec<u128>); 3] = [(1, vec![1]), (2, vec![1, 2]), (3, vec![1, 2, 3])];
+        for (n, expected) in cases {
+            let body = chunk(encoded[..n].iter().map(Vec::as_slice));
+            assert_eq!(body.first() == Some(&b'['), n > 1, "{n} jobs");
+            let ids: Vec<u128> = SendJob::decode_many(&body)
+                .unwrap()
+                .iter()
+                .map(|j| j.id.as_u128())
+                .collect();
+            assert_eq!(ids, expected);
+        }
+    }
+
+    #[test]
+    fn a_chunk_keeps_each_body_byte_for_byte_and_refuses_what_it_cannot_carry() {
+        let body = chunk([job(7).encode().as_slice(), job(8).encode().as_slice()]);
+        let jobs = SendJob::decode_many(&body).unwrap();
+        assert_eq!(jobs[1].body.get(), r#"{"to":"8"}"#);
+        assert!(matches!(
+            SendJob::decode_many(b" []"),
+            Err(JobError::EmptyChunk)
+        ));
+        let mut future = job(9);
+        future.v = 2;
+        let body = chunk([job(1).encode().as_slice(), future.encode().as_slice()]);
+        assert!(matches!(
+            SendJob::decode_many(&body),
+            Err(JobError::UnsupportedVersion(2))
+        ));
+        assert!(SendJob::decode_many(b"[{").is_err());
+    }
 
     #[test]
     fn ready_for_counts_from_enqueue_or_from_the_end_of_a_deferral() {

@@ -485,7 +485,10 @@ impl Runner {
             };
             items.push((exchange, key, job.encode()));
         }
-        let results = services.publisher.publish_many(&items).await;
+        let results = services
+            .publisher
+            .publish_jobs(&items, services.config.job_chunk)
+            .await;
         let failed = results.iter().filter(|r| r.is_err()).count();
         services
             .metrics

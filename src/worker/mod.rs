@@ -7,6 +7,7 @@ mod ingest;
 mod outcomes;
 pub mod pacing;
 mod sender;
+mod share;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;

@@ -5,9 +5,6 @@
 
 use std::time::Duration;
 
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-
 use crate::domain::MessageStatus;
 use crate::domain::decision::{CampaignGate, TemplateStatus};
 use crate::domain::errors::SendFailure;
@@ -20,12 +17,13 @@ use crate::store::webhooks::TemplateField;
 use crate::store::{ConsentEvent, MessageUpdate, PauseSource};
 
 use super::sender::Shared;
+use super::share::{Share, ack, requeue};
 
 /// A paused campaign's message goes back to it unsent (queued again on resume); a cancelled
 /// campaign's message is cancelled.
 pub(super) async fn settle_for_campaign(
     shared: &Shared,
-    delivery: Delivery,
+    share: Share,
     job: &SendJob,
     gate: CampaignGate,
 ) {
@@ -38,13 +36,13 @@ pub(super) async fn settle_for_campaign(
         _ => (MessageStatus::Planned, Reason::CampaignPaused, "returned"),
     };
     let update = MessageUpdate::new(job.id, status, job.attempt).because(reason);
-    finish(shared, delivery, job, update, outcome).await;
+    finish(shared, share, job, update, outcome).await;
 }
 
 /// Carries out what the post-send policy decided about a failed send.
 pub(super) async fn on_failure(
     shared: &Shared,
-    delivery: Delivery,
+    share: Share,
     mut job: SendJob,
     failure: SendFailure,
 ) {
@@ -91,7 +89,7 @@ pub(super) async fn on_failure(
             job.attempt = attempts;
             job.throttles = throttles;
             job.not_before_ms = now_ms() + wait.as_millis() as i64;
-            park(shared, delivery, job, wait, Some(update)).await;
+            park(shared, share, job, wait, Some(update)).await;
         }
         Outcome::Defer {
             wait,
@@ -99,21 +97,21 @@ pub(super) async fn on_failure(
             attempts,
         } => {
             job.attempt = attempts;
-            defer(shared, delivery, job, reason, wait, Some(&failure)).await;
+            defer(shared, share, job, reason, wait, Some(&failure)).await;
         }
         Outcome::PutBack { wait } => {
             // Not the message's fault: no attempt spent, nothing recorded against it.
             let update = MessageUpdate::new(job.id, MessageStatus::Queued, job.attempt);
-            park(shared, delivery, job, wait, Some(update)).await;
+            park(shared, share, job, wait, Some(update)).await;
         }
         Outcome::Exhaust { reason, attempts } => {
             let update = recorded(MessageStatus::Failed, attempts, Some(reason));
-            exhaust(shared, delivery, &job, update).await;
+            exhaust(shared, share, &job, update).await;
         }
         Outcome::Fail { reason, attempts } => {
             services.metrics.failures.with_label_values(&[&label]).inc();
             let update = recorded(MessageStatus::Failed, attempts, Some(reason));
-            finish(shared, delivery, &job, update, "failed").await;
+            finish(shared, share, &job, update, "failed").await;
         }
     }
 }
@@ -218,7 +216,7 @@ pub(super) async fn mark_template(
 /// to the queue (the Redis "sent" marker keeps a redelivery from sending twice).
 pub(super) async fn finish(
     shared: &Shared,
-    delivery: Delivery,
+    share: Share,
     job: &SendJob,
     update: MessageUpdate,
     outcome: &str,
@@ -231,11 +229,11 @@ pub(super) async fn finish(
                 .services
                 .metrics
                 .outcome(outcome, &shared.id, job.category.as_str());
-            ack(&delivery).await;
+            ack(share).await;
         }
         Err(e) => {
             tracing::error!(id = %job.id, error = %e, "the outcome was refused; requeueing");
-            requeue(&delivery).await;
+            requeue(share).await;
         }
     }
 }
@@ -244,7 +242,7 @@ pub(super) async fn finish(
 /// when a send's failure caused it.
 pub(super) async fn defer(
     shared: &Shared,
-    delivery: Delivery,
+    share: Share,
     mut job: SendJob,
     reason: Reason,
     wait: Duration,
@@ -264,7 +262,7 @@ pub(super) async fn defer(
         update.error = Some(failure.to_string());
     }
     count_deferred(shared, &job);
-    park(shared, delivery, job, wait, Some(update)).await;
+    park(shared, share, job, wait, Some(update)).await;
 }
 
 pub(super) fn deferred(job: &SendJob, reason: Reason) -> MessageUpdate {
@@ -285,7 +283,7 @@ pub(super) fn count_deferred(shared: &Shared, job: &SendJob) {
 /// given), then acknowledges the original delivery.
 pub(super) async fn redelay(
     shared: &Shared,
-    delivery: Delivery,
+    share: Share,
     job: SendJob,
     wait: Duration,
     reason: Option<Reason>,
@@ -294,13 +292,13 @@ pub(super) async fn redelay(
     if reason.is_some() {
         count_deferred(shared, &job);
     }
-    park(shared, delivery, job, wait, update).await;
+    park(shared, share, job, wait, update).await;
 }
 
 /// Puts the job in the delay queue closest to `wait`, records the update, then acknowledges.
 pub(super) async fn park(
     shared: &Shared,
-    delivery: Delivery,
+    share: Share,
     job: SendJob,
     wait: Duration,
     update: Option<MessageUpdate>,
@@ -316,7 +314,7 @@ pub(super) async fn park(
     .await
     {
         tracing::error!(id = %job.id, error = %e, "could not park the message; requeueing");
-        requeue(&delivery).await;
+        requeue(share).await;
         return;
     }
     // Recorded before the ack, waiting out a PostgreSQL outage: a deferral of a day (a full
@@ -328,16 +326,11 @@ pub(super) async fn park(
         // next outcome.
         tracing::warn!(id = %job.id, error = %e, "could not record the deferral");
     }
-    ack(&delivery).await;
+    ack(share).await;
 }
 
 /// Attempts are used up: keep the job in the dead-letter queue and record the failure.
-pub(super) async fn exhaust(
-    shared: &Shared,
-    delivery: Delivery,
-    job: &SendJob,
-    update: MessageUpdate,
-) {
+pub(super) async fn exhaust(shared: &Shared, share: Share, job: &SendJob, update: MessageUpdate) {
     let services = &shared.services;
     if let Some(code) = update.error_code {
         services
@@ -352,13 +345,13 @@ pub(super) async fn exhaust(
         .await
     {
         tracing::error!(id = %job.id, error = %e, "could not dead-letter; requeueing");
-        requeue(&delivery).await;
+        requeue(share).await;
         return;
     }
-    finish(shared, delivery, job, update, "failed").await;
+    finish(shared, share, job, update, "failed").await;
 }
 
-pub(super) async fn dead_letter_undecodable(shared: &Shared, delivery: Delivery, error: &str) {
+pub(super) async fn dead_letter_undecodable(shared: &Shared, share: Share, error: &str) {
     tracing::error!(error, "undecodable job; moving it to the dead-letter queue");
     let services = &shared.services;
     services
@@ -368,25 +361,10 @@ pub(super) async fn dead_letter_undecodable(shared: &Shared, delivery: Delivery,
         .inc();
     match services
         .publisher
-        .publish(&services.names.dead(), "", &delivery.data)
+        .publish(&services.names.dead(), "", share.data())
         .await
     {
-        Ok(()) => ack(&delivery).await,
-        Err(_) => requeue(&delivery).await,
+        Ok(()) => ack(share).await,
+        Err(_) => requeue(share).await,
     }
-}
-
-pub(super) async fn ack(delivery: &Delivery) {
-    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-        tracing::warn!(error = %e, "ack failed; RabbitMQ will redeliver and the send claim prevents a duplicate");
-    }
-}
-
-pub(super) async fn requeue(delivery: &Delivery) {
-    let _ = delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        })
-        .await;
 }

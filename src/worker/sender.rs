@@ -1,15 +1,16 @@
 //! One sender's dispatch loop. It owns the sender's two lanes (a Redis lease plus RabbitMQ's
 //! single active consumer guarantee no other process does), so its pacing is exact.
 //!
-//! Per delivery: pair-rate check → messages-per-second slot → snapshot from Redis → decision →
-//! tier reservation and send claim → HTTP send (concurrently, bounded) → classification → record
-//! in PostgreSQL → ack. A message is acknowledged only after its outcome is durable.
+//! A delivery carries one job or a chunk of them; its jobs join the lane's backlog and are taken
+//! one at a time. Per job: pair-rate check → messages-per-second slot → snapshot from Redis →
+//! decision → tier reservation and send claim → HTTP send (concurrently, bounded) →
+//! classification → record in PostgreSQL → settle its share. A delivery is acknowledged only after
+//! the outcome of every job it carried is durable.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::message::Delivery;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
@@ -24,10 +25,11 @@ use crate::state::{Reservation, StateError, now_ms};
 use crate::store::{MessageUpdate, Sender, StoreError};
 
 use super::outcomes::{
-    ack, dead_letter_undecodable, defer, exhaust, finish, mark_template, on_failure, redelay,
+    dead_letter_undecodable, defer, exhaust, finish, mark_template, on_failure, redelay,
     settle_for_campaign,
 };
 use super::pacing::Pacer;
+use super::share::{Share, ack};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -50,8 +52,9 @@ impl From<lapin::Error> for WorkerError {
 struct LaneState {
     consumer: lapin::Consumer,
     channel: lapin::Channel,
-    /// A message taken but not decided on yet because the lane is held.
-    held: Option<(Delivery, SendJob)>,
+    /// Jobs taken from the queue and not decided on yet, in order: the rest of a chunk, and in
+    /// front a job put back because the lane is held until `hold_until`.
+    backlog: std::collections::VecDeque<(Share, SendJob)>,
     hold_until: Option<Instant>,
     /// This lane's `pregon_lane_head_wait_seconds`, looked up once rather than per message.
     head_wait: prometheus::Gauge,
@@ -154,7 +157,7 @@ pub async fn run(
         lanes.push(LaneState {
             consumer,
             channel,
-            held: None,
+            backlog: std::collections::VecDeque::new(),
             hold_until: None,
             head_wait: services
                 .metrics
@@ -163,7 +166,7 @@ pub async fn run(
         });
     }
     let inflight = Arc::new(Semaphore::new(config.sender_concurrency));
-    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<(Lane, Delivery, SendJob)>();
+    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<(Lane, Share, SendJob)>();
     let mut last_refresh = Instant::now();
     tracing::info!(sender = %id, "dispatching");
 
@@ -176,68 +179,57 @@ pub async fn run(
                 shared.update_sender(current);
             }
         }
-        for lane in Lane::ALL {
-            let state = &mut lanes[lane.index()];
+        for state in lanes.iter_mut() {
             if state.hold_until.is_some_and(|t| t <= now) {
                 state.hold_until = None;
-                if let Some((delivery, job)) = state.held.take() {
-                    process(
-                        &shared, &mut lanes, lane, delivery, job, &inflight, &retry_tx,
-                    )
-                    .await;
-                }
             }
         }
         let next_hold = lanes.iter().filter_map(|l| l.hold_until).min();
         let tx_open = lanes[0].hold_until.is_none();
         let mk_open = lanes[1].hold_until.is_none();
+        // A lane's backlog goes before its queue; the transactional lane before the marketing
+        // one, so an OTP waits for no more than the marketing job being decided on.
+        let tx_backlog = tx_open && !lanes[0].backlog.is_empty();
+        let mk_backlog = mk_open && !lanes[1].backlog.is_empty();
+        let tx_take = tx_open && lanes[0].backlog.is_empty();
+        let mk_take = mk_open && lanes[1].backlog.is_empty();
         let (tx_lane, mk_lane) = lanes.split_at_mut(1);
         let next = tokio::select! {
             biased;
             _ = stop.wait() => break Ok(()),
-            Some((lane, delivery, job)) = retry_rx.recv() => Some((lane, Ok(delivery), Some(job))),
-            d = tx_lane[0].consumer.next(), if tx_open => match d {
-                Some(d) => Some((Lane::Transactional, d, None)),
+            Some((lane, share, job)) = retry_rx.recv() => Next::Job(lane, share, job),
+            _ = std::future::ready(()), if tx_backlog => Next::Backlog(Lane::Transactional),
+            d = tx_lane[0].consumer.next(), if tx_take => match d {
+                Some(d) => Next::Delivery(Lane::Transactional, Box::new(d)),
                 None => break Err(WorkerError::ConsumerGone("transactional")),
             },
-            d = mk_lane[0].consumer.next(), if mk_open => match d {
-                Some(d) => Some((Lane::Marketing, d, None)),
+            _ = std::future::ready(()), if mk_backlog => Next::Backlog(Lane::Marketing),
+            d = mk_lane[0].consumer.next(), if mk_take => match d {
+                Some(d) => Next::Delivery(Lane::Marketing, Box::new(d)),
                 None => break Err(WorkerError::ConsumerGone("marketing")),
             },
-            _ = sleep_until_opt(next_hold), if next_hold.is_some() => None,
+            _ = sleep_until_opt(next_hold), if next_hold.is_some() => Next::Nothing,
         };
-        let Some((lane, delivery, job)) = next else {
-            continue;
-        };
-        let delivery = match delivery {
-            Ok(d) => d,
-            Err(e) => break Err(e.into()),
-        };
-        let job = match job {
-            Some(job) => job,
-            None => match SendJob::decode(&delivery.data) {
-                Ok(job) => job,
-                Err(e) => {
-                    dead_letter_undecodable(&shared, delivery, &e.to_string()).await;
-                    continue;
-                }
+        let (lane, share, job) = match next {
+            Next::Nothing => continue,
+            Next::Job(lane, share, job) => (lane, share, job),
+            Next::Backlog(lane) => match lanes[lane.index()].backlog.pop_front() {
+                Some((share, job)) => (lane, share, job),
+                None => continue,
             },
+            Next::Delivery(lane, delivery) => {
+                let delivery = match *delivery {
+                    Ok(d) => d,
+                    Err(e) => break Err(e.into()),
+                };
+                take_delivery(&shared, &mut lanes[lane.index()], delivery).await;
+                continue;
+            }
         };
         lanes[lane.index()]
             .head_wait
             .set(job.ready_for_ms(chrono::Utc::now().timestamp_millis()) as f64 / 1000.0);
-        if queue::redeliveries(&delivery.properties) >= queue::REDELIVERY_LIMIT {
-            // Processes keep dying with this message in hand: stop the cycle, keep the evidence.
-            tracing::error!(id = %job.id, "message redelivered too often; dead-lettering it");
-            let update = MessageUpdate::new(job.id, MessageStatus::Failed, job.attempt)
-                .because(Reason::RedeliveredTooOften);
-            exhaust(&shared, delivery, &job, update).await;
-            continue;
-        }
-        process(
-            &shared, &mut lanes, lane, delivery, job, &inflight, &retry_tx,
-        )
-        .await;
+        process(&shared, &mut lanes, lane, share, job, &inflight, &retry_tx).await;
     };
 
     // Drain: wait for sends in flight so their outcomes are recorded and acknowledged.
@@ -249,12 +241,81 @@ pub async fn run(
     {
         tracing::warn!(sender = %id, "sends still in flight after the grace period; RabbitMQ will redeliver them");
     }
+    for lane in &mut lanes {
+        hand_back(&shared, lane).await;
+    }
     for lane in lanes {
-        // Closing the channel returns held and prefetched deliveries to the queue.
+        // Closing the channel returns prefetched deliveries (and any not settled) to the queue.
         let _ = lane.channel.close(200, "stopping".into()).await;
     }
     tracing::info!(sender = %id, "stopped");
     outcome
+}
+
+/// What the dispatch loop does next.
+enum Next {
+    Nothing,
+    /// A job back from its pair-rate wait.
+    Job(Lane, Share, SendJob),
+    /// The next job of a lane's backlog.
+    Backlog(Lane),
+    Delivery(Lane, Box<Result<lapin::message::Delivery, lapin::Error>>),
+}
+
+/// A delivery from a lane's queue: its jobs join the lane's backlog, each with its share of the
+/// delivery. One that cannot be read, or that keeps coming back, is dealt with here.
+async fn take_delivery(shared: &Shared, lane: &mut LaneState, delivery: lapin::message::Delivery) {
+    let jobs = match SendJob::decode_many(&delivery.data) {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            dead_letter_undecodable(shared, Share::whole(delivery), &e.to_string()).await;
+            return;
+        }
+    };
+    let too_often = queue::redeliveries(&delivery.properties) >= queue::REDELIVERY_LIMIT;
+    let shares = Share::split(delivery, jobs.len());
+    for (share, job) in shares.into_iter().zip(jobs) {
+        if too_often {
+            // Processes keep dying with this message in hand: stop the cycle, keep the evidence.
+            tracing::error!(id = %job.id, "message redelivered too often; dead-lettering it");
+            let update = MessageUpdate::new(job.id, MessageStatus::Failed, job.attempt)
+                .because(Reason::RedeliveredTooOften);
+            exhaust(shared, share, &job, update).await;
+        } else {
+            lane.backlog.push_back((share, job));
+        }
+    }
+}
+
+/// On the way out: the jobs of a backlog go back to their lane's queue as new messages, so the
+/// deliveries that carried them (part of whose jobs are settled) need not be redelivered whole.
+/// If RabbitMQ does not confirm them, closing the channel returns those deliveries instead.
+async fn hand_back(shared: &Shared, lane: &mut LaneState) {
+    if lane.backlog.is_empty() {
+        return;
+    }
+    let services = &shared.services;
+    let exchange = services.names.send_exchange();
+    let items: Vec<(String, String, Vec<u8>)> = lane
+        .backlog
+        .iter()
+        .map(|(_, job)| {
+            let key = services.names.lane_key(&job.sender, job.lane());
+            (exchange.clone(), key, job.encode())
+        })
+        .collect();
+    let published = services
+        .publisher
+        .publish_jobs(&items, services.config.job_chunk)
+        .await;
+    let handed = published.iter().all(Result::is_ok);
+    if !handed {
+        tracing::warn!(sender = %shared.id, "could not hand the backlog back; RabbitMQ will redeliver it");
+        return;
+    }
+    for (share, _) in lane.backlog.drain(..) {
+        ack(share).await;
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -268,15 +329,15 @@ async fn process(
     shared: &Arc<Shared>,
     lanes: &mut [LaneState],
     lane: Lane,
-    delivery: Delivery,
+    share: Share,
     job: SendJob,
     inflight: &Arc<Semaphore>,
-    retry_tx: &mpsc::UnboundedSender<(Lane, Delivery, SendJob)>,
+    retry_tx: &mpsc::UnboundedSender<(Lane, Share, SendJob)>,
 ) {
     let services = &shared.services;
     if services.writer.is_failing() {
         // No send whose outcome could not be recorded.
-        hold(shared, lanes, lane, delivery, job, Reason::StoreUnavailable);
+        hold(shared, lanes, lane, share, job, Reason::StoreUnavailable);
         return;
     }
     let sender = shared.sender();
@@ -285,13 +346,13 @@ async fn process(
     if remaining > 500 {
         // Back early from a delay step shorter than the wait: go round again.
         let wait = Duration::from_millis(u64::try_from(remaining).unwrap_or(0));
-        redelay(shared, delivery, job, wait, None).await;
+        redelay(shared, share, job, wait, None).await;
         return;
     }
     if let Some(campaign) = job.campaign {
         let gate = shared.campaign_gate(campaign).await;
         if matches!(gate, CampaignGate::Paused | CampaignGate::Stopped) {
-            settle_for_campaign(shared, delivery, &job, gate).await;
+            settle_for_campaign(shared, share, &job, gate).await;
             return;
         }
     }
@@ -304,12 +365,12 @@ async fn process(
         if wait > Duration::from_secs(30) {
             let mut job = job;
             job.not_before_ms = now_ms() + wait.as_millis() as i64;
-            redelay(shared, delivery, job, wait, Some(Reason::PairRate)).await;
+            redelay(shared, share, job, wait, Some(Reason::PairRate)).await;
         } else {
             let tx = retry_tx.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
-                let _ = tx.send((lane, delivery, job));
+                let _ = tx.send((lane, share, job));
             });
         }
         return;
@@ -337,7 +398,7 @@ async fn process(
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "Redis unavailable; holding the lane");
-            hold(shared, lanes, lane, delivery, job, Reason::StateUnavailable);
+            hold(shared, lanes, lane, share, job, Reason::StateUnavailable);
             return;
         }
     };
@@ -373,12 +434,12 @@ async fn process(
         Decision::AlreadySent(wamid) => {
             let mut update = MessageUpdate::new(job.id, MessageStatus::Sent, job.attempt.max(1));
             update.wamid = Some(wamid);
-            finish(shared, delivery, &job, update, "sent").await;
+            finish(shared, share, &job, update, "sent").await;
         }
         Decision::Skip(reason) => {
             let update =
                 MessageUpdate::new(job.id, MessageStatus::Skipped, job.attempt).because(reason);
-            finish(shared, delivery, &job, update, "skipped").await;
+            finish(shared, share, &job, update, "skipped").await;
         }
         Decision::Fail { reason, detail } => {
             let mut update =
@@ -389,18 +450,16 @@ async fn process(
                 .failures
                 .with_label_values(&[reason.code()])
                 .inc();
-            finish(shared, delivery, &job, update, "failed").await;
+            finish(shared, share, &job, update, "failed").await;
         }
-        Decision::Hold(reason) => hold(shared, lanes, lane, delivery, job, reason),
+        Decision::Hold(reason) => hold(shared, lanes, lane, share, job, reason),
         Decision::ReturnToCampaign => {
-            settle_for_campaign(shared, delivery, &job, CampaignGate::Paused).await
+            settle_for_campaign(shared, share, &job, CampaignGate::Paused).await
         }
-        Decision::Cancel => {
-            settle_for_campaign(shared, delivery, &job, CampaignGate::Stopped).await
-        }
+        Decision::Cancel => settle_for_campaign(shared, share, &job, CampaignGate::Stopped).await,
         Decision::TemplatePaused => {
             let wait = services.derived.post_send.template_pause_recheck;
-            defer(shared, delivery, job, Reason::TemplatePaused, wait, None).await
+            defer(shared, share, job, Reason::TemplatePaused, wait, None).await
         }
         Decision::Send {
             counts_against_tier,
@@ -420,7 +479,7 @@ async fn process(
                     .with_label_values(&[sender_id.as_str(), "spread"])
                     .inc_by(wait.as_secs_f64());
                 let state = &mut lanes[lane.index()];
-                state.held = Some((delivery, job));
+                state.backlog.push_front((share, job));
                 state.hold_until = Some(Instant::now() + wait);
                 return;
             }
@@ -444,7 +503,7 @@ async fn process(
                     };
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        send(&shared, delivery, job, probe).await;
+                        send(&shared, share, job, probe).await;
                         drop(permit);
                     });
                 }
@@ -453,7 +512,7 @@ async fn process(
                         Duration::from_millis(u64::try_from(frees_at_ms - now_ms()).unwrap_or(0));
                     defer(
                         shared,
-                        delivery,
+                        share,
                         job,
                         Reason::MessagingLimitReached,
                         wait,
@@ -462,15 +521,15 @@ async fn process(
                     .await;
                 }
                 Ok(Reservation::CopyMissing) => {
-                    hold(shared, lanes, lane, delivery, job, Reason::StateRebuilding);
+                    hold(shared, lanes, lane, share, job, Reason::StateRebuilding);
                 }
                 Ok(Reservation::AlreadyClaimed) => {
                     tracing::warn!(id = %job.id, "send already claimed by another delivery; dropping this copy");
-                    ack(&delivery).await;
+                    ack(share).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Redis unavailable; holding the lane");
-                    hold(shared, lanes, lane, delivery, job, Reason::StateUnavailable);
+                    hold(shared, lanes, lane, share, job, Reason::StateUnavailable);
                 }
             }
         }
@@ -555,7 +614,7 @@ fn hold(
     shared: &Shared,
     lanes: &mut [LaneState],
     lane: Lane,
-    delivery: Delivery,
+    share: Share,
     job: SendJob,
     reason: Reason,
 ) {
@@ -566,13 +625,13 @@ fn hold(
         .with_label_values(&[shared.id.as_str(), reason.code()])
         .inc();
     let state = &mut lanes[lane.index()];
-    state.held = Some((delivery, job));
+    state.backlog.push_front((share, job));
     state.hold_until = Some(Instant::now() + shared.services.config.hold_recheck.0);
 }
 
 /// Sends one message and acts on the answer. Runs concurrently, bounded per sender. A `probe`
 /// is the one message let through to a paused template: accepted, it shows the pause is over.
-async fn send(shared: &Shared, delivery: Delivery, job: SendJob, probe: bool) {
+async fn send(shared: &Shared, share: Share, job: SendJob, probe: bool) {
     let services = &shared.services;
     let started = std::time::Instant::now();
     let sender = shared.sender();
@@ -605,7 +664,7 @@ async fn send(shared: &Shared, delivery: Delivery, job: SendJob, probe: bool) {
             let mut update = MessageUpdate::new(job.id, MessageStatus::Sent, attempts);
             update.wamid = Some(accepted.wamid);
             update.wa_id = accepted.wa_id;
-            finish(shared, delivery, &job, update, "sent").await;
+            finish(shared, share, &job, update, "sent").await;
         }
         Err(failure) => {
             services
@@ -613,7 +672,7 @@ async fn send(shared: &Shared, delivery: Delivery, job: SendJob, probe: bool) {
                 .cloud_api_duration
                 .with_label_values(&["error"])
                 .observe(started.elapsed().as_secs_f64());
-            on_failure(shared, delivery, job, failure).await;
+            on_failure(shared, share, job, failure).await;
         }
     }
 }
