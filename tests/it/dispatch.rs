@@ -776,3 +776,41 @@ async fn an_unknown_outcome_is_reconciled_from_metas_statuses() {
     assert!(m["status_reason"].is_null(), "{m}");
     env.cleanup().await;
 }
+
+/// Jobs reach the worker in chunks (one broker message for many jobs of a lane). A worker that
+/// stops with part of a chunk sent hands the rest back to the queue, so nothing is sent twice and
+/// nothing is left behind: the next worker sends the rest, each recipient once.
+#[tokio::test]
+async fn a_chunk_cut_short_by_a_stop_is_handed_back_and_sent_once() {
+    let mut env = Env::start(Options::default()).await;
+    assert!(env.config.job_chunk > 1, "jobs travel in chunks by default");
+    let sender = "1065550299";
+    env.sender(sender, json!("unlimited"), 25).await;
+    env.template("order_update", "utility").await;
+    let to = recipients(300, 97);
+    env.enqueue_templates(sender, &to, "order_update").await;
+    env.start_worker();
+    env.wait_counts(sender, Duration::from_secs(30), |c| {
+        c.get("sent").copied().unwrap_or(0) >= 30
+    })
+    .await;
+    env.stop_worker().await;
+    let stopped = env.counts(sender).await;
+    let sent_before = stopped.get("sent").copied().unwrap_or(0);
+    assert!(
+        sent_before < 300,
+        "the stop came before the end: {stopped:?}"
+    );
+    env.start_worker();
+    env.wait_counts(sender, Duration::from_secs(60), |c| {
+        c.get("sent") == Some(&300)
+    })
+    .await;
+    // Anything sent twice would reach the simulator after its row was already sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = env.received(sender).await;
+    let distinct: HashSet<&str> = received.iter().map(|r| r.to.as_str()).collect();
+    assert_eq!(received.len(), 300, "each message sent once");
+    assert_eq!(distinct.len(), 300);
+    env.cleanup().await;
+}
