@@ -425,15 +425,9 @@ async fn publish_jobs(
     job_chunk: usize,
     jobs: &[(Uuid, OutboxJob)],
 ) -> Vec<Uuid> {
-    let items: Vec<(String, String, Vec<u8>)> = jobs
+    let items: Vec<(&str, &str, &[u8])> = jobs
         .iter()
-        .map(|(_, j)| {
-            (
-                exchange.to_string(),
-                j.routing_key.clone(),
-                j.payload.clone(),
-            )
-        })
+        .map(|(_, j)| (exchange, j.routing_key.as_str(), j.payload.as_slice()))
         .collect();
     let published = publisher.publish_jobs(&items, job_chunk).await;
     let mut confirmed = Vec::with_capacity(jobs.len());

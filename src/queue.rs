@@ -754,7 +754,7 @@ impl Publisher {
     /// outcome of the chunk that carried it.
     pub async fn publish_jobs(
         &self,
-        items: &[(String, String, Vec<u8>)],
+        items: &[(&str, &str, &[u8])],
         chunk_max: usize,
     ) -> Vec<Result<(), QueueError>> {
         let chunk_max = chunk_max.max(1);
@@ -771,8 +771,7 @@ impl Publisher {
         let messages: Vec<(String, String, Vec<u8>)> = lanes
             .iter()
             .map(|(exchange, key, members)| {
-                let body =
-                    crate::domain::job::chunk(members.iter().map(|&i| items[i].2.as_slice()));
+                let body = crate::domain::job::chunk(members.iter().map(|&i| items[i].2));
                 (exchange.to_string(), key.to_string(), body)
             })
             .collect();
@@ -841,6 +840,14 @@ impl Publisher {
         }
         results
     }
+}
+
+/// Owned (exchange, routing key, body) items as [`Publisher::publish_jobs`] reads them.
+pub fn borrowed(items: &[(String, String, Vec<u8>)]) -> Vec<(&str, &str, &[u8])> {
+    items
+        .iter()
+        .map(|(exchange, key, body)| (exchange.as_str(), key.as_str(), body.as_slice()))
+        .collect()
 }
 
 async fn open_confirm_channels(

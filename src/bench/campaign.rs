@@ -194,6 +194,7 @@ pub(crate) fn child_env(config: &Config, listen: &str, webhooks: bool) -> Vec<(S
     env
 }
 
+#[derive(Clone)]
 pub(crate) struct Api {
     pub(crate) http: reqwest::Client,
     pub(crate) url: String,
@@ -239,6 +240,63 @@ impl Api {
         }
         Ok(value)
     }
+}
+
+/// Registers the senders through the API: unlimited tier, each in a business portfolio of its own.
+pub(crate) async fn register_senders(
+    api: &Api,
+    senders: &[String],
+    mps: u32,
+) -> Result<(), AppError> {
+    for id in senders {
+        api.expect(
+            Method::POST,
+            "/v1/senders",
+            Some(
+                json!({"phone_number_id": id, "business_portfolio_id": format!("bench-{id}"),
+                "tier": "TIER_UNLIMITED", "mps": mps, "access_token": "bench-token",
+                "display_phone_number": id, "waba_id": "waba-bench"}),
+            ),
+            StatusCode::CREATED,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Approved templates (name, category, body text, in es_MX) added to the simulator, then synced
+/// into pregon's registry as an operator would.
+pub(crate) async fn add_templates(
+    api: &Api,
+    sim: &str,
+    templates: &[(&str, &str, &str)],
+) -> Result<(), AppError> {
+    for (name, category, text) in templates {
+        let response = api
+            .http
+            .post(format!("{sim}/_sim/templates"))
+            .json(
+                &json!({"name": name, "language": "es_MX", "status": "APPROVED",
+                "category": category, "components": [{"type": "BODY", "text": text}]}),
+            )
+            .send()
+            .await
+            .map_err(|e| AppError::Invalid(format!("simulator: {e}")))?;
+        if !response.status().is_success() {
+            return Err(AppError::Invalid(format!(
+                "simulator refused the template {name}: {}",
+                response.status()
+            )));
+        }
+    }
+    api.expect(
+        Method::POST,
+        "/v1/templates/sync",
+        Some(json!({})),
+        StatusCode::OK,
+    )
+    .await?;
+    Ok(())
 }
 
 pub(crate) async fn wait_ready(http: &reqwest::Client, url: &str) -> Result<(), AppError> {
@@ -364,12 +422,7 @@ struct Otps {
 impl Otps {
     fn start(api: &Api, senders: &[String], rate: f64) -> Otps {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let api = Api {
-            http: api.http.clone(),
-            url: api.url.clone(),
-            key: api.key.clone(),
-        };
-        let api = std::sync::Arc::new(api);
+        let api = std::sync::Arc::new(api.clone());
         let senders = senders.to_vec();
         let stopped = stop.clone();
         let sender = tokio::spawn(async move {
@@ -557,65 +610,25 @@ async fn drive(
         args.mps,
         args.workers,
         if args.webhooks { "on" } else { "off" },
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        super::cores()
     );
 
     // Senders (unlimited tier, one business account) and the template, synced from the simulator.
     let senders: Vec<String> = (0..args.senders)
         .map(|i| local_sender_id(100 + i))
         .collect();
-    for id in &senders {
-        api.expect(
-            Method::POST,
-            "/v1/senders",
-            Some(
-                json!({"phone_number_id": id, "business_portfolio_id": format!("bench-{id}"),
-                "tier": "TIER_UNLIMITED", "mps": args.mps, "access_token": "bench-token",
-                "display_phone_number": id, "waba_id": "waba-bench"}),
+    register_senders(&api, &senders, args.mps).await?;
+    add_templates(
+        &api,
+        &sim,
+        &[
+            ("promo", "MARKETING", "Hola {{1}}, tu cupón es {{2}}"),
+            (
+                "otp",
+                "AUTHENTICATION",
+                "{{1}} es tu código de verificación",
             ),
-            StatusCode::CREATED,
-        )
-        .await?;
-    }
-    let response = http
-        .post(format!("{sim}/_sim/templates"))
-        .json(
-            &json!({"name": "promo", "language": "es_MX", "status": "APPROVED",
-            "category": "MARKETING",
-            "components": [{"type": "BODY", "text": "Hola {{1}}, tu cupón es {{2}}"}]}),
-        )
-        .send()
-        .await
-        .map_err(|e| AppError::Invalid(format!("simulator: {e}")))?;
-    if !response.status().is_success() {
-        return Err(AppError::Invalid(format!(
-            "simulator refused the template: {}",
-            response.status()
-        )));
-    }
-    let response = http
-        .post(format!("{sim}/_sim/templates"))
-        .json(
-            &json!({"name": "otp", "language": "es_MX", "status": "APPROVED",
-            "category": "AUTHENTICATION",
-            "components": [{"type": "BODY", "text": "{{1}} es tu código de verificación"}]}),
-        )
-        .send()
-        .await
-        .map_err(|e| AppError::Invalid(format!("simulator: {e}")))?;
-    if !response.status().is_success() {
-        return Err(AppError::Invalid(format!(
-            "simulator refused the OTP template: {}",
-            response.status()
-        )));
-    }
-    api.expect(
-        Method::POST,
-        "/v1/templates/sync",
-        Some(json!({})),
-        StatusCode::OK,
+        ],
     )
     .await?;
 

@@ -15,10 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use reqwest::StatusCode;
+use serde_json::Value;
 
-use super::campaign::{Api, Child, child_env, free_port, percentile, snapshot, wait_ready};
+use super::campaign::{
+    Api, Child, add_templates, child_env, free_port, percentile, register_senders, snapshot,
+    wait_ready,
+};
 use super::process_peak_rss_mib;
 use crate::api::auth::{Role, create_key};
 use crate::app::AppError;
@@ -140,15 +143,7 @@ async fn closed_loop(load: &Arc<Load>, connections: usize, seconds: f64) -> Phas
             phase
         }));
     }
-    let mut all = Phase::default();
-    for task in tasks {
-        if let Ok(phase) = task.await {
-            all.merge(phase);
-        }
-    }
-    all.seconds = started.elapsed().as_secs_f64();
-    all.latencies.sort_by(f64::total_cmp);
-    all
+    gather(tasks, started).await
 }
 
 /// Requests due at a steady `rate` for `seconds`; each is timed from when it was due, so a request
@@ -177,6 +172,11 @@ async fn fixed_rate(load: &Arc<Load>, connections: usize, rate: f64, seconds: f6
             phase
         }));
     }
+    gather(tasks, started).await
+}
+
+/// One phase's connections, merged once they are done.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<Phase>>, started: Instant) -> Phase {
     let mut all = Phase::default();
     for task in tasks {
         if let Ok(phase) = task.await {
@@ -271,47 +271,16 @@ async fn drive(
         args.connections,
         args.senders,
         args.mps,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        super::cores()
     );
     let senders: Vec<String> = (0..args.senders)
         .map(|i| local_sender_id(100 + i))
         .collect();
-    for id in &senders {
-        api.expect(
-            Method::POST,
-            "/v1/senders",
-            Some(
-                json!({"phone_number_id": id, "business_portfolio_id": "bench",
-                "tier": "TIER_UNLIMITED", "mps": args.mps, "access_token": "bench-token",
-                "display_phone_number": id, "waba_id": "waba-bench"}),
-            ),
-            StatusCode::CREATED,
-        )
-        .await?;
-    }
-    let response = http
-        .post(format!("{sim}/_sim/templates"))
-        .json(
-            &json!({"name": "order_update", "language": "es_MX", "status": "APPROVED",
-            "category": "UTILITY",
-            "components": [{"type": "BODY", "text": "Tu pedido {{1}} va en camino"}]}),
-        )
-        .send()
-        .await
-        .map_err(|e| AppError::Invalid(format!("simulator: {e}")))?;
-    if !response.status().is_success() {
-        return Err(AppError::Invalid(format!(
-            "simulator refused the template: {}",
-            response.status()
-        )));
-    }
-    api.expect(
-        Method::POST,
-        "/v1/templates/sync",
-        Some(json!({})),
-        StatusCode::OK,
+    register_senders(&api, &senders, args.mps).await?;
+    add_templates(
+        &api,
+        &sim,
+        &[("order_update", "UTILITY", "Tu pedido {{1}} va en camino")],
     )
     .await?;
 

@@ -61,6 +61,13 @@ pub struct BenchArgs {
     pub skip_broker: bool,
 }
 
+/// Cores this machine offers, for the benchmarks' headings.
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 struct CpuClock {
     wall: Instant,
     cpu: Duration,
@@ -151,9 +158,7 @@ async fn measure(
         args.messages,
         args.senders,
         args.mps,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        cores()
     );
     let mut stack = LocalStack::fresh(config, "bench").await?;
     let services = stack.services.clone();

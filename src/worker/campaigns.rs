@@ -487,7 +487,7 @@ impl Runner {
         }
         let results = services
             .publisher
-            .publish_jobs(&items, services.config.job_chunk)
+            .publish_jobs(&crate::queue::borrowed(&items), services.config.job_chunk)
             .await;
         let failed = results.iter().filter(|r| r.is_err()).count();
         services

@@ -306,7 +306,7 @@ async fn hand_back(shared: &Shared, lane: &mut LaneState) {
         .collect();
     let published = services
         .publisher
-        .publish_jobs(&items, services.config.job_chunk)
+        .publish_jobs(&queue::borrowed(&items), services.config.job_chunk)
         .await;
     let handed = published.iter().all(Result::is_ok);
     if !handed {
