@@ -127,12 +127,14 @@ fn redis_round_trips(c: &mut Criterion) {
         b.iter(|| {
             runtime
                 .block_on(state.snapshot(
-                    id,
-                    0,
                     "1065550000100",
-                    "5215512345678",
-                    Some(&template),
-                    None,
+                    pregon::state::SnapshotQuery {
+                        message_id: id,
+                        attempt: 0,
+                        recipient: "5215512345678",
+                        template: Some(&template),
+                        campaign: None,
+                    },
                 ))
                 .unwrap()
         })
@@ -146,11 +148,13 @@ fn redis_round_trips(c: &mut Criterion) {
                 .block_on(state.reserve(
                     "pn:bench",
                     -1,
-                    true,
-                    &recipient,
-                    uuid::Uuid::now_v7(),
-                    0,
                     "bench",
+                    pregon::state::ReserveItem {
+                        recipient: &recipient,
+                        message_id: uuid::Uuid::now_v7(),
+                        attempt: 0,
+                        counts_against_tier: true,
+                    },
                 ))
                 .unwrap()
         })

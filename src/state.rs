@@ -91,34 +91,78 @@ pub enum Reservation {
     CopyMissing,
 }
 
-/// Trims the moving 24 h window, counts the recipient if new, and claims the send, atomically.
-/// A recipient already counted in the window is refreshed, never counted twice. Nothing is taken
-/// when the copy marker (KEYS[3]) is gone: an emptied Redis would count from zero.
+/// One message whose send decision needs a snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotQuery<'a> {
+    pub message_id: Uuid,
+    pub attempt: u32,
+    pub recipient: &'a str,
+    pub template: Option<&'a TemplateRef>,
+    pub campaign: Option<Uuid>,
+}
+
+/// One message to take a tier slot (when it counts against the tier) and a send claim for.
+#[derive(Debug, Clone, Copy)]
+pub struct ReserveItem<'a> {
+    pub recipient: &'a str,
+    pub message_id: Uuid,
+    pub attempt: u32,
+    pub counts_against_tier: bool,
+}
+
+/// For each message of a batch, in order: trims the moving 24 h window, counts the recipient if
+/// new, and claims the send, all in one atomic script (one round trip for the batch). A recipient
+/// already counted in the window is refreshed, never counted twice. Nothing is taken when the copy
+/// marker (KEYS[1]) is gone: an emptied Redis would count from zero.
+///
+/// KEYS: copy marker, tier counter, then one claim key per message. ARGV: now (ms), window (ms),
+/// limit (negative: none), claim owner, claim TTL (ms), then per message its recipient and "1" if
+/// it counts against the tier. Answers two numbers per message: a code (1 granted, 0 tier full,
+/// 2 already claimed, 3 copy missing) and, when full, when a slot frees (ms).
 const RESERVE_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  return {3, 0}
-end
-local now = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local limit = tonumber(ARGV[4])
-if ARGV[5] == '1' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-  if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-    redis.call('ZADD', KEYS[1], now, ARGV[1])
-  elseif limit >= 0 and redis.call('ZCARD', KEYS[1]) >= limit then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    local frees = now
-    if oldest[2] then frees = tonumber(oldest[2]) + window end
-    return {0, frees}
-  else
-    redis.call('ZADD', KEYS[1], now, ARGV[1])
+local n = #KEYS - 2
+local out = {}
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  for i = 1, n do
+    out[2 * i - 1] = 3
+    out[2 * i] = 0
   end
-  redis.call('PEXPIRE', KEYS[1], window)
+  return out
 end
-if redis.call('SET', KEYS[2], ARGV[6], 'NX', 'PX', ARGV[7]) then
-  return {1, 0}
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local trimmed = false
+for i = 1, n do
+  local recipient = ARGV[4 + 2 * i]
+  local code = 1
+  local frees = 0
+  if ARGV[5 + 2 * i] == '1' then
+    if not trimmed then
+      redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+      trimmed = true
+    end
+    if redis.call('ZSCORE', KEYS[2], recipient) then
+      redis.call('ZADD', KEYS[2], now, recipient)
+    elseif limit >= 0 and redis.call('ZCARD', KEYS[2]) >= limit then
+      local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+      frees = now
+      if oldest[2] then frees = tonumber(oldest[2]) + window end
+      code = 0
+    else
+      redis.call('ZADD', KEYS[2], now, recipient)
+    end
+    if code == 1 then
+      redis.call('PEXPIRE', KEYS[2], window)
+    end
+  end
+  if code == 1 and not redis.call('SET', KEYS[2 + i], ARGV[4], 'NX', 'PX', ARGV[5]) then
+    code = 2
+  end
+  out[2 * i - 1] = code
+  out[2 * i] = frees
 end
-return {2, 0}
+return out
 "#;
 
 /// Moves a recipient's place in a tier counter to their tombstone, keeping its time: the count
@@ -402,83 +446,87 @@ impl State {
     /// Everything the send decision needs, in one round trip.
     pub async fn snapshot(
         &self,
-        message_id: Uuid,
-        attempt: u32,
         phone_number_id: &str,
-        recipient: &str,
-        template: Option<&TemplateRef>,
-        campaign: Option<Uuid>,
+        query: SnapshotQuery<'_>,
     ) -> Result<Snapshot, StateError> {
-        let id = message_id.to_string();
+        let mut all = self.snapshots(phone_number_id, &[query]).await?;
+        all.pop().ok_or(StateError::CopyMissing)
+    }
+
+    /// Everything the send decisions about several messages of one sender need, in one round
+    /// trip: the sender and the copy marker once, then each message's own keys. Answers one
+    /// snapshot per query, in order.
+    pub async fn snapshots(
+        &self,
+        phone_number_id: &str,
+        queries: &[SnapshotQuery<'_>],
+    ) -> Result<Vec<Snapshot>, StateError> {
         let mut pipe = redis::pipe();
-        pipe.hmget(
+        pipe.get(self.key(&[COPY_MARKER])).hmget(
             self.key(&["sender", phone_number_id]),
             &["status", "quality", "paused", "mk_paused_until"],
-        )
-        .hmget(self.key(&["consent", recipient]), &["marketing", "utility"])
-        .exists(self.key(&["win", phone_number_id, recipient]))
-        .get(self.key(&["done", &id]))
-        .exists(self.key(&["claim", &id, &attempt.to_string()]))
-        .exists(self.key(&["sup", recipient]));
-        if let Some(t) = template {
-            pipe.get(self.key(&["tpl", &t.name, &t.language]));
+        );
+        for q in queries {
+            let id = q.message_id.to_string();
+            pipe.hmget(
+                self.key(&["consent", q.recipient]),
+                &["marketing", "utility"],
+            )
+            .exists(self.key(&["win", phone_number_id, q.recipient]))
+            .get(self.key(&["done", &id]))
+            .exists(self.key(&["claim", &id, &q.attempt.to_string()]))
+            .exists(self.key(&["sup", q.recipient]));
+            if let Some(t) = q.template {
+                pipe.get(self.key(&["tpl", &t.name, &t.language]));
+            }
+            if let Some(c) = q.campaign {
+                pipe.get(self.key(&["camp", &c.to_string()]));
+            }
         }
-        if let Some(c) = campaign {
-            pipe.get(self.key(&["camp", &c.to_string()]));
-        }
-        pipe.get(self.key(&[COPY_MARKER]));
         let mut conn = self.conn.clone();
         let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-        let value = |i: usize| raw.get(i).unwrap_or(&redis::Value::Nil);
-        let copy_since_ms: Option<i64> =
-            redis::from_redis_value_ref(raw.last().unwrap_or(&redis::Value::Nil))?;
-        let (status, quality, paused, mk_paused_until): (
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-        ) = redis::from_redis_value_ref(value(0))?;
-        let consent: (Option<String>, Option<String>) = redis::from_redis_value_ref(value(1))?;
-        let window: bool = redis::from_redis_value_ref(value(2))?;
-        let done: Option<String> = redis::from_redis_value_ref(value(3))?;
-        let claimed: bool = redis::from_redis_value_ref(value(4))?;
-        let suppressed: bool = redis::from_redis_value_ref(value(5))?;
-        let mut next = 6;
-        let template_status = match template {
-            Some(_) => {
-                next += 1;
-                let s: Option<String> = redis::from_redis_value_ref(value(6))?;
-                Some(match s {
-                    Some(s) => TemplateStatus::parse(&s),
-                    None => TemplateStatus::Unknown,
-                })
-            }
-            None => None,
-        };
-        let campaign_state: Option<String> = match campaign {
-            Some(_) => redis::from_redis_value_ref(value(next))?,
-            None => None,
-        };
-        Ok(Snapshot {
-            sender: sender_state((status, quality, paused, mk_paused_until)),
-            template: template_status,
-            consent: Consent {
-                marketing: consent.0.as_deref().and_then(ConsentAction::parse),
-                utility: consent.1.as_deref().and_then(ConsentAction::parse),
-            },
-            window_open: window,
-            suppressed,
-            sent_wamid: done,
-            claimed,
-            campaign: match campaign {
-                Some(_) => CampaignGate::from_state(
-                    campaign_state.as_deref().and_then(CampaignState::parse),
-                ),
+        let mut answers = raw.iter();
+        let mut next = || answers.next().unwrap_or(&redis::Value::Nil);
+        let copy_since_ms: Option<i64> = redis::from_redis_value_ref(next())?;
+        let sender = sender_state(redis::from_redis_value_ref(next())?);
+        let mut out = Vec::with_capacity(queries.len());
+        for q in queries {
+            let consent: (Option<String>, Option<String>) = redis::from_redis_value_ref(next())?;
+            let window_open: bool = redis::from_redis_value_ref(next())?;
+            let sent_wamid: Option<String> = redis::from_redis_value_ref(next())?;
+            let claimed: bool = redis::from_redis_value_ref(next())?;
+            let suppressed: bool = redis::from_redis_value_ref(next())?;
+            let template = match q.template {
+                Some(_) => {
+                    let s: Option<String> = redis::from_redis_value_ref(next())?;
+                    Some(s.map_or(TemplateStatus::Unknown, |s| TemplateStatus::parse(&s)))
+                }
+                None => None,
+            };
+            let campaign = match q.campaign {
+                Some(_) => {
+                    let s: Option<String> = redis::from_redis_value_ref(next())?;
+                    CampaignGate::from_state(s.as_deref().and_then(CampaignState::parse))
+                }
                 None => CampaignGate::Open,
-            },
-            template_probe: false,
-            copy_since_ms,
-        })
+            };
+            out.push(Snapshot {
+                sender,
+                template,
+                consent: Consent {
+                    marketing: consent.0.as_deref().and_then(ConsentAction::parse),
+                    utility: consent.1.as_deref().and_then(ConsentAction::parse),
+                },
+                window_open,
+                suppressed,
+                sent_wamid,
+                claimed,
+                campaign,
+                template_probe: false,
+                copy_since_ms,
+            });
+        }
+        Ok(out)
     }
 
     // -- campaigns ---------------------------------------------------------------------------
@@ -650,40 +698,70 @@ impl State {
 
     /// Takes a messaging-limit slot (when the message counts against the tier) and claims the send,
     /// in one atomic script.
-    #[allow(clippy::too_many_arguments)]
     pub async fn reserve(
         &self,
         tier_counter: &str,
         tier_limit: i64,
-        counts_against_tier: bool,
-        recipient: &str,
-        message_id: Uuid,
-        attempt: u32,
         owner: &str,
+        item: ReserveItem<'_>,
     ) -> Result<Reservation, StateError> {
-        let mut conn = self.conn.clone();
-        let (code, frees_at): (i64, i64) = self
-            .reserve
-            .key(self.key(&["tier", tier_counter]))
-            .key(self.key(&["claim", &message_id.to_string(), &attempt.to_string()]))
+        let mut all = self
+            .reserve_many(tier_counter, tier_limit, owner, &[item])
+            .await?;
+        all.pop().ok_or(StateError::CopyMissing)
+    }
+
+    /// Takes the tier slots and send claims of several messages of one tier counter, in order, in
+    /// one atomic script: one round trip for the batch, and the same counting as one at a time.
+    pub async fn reserve_many(
+        &self,
+        tier_counter: &str,
+        tier_limit: i64,
+        owner: &str,
+        items: &[ReserveItem<'_>],
+    ) -> Result<Vec<Reservation>, StateError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.reserve.prepare_invoke();
+        invocation
             .key(self.key(&[COPY_MARKER]))
-            .arg(recipient)
+            .key(self.key(&["tier", tier_counter]))
             .arg(now_ms())
             .arg(TIER_WINDOW.as_millis() as i64)
             .arg(tier_limit)
-            .arg(if counts_against_tier { "1" } else { "0" })
             .arg(owner)
-            .arg(CLAIM_TTL.as_millis() as i64)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(match code {
-            1 => Reservation::Granted,
-            0 => Reservation::TierFull {
-                frees_at_ms: frees_at,
-            },
-            3 => Reservation::CopyMissing,
-            _ => Reservation::AlreadyClaimed,
-        })
+            .arg(CLAIM_TTL.as_millis() as i64);
+        for item in items {
+            invocation
+                .key(self.key(&[
+                    "claim",
+                    &item.message_id.to_string(),
+                    &item.attempt.to_string(),
+                ]))
+                .arg(item.recipient)
+                .arg(if item.counts_against_tier { "1" } else { "0" });
+        }
+        let mut conn = self.conn.clone();
+        let answers: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        if answers.len() != items.len() * 2 {
+            return Err(StateError::Parse(redis::ParsingError::from(format!(
+                "the reservation script answered {} numbers for {} messages",
+                answers.len(),
+                items.len()
+            ))));
+        }
+        Ok(answers
+            .chunks_exact(2)
+            .map(|pair| match pair[0] {
+                1 => Reservation::Granted,
+                0 => Reservation::TierFull {
+                    frees_at_ms: pair[1],
+                },
+                3 => Reservation::CopyMissing,
+                _ => Reservation::AlreadyClaimed,
+            })
+            .collect())
     }
 
     /// Records that Meta accepted the message, so no redelivery sends it again.

@@ -71,6 +71,11 @@ impl Pacer {
         start.elapsed()
     }
 
+    /// Takes a send slot under the current cap if one is free now, without waiting.
+    pub fn try_ready(&self) -> bool {
+        self.current().check().is_ok()
+    }
+
     /// A throughput answer (130429): the adaptive cap decides whether to slow down.
     pub fn slow_down(&self) {
         let mut state = self.mps.lock().unwrap_or_else(|p| p.into_inner());

@@ -21,7 +21,7 @@ use crate::domain::decision::{self, CampaignGate, Decision, Facts, Snapshot, Tem
 use crate::domain::job::SendJob;
 use crate::domain::reason::Reason;
 use crate::queue::{self, QueueError};
-use crate::state::{Reservation, StateError, now_ms};
+use crate::state::{Reservation, ReserveItem, SnapshotQuery, StateError, now_ms};
 use crate::store::{MessageUpdate, Sender, StoreError};
 
 use super::outcomes::{
@@ -210,26 +210,28 @@ pub async fn run(
             },
             _ = sleep_until_opt(next_hold), if next_hold.is_some() => Next::Nothing,
         };
-        let (lane, share, job) = match next {
-            Next::Nothing => continue,
-            Next::Job(lane, share, job) => (lane, share, job),
-            Next::Backlog(lane) => match lanes[lane.index()].backlog.pop_front() {
-                Some((share, job)) => (lane, share, job),
-                None => continue,
-            },
+        match next {
+            Next::Nothing => {}
+            // Back from its pair-rate wait: first in its lane again.
+            Next::Job(lane, share, job) => lanes[lane.index()].backlog.push_front((share, job)),
+            Next::Backlog(lane) => {
+                process_backlog(
+                    &shared,
+                    &mut lanes[lane.index()],
+                    lane,
+                    &inflight,
+                    &retry_tx,
+                )
+                .await
+            }
             Next::Delivery(lane, delivery) => {
                 let delivery = match *delivery {
                     Ok(d) => d,
                     Err(e) => break Err(e.into()),
                 };
                 take_delivery(&shared, &mut lanes[lane.index()], delivery).await;
-                continue;
             }
-        };
-        lanes[lane.index()]
-            .head_wait
-            .set(job.ready_for_ms(chrono::Utc::now().timestamp_millis()) as f64 / 1000.0);
-        process(&shared, &mut lanes, lane, share, job, &inflight, &retry_tx).await;
+        }
     };
 
     // Drain: wait for sends in flight so their outcomes are recorded and acknowledged.
@@ -325,91 +327,307 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-async fn process(
+/// The most jobs of one lane decided together: one snapshot read and one reservation script
+/// for all of them, instead of two Redis round trips each.
+const DECIDE_AT_ONCE: usize = 32;
+
+/// Why a lane stops taking jobs for a while, the jobs it was deciding on back at its front.
+enum Pause {
+    /// Until the state the decision needs is back (`hold_recheck`).
+    Hold(Reason),
+    /// Until the tier spread lets the next recipient be counted.
+    Spread(Duration),
+}
+
+/// Decides on the jobs at the front of a lane's backlog, as many at once as have a
+/// messages-per-second slot free now (at least one, waited for), and carries the decisions out.
+async fn process_backlog(
     shared: &Arc<Shared>,
-    lanes: &mut [LaneState],
+    state: &mut LaneState,
     lane: Lane,
-    share: Share,
-    job: SendJob,
     inflight: &Arc<Semaphore>,
     retry_tx: &mpsc::UnboundedSender<(Lane, Share, SendJob)>,
 ) {
     let services = &shared.services;
     if services.writer.is_failing() {
         // No send whose outcome could not be recorded.
-        hold(shared, lanes, lane, share, job, Reason::StoreUnavailable);
+        pause(
+            shared,
+            state,
+            Vec::new(),
+            Pause::Hold(Reason::StoreUnavailable),
+        );
+        return;
+    }
+    let batch = admit(shared, state, lane, retry_tx).await;
+    if batch.is_empty() {
         return;
     }
     let sender = shared.sender();
     let sender_id = &sender.phone_number_id;
-    let remaining = job.not_before_ms - now_ms();
-    if remaining > 500 {
-        // Back early from a delay step shorter than the wait: go round again.
-        let wait = Duration::from_millis(u64::try_from(remaining).unwrap_or(0));
-        redelay(shared, share, job, wait, None).await;
-        return;
-    }
-    if let Some(campaign) = job.campaign {
-        let gate = shared.campaign_gate(campaign).await;
-        if matches!(gate, CampaignGate::Paused | CampaignGate::Stopped) {
-            settle_for_campaign(shared, share, &job, gate).await;
-            return;
-        }
-    }
-    if let Some(wait) = shared.pacer.pair_wait(&job.recipient) {
-        services
-            .metrics
-            .pacing_wait_seconds
-            .with_label_values(&[sender_id.as_str(), "pair"])
-            .inc_by(wait.as_secs_f64());
-        if wait > Duration::from_secs(30) {
-            let mut job = job;
-            job.not_before_ms = now_ms() + wait.as_millis() as i64;
-            redelay(shared, share, job, wait, Some(Reason::PairRate)).await;
-        } else {
-            let tx = retry_tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                let _ = tx.send((lane, share, job));
-            });
-        }
-        return;
-    }
-    let waited = shared.pacer.until_ready().await;
-    if !waited.is_zero() {
-        services
-            .metrics
-            .pacing_wait_seconds
-            .with_label_values(&[sender_id.as_str(), "mps"])
-            .inc_by(waited.as_secs_f64());
-    }
-    let snapshot = match services
-        .state
-        .snapshot(
-            job.id,
-            job.attempt,
-            sender_id,
-            &job.recipient,
-            job.template.as_ref(),
-            job.campaign,
-        )
-        .await
-    {
+    let snapshots = {
+        let queries: Vec<SnapshotQuery> = batch
+            .iter()
+            .map(|(_, job)| SnapshotQuery {
+                message_id: job.id,
+                attempt: job.attempt,
+                recipient: &job.recipient,
+                template: job.template.as_ref(),
+                campaign: job.campaign,
+            })
+            .collect();
+        services.state.snapshots(sender_id, &queries).await
+    };
+    let snapshots = match snapshots {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "Redis unavailable; holding the lane");
-            hold(shared, lanes, lane, share, job, Reason::StateUnavailable);
+            pause(shared, state, batch, Pause::Hold(Reason::StateUnavailable));
             return;
         }
     };
+
+    // Decide in order; what needs no slot is carried out at once, what may be sent is reserved
+    // below in one script. A job that must wait stops the batch: it and the rest go back.
+    let mut to_reserve: Vec<(Share, SendJob, bool, bool)> = Vec::new();
+    let mut stopped: Option<(Vec<(Share, SendJob)>, Pause)> = None;
+    let mut decided = batch.into_iter().zip(snapshots);
+    while let Some(((share, job), mut snapshot)) = decided.next() {
+        let decision = decide(services, &job, &mut snapshot).await;
+        let probe = snapshot.template_probe;
+        match decision {
+            Decision::Hold(reason) => {
+                let rest = std::iter::once((share, job))
+                    .chain(decided.by_ref().map(|(j, _)| j))
+                    .collect();
+                stopped = Some((rest, Pause::Hold(reason)));
+                break;
+            }
+            Decision::Send {
+                counts_against_tier,
+            } => {
+                let (_, tier) = services.tier_counter(&sender);
+                if counts_against_tier
+                    && let (Some(period), Some(budget)) =
+                        (sender.tier_spread_seconds, tier_budget(tier.limit()))
+                    && let Some(wait) = shared.pacer.spread_wait(
+                        budget,
+                        Duration::from_secs(u64::try_from(period).unwrap_or(1)),
+                    )
+                {
+                    services
+                        .metrics
+                        .pacing_wait_seconds
+                        .with_label_values(&[sender_id.as_str(), "spread"])
+                        .inc_by(wait.as_secs_f64());
+                    let rest = std::iter::once((share, job))
+                        .chain(decided.by_ref().map(|(j, _)| j))
+                        .collect();
+                    stopped = Some((rest, Pause::Spread(wait)));
+                    break;
+                }
+                to_reserve.push((share, job, counts_against_tier, probe));
+            }
+            Decision::AlreadySent(wamid) => {
+                let mut update =
+                    MessageUpdate::new(job.id, MessageStatus::Sent, job.attempt.max(1));
+                update.wamid = Some(wamid);
+                finish(shared, share, &job, update, "sent").await;
+            }
+            Decision::Skip(reason) => {
+                let update =
+                    MessageUpdate::new(job.id, MessageStatus::Skipped, job.attempt).because(reason);
+                finish(shared, share, &job, update, "skipped").await;
+            }
+            Decision::Fail { reason, detail } => {
+                let mut update =
+                    MessageUpdate::new(job.id, MessageStatus::Failed, job.attempt).because(reason);
+                update.error = detail;
+                services
+                    .metrics
+                    .failures
+                    .with_label_values(&[reason.code()])
+                    .inc();
+                finish(shared, share, &job, update, "failed").await;
+            }
+            Decision::ReturnToCampaign => {
+                settle_for_campaign(shared, share, &job, CampaignGate::Paused).await
+            }
+            Decision::Cancel => {
+                settle_for_campaign(shared, share, &job, CampaignGate::Stopped).await
+            }
+            Decision::TemplatePaused => {
+                let wait = services.derived.post_send.template_pause_recheck;
+                defer(shared, share, job, Reason::TemplatePaused, wait, None).await
+            }
+        }
+    }
+
+    let mut back: Vec<(Share, SendJob)> = Vec::new();
+    let mut reserve_pause = None;
+    if !to_reserve.is_empty() {
+        let (tier_counter, tier) = services.tier_counter(&sender);
+        let reserved = {
+            let items: Vec<ReserveItem> = to_reserve
+                .iter()
+                .map(|(_, job, counts, _)| ReserveItem {
+                    recipient: &job.recipient,
+                    message_id: job.id,
+                    attempt: job.attempt,
+                    counts_against_tier: *counts,
+                })
+                .collect();
+            services
+                .state
+                .reserve_many(&tier_counter, tier.limit(), &shared.owner, &items)
+                .await
+        };
+        match reserved {
+            Ok(reservations) => {
+                for ((share, job, _, probe), reservation) in
+                    to_reserve.into_iter().zip(reservations)
+                {
+                    match reservation {
+                        Reservation::Granted => {
+                            let Ok(permit) = inflight.clone().acquire_owned().await else {
+                                return;
+                            };
+                            let shared = shared.clone();
+                            tokio::spawn(async move {
+                                send(&shared, share, job, probe).await;
+                                drop(permit);
+                            });
+                        }
+                        Reservation::TierFull { frees_at_ms } => {
+                            let wait = Duration::from_millis(
+                                u64::try_from(frees_at_ms - now_ms()).unwrap_or(0),
+                            );
+                            defer(
+                                shared,
+                                share,
+                                job,
+                                Reason::MessagingLimitReached,
+                                wait,
+                                None,
+                            )
+                            .await;
+                        }
+                        Reservation::CopyMissing => {
+                            back.push((share, job));
+                            reserve_pause = Some(Pause::Hold(Reason::StateRebuilding));
+                        }
+                        Reservation::AlreadyClaimed => {
+                            tracing::warn!(id = %job.id, "send already claimed by another delivery; dropping this copy");
+                            ack(share).await;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis unavailable; holding the lane");
+                back.extend(
+                    to_reserve
+                        .into_iter()
+                        .map(|(share, job, _, _)| (share, job)),
+                );
+                reserve_pause = Some(Pause::Hold(Reason::StateUnavailable));
+            }
+        }
+    }
+    // The jobs that were to be reserved came before those the decisions stopped at.
+    let (rest, decision_pause) = stopped.unzip();
+    back.extend(rest.into_iter().flatten());
+    if let Some(why) = reserve_pause.or(decision_pause) {
+        pause(shared, state, back, why);
+    }
+}
+
+/// Takes the jobs to decide on from the front of a lane's backlog: the first waits for its
+/// messages-per-second slot, the others join only while a slot is free at once. On the way, a job
+/// whose time has not come, whose campaign is paused or stopped, or whose recipient must wait for
+/// the pair rate is dealt with without one.
+async fn admit(
+    shared: &Arc<Shared>,
+    state: &mut LaneState,
+    lane: Lane,
+    retry_tx: &mpsc::UnboundedSender<(Lane, Share, SendJob)>,
+) -> Vec<(Share, SendJob)> {
+    let services = &shared.services;
+    let sender_id = shared.id.as_str();
+    let mut batch = Vec::new();
+    while batch.len() < DECIDE_AT_ONCE {
+        let Some((share, job)) = state.backlog.pop_front() else {
+            break;
+        };
+        if batch.is_empty() {
+            state
+                .head_wait
+                .set(job.ready_for_ms(chrono::Utc::now().timestamp_millis()) as f64 / 1000.0);
+        }
+        let remaining = job.not_before_ms - now_ms();
+        if remaining > 500 {
+            // Back early from a delay step shorter than the wait: go round again.
+            let wait = Duration::from_millis(u64::try_from(remaining).unwrap_or(0));
+            redelay(shared, share, job, wait, None).await;
+            continue;
+        }
+        if let Some(campaign) = job.campaign {
+            let gate = shared.campaign_gate(campaign).await;
+            if matches!(gate, CampaignGate::Paused | CampaignGate::Stopped) {
+                settle_for_campaign(shared, share, &job, gate).await;
+                continue;
+            }
+        }
+        // Later jobs join only with a slot free now; taken before the pair-rate check, so a job
+        // left for the next batch has not spent its recipient's pair allowance.
+        if !batch.is_empty() && !shared.pacer.try_ready() {
+            state.backlog.push_front((share, job));
+            break;
+        }
+        if let Some(wait) = shared.pacer.pair_wait(&job.recipient) {
+            services
+                .metrics
+                .pacing_wait_seconds
+                .with_label_values(&[sender_id, "pair"])
+                .inc_by(wait.as_secs_f64());
+            if wait > Duration::from_secs(30) {
+                let mut job = job;
+                job.not_before_ms = now_ms() + wait.as_millis() as i64;
+                redelay(shared, share, job, wait, Some(Reason::PairRate)).await;
+            } else {
+                let tx = retry_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = tx.send((lane, share, job));
+                });
+            }
+            continue;
+        }
+        if batch.is_empty() {
+            let waited = shared.pacer.until_ready().await;
+            if !waited.is_zero() {
+                services
+                    .metrics
+                    .pacing_wait_seconds
+                    .with_label_values(&[sender_id, "mps"])
+                    .inc_by(waited.as_secs_f64());
+            }
+        }
+        batch.push((share, job));
+    }
+    batch
+}
+
+/// The send decision about one job, from its snapshot completed from PostgreSQL where Redis's
+/// copy lacks something; a paused template lets one probe through per recheck interval.
+async fn decide(services: &Services, job: &SendJob, snapshot: &mut Snapshot) -> Decision {
     let facts = Facts {
         category: job.category,
         free_form: job.free_form,
         delivery: job.delivery,
     };
-    let mut snapshot = snapshot;
-    complete_from_store(services, &job, &mut snapshot).await;
-    let mut decision = decision::decide(&snapshot, &facts);
+    complete_from_store(services, job, snapshot).await;
+    let decision = decision::decide(snapshot, &facts);
     if decision == Decision::TemplatePaused
         && let Some(template) = &job.template
     {
@@ -423,117 +641,13 @@ async fn process(
         {
             Ok(true) => {
                 snapshot.template_probe = true;
-                decision = decision::decide(&snapshot, &facts);
+                return decision::decide(snapshot, &facts);
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not claim the template probe"),
         }
     }
-    let probe = snapshot.template_probe;
-    match decision {
-        Decision::AlreadySent(wamid) => {
-            let mut update = MessageUpdate::new(job.id, MessageStatus::Sent, job.attempt.max(1));
-            update.wamid = Some(wamid);
-            finish(shared, share, &job, update, "sent").await;
-        }
-        Decision::Skip(reason) => {
-            let update =
-                MessageUpdate::new(job.id, MessageStatus::Skipped, job.attempt).because(reason);
-            finish(shared, share, &job, update, "skipped").await;
-        }
-        Decision::Fail { reason, detail } => {
-            let mut update =
-                MessageUpdate::new(job.id, MessageStatus::Failed, job.attempt).because(reason);
-            update.error = detail;
-            services
-                .metrics
-                .failures
-                .with_label_values(&[reason.code()])
-                .inc();
-            finish(shared, share, &job, update, "failed").await;
-        }
-        Decision::Hold(reason) => hold(shared, lanes, lane, share, job, reason),
-        Decision::ReturnToCampaign => {
-            settle_for_campaign(shared, share, &job, CampaignGate::Paused).await
-        }
-        Decision::Cancel => settle_for_campaign(shared, share, &job, CampaignGate::Stopped).await,
-        Decision::TemplatePaused => {
-            let wait = services.derived.post_send.template_pause_recheck;
-            defer(shared, share, job, Reason::TemplatePaused, wait, None).await
-        }
-        Decision::Send {
-            counts_against_tier,
-        } => {
-            let (tier_counter, tier) = services.tier_counter(&sender);
-            if counts_against_tier
-                && let (Some(period), Some(budget)) =
-                    (sender.tier_spread_seconds, tier_budget(tier.limit()))
-                && let Some(wait) = shared.pacer.spread_wait(
-                    budget,
-                    Duration::from_secs(u64::try_from(period).unwrap_or(1)),
-                )
-            {
-                services
-                    .metrics
-                    .pacing_wait_seconds
-                    .with_label_values(&[sender_id.as_str(), "spread"])
-                    .inc_by(wait.as_secs_f64());
-                let state = &mut lanes[lane.index()];
-                state.backlog.push_front((share, job));
-                state.hold_until = Some(Instant::now() + wait);
-                return;
-            }
-            let reservation = services
-                .state
-                .reserve(
-                    &tier_counter,
-                    tier.limit(),
-                    counts_against_tier,
-                    &job.recipient,
-                    job.id,
-                    job.attempt,
-                    &shared.owner,
-                )
-                .await;
-            match reservation {
-                Ok(Reservation::Granted) => {
-                    let permit = match inflight.clone().acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    };
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        send(&shared, share, job, probe).await;
-                        drop(permit);
-                    });
-                }
-                Ok(Reservation::TierFull { frees_at_ms }) => {
-                    let wait =
-                        Duration::from_millis(u64::try_from(frees_at_ms - now_ms()).unwrap_or(0));
-                    defer(
-                        shared,
-                        share,
-                        job,
-                        Reason::MessagingLimitReached,
-                        wait,
-                        None,
-                    )
-                    .await;
-                }
-                Ok(Reservation::CopyMissing) => {
-                    hold(shared, lanes, lane, share, job, Reason::StateRebuilding);
-                }
-                Ok(Reservation::AlreadyClaimed) => {
-                    tracing::warn!(id = %job.id, "send already claimed by another delivery; dropping this copy");
-                    ack(share).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Redis unavailable; holding the lane");
-                    hold(shared, lanes, lane, share, job, Reason::StateUnavailable);
-                }
-            }
-        }
-    }
+    decision
 }
 
 /// Fills in from PostgreSQL, the source of truth, what Redis's copy may lack for this message,
@@ -610,23 +724,25 @@ fn tier_budget(limit: i64) -> Option<u64> {
     u64::try_from(limit).ok().filter(|b| *b > 0)
 }
 
-fn hold(
-    shared: &Shared,
-    lanes: &mut [LaneState],
-    lane: Lane,
-    share: Share,
-    job: SendJob,
-    reason: Reason,
-) {
-    shared
-        .services
-        .metrics
-        .holds
-        .with_label_values(&[shared.id.as_str(), reason.code()])
-        .inc();
-    let state = &mut lanes[lane.index()];
-    state.backlog.push_front((share, job));
-    state.hold_until = Some(Instant::now() + shared.services.config.hold_recheck.0);
+/// Puts jobs back at the front of a lane's backlog, in order, and stops taking from it for a
+/// while: no job is taken out of order, and the lane's next look is when the pause ends.
+fn pause(shared: &Shared, state: &mut LaneState, jobs: Vec<(Share, SendJob)>, why: Pause) {
+    let until = match why {
+        Pause::Hold(reason) => {
+            shared
+                .services
+                .metrics
+                .holds
+                .with_label_values(&[shared.id.as_str(), reason.code()])
+                .inc();
+            Instant::now() + shared.services.config.hold_recheck.0
+        }
+        Pause::Spread(wait) => Instant::now() + wait,
+    };
+    for job in jobs.into_iter().rev() {
+        state.backlog.push_front(job);
+    }
+    state.hold_until = Some(state.hold_until.map_or(until, |t| t.max(until)));
 }
 
 /// Sends one message and acts on the answer. Runs concurrently, bounded per sender. A `probe`

@@ -14,6 +14,7 @@ mod ingest;
 mod limits;
 mod observability;
 mod privacy;
+mod reservations;
 mod resilience;
 mod secrets;
 mod simulator;
