@@ -39,6 +39,13 @@ impl StateError {
     }
 }
 
+/// A batch read answered nothing for the one item it was asked about.
+fn missing_answer(what: &str) -> StateError {
+    StateError::Parse(redis::ParsingError::from(format!(
+        "no {what} in the answer for one message"
+    )))
+}
+
 /// How long send claims and "already sent" markers live: longer than any redelivery can take.
 const CLAIM_TTL: Duration = Duration::from_secs(7 * 86_400);
 
@@ -450,7 +457,7 @@ impl State {
         query: SnapshotQuery<'_>,
     ) -> Result<Snapshot, StateError> {
         let mut all = self.snapshots(phone_number_id, &[query]).await?;
-        all.pop().ok_or(StateError::CopyMissing)
+        all.pop().ok_or_else(|| missing_answer("snapshot"))
     }
 
     /// Everything the send decisions about several messages of one sender need, in one round
@@ -708,7 +715,7 @@ impl State {
         let mut all = self
             .reserve_many(tier_counter, tier_limit, owner, &[item])
             .await?;
-        all.pop().ok_or(StateError::CopyMissing)
+        all.pop().ok_or_else(|| missing_answer("reservation"))
     }
 
     /// Takes the tier slots and send claims of several messages of one tier counter, in order, in

@@ -20,6 +20,7 @@ use crate::domain::MessageStatus;
 use crate::domain::decision::{self, CampaignGate, Decision, Facts, Snapshot, TemplateStatus};
 use crate::domain::job::SendJob;
 use crate::domain::reason::Reason;
+use crate::domain::tier::Tier;
 use crate::queue::{self, QueueError};
 use crate::state::{Reservation, ReserveItem, SnapshotQuery, StateError, now_ms};
 use crate::store::{MessageUpdate, Sender, StoreError};
@@ -389,55 +390,39 @@ async fn process_backlog(
 
     // Decide in order; what needs no slot is carried out at once, what may be sent is reserved
     // below in one script. A job that must wait stops the batch: it and the rest go back.
+    let (tier_counter, tier) = services.tier_counter(&sender);
     let mut to_reserve: Vec<(Share, SendJob, bool, bool)> = Vec::new();
     let mut stopped: Option<(Vec<(Share, SendJob)>, Pause)> = None;
     let mut decided = batch.into_iter().zip(snapshots);
     while let Some(((share, job), mut snapshot)) = decided.next() {
         let decision = decide(services, &job, &mut snapshot).await;
         let probe = snapshot.template_probe;
-        match decision {
-            Decision::Hold(reason) => {
-                let rest = std::iter::once((share, job))
-                    .chain(decided.by_ref().map(|(j, _)| j))
-                    .collect();
-                stopped = Some((rest, Pause::Hold(reason)));
-                break;
-            }
+        let wait = match decision {
+            Decision::Hold(reason) => Pause::Hold(reason),
             Decision::Send {
                 counts_against_tier,
-            } => {
-                let (_, tier) = services.tier_counter(&sender);
-                if counts_against_tier
-                    && let (Some(period), Some(budget)) =
-                        (sender.tier_spread_seconds, tier_budget(tier.limit()))
-                    && let Some(wait) = shared.pacer.spread_wait(
-                        budget,
-                        Duration::from_secs(u64::try_from(period).unwrap_or(1)),
-                    )
-                {
-                    services
-                        .metrics
-                        .pacing_wait_seconds
-                        .with_label_values(&[sender_id.as_str(), "spread"])
-                        .inc_by(wait.as_secs_f64());
-                    let rest = std::iter::once((share, job))
-                        .chain(decided.by_ref().map(|(j, _)| j))
-                        .collect();
-                    stopped = Some((rest, Pause::Spread(wait)));
-                    break;
+            } => match counts_against_tier
+                .then(|| tier_spread_wait(shared, &sender, tier))
+                .flatten()
+            {
+                Some(wait) => Pause::Spread(wait),
+                None => {
+                    to_reserve.push((share, job, counts_against_tier, probe));
+                    continue;
                 }
-                to_reserve.push((share, job, counts_against_tier, probe));
-            }
+            },
             Decision::AlreadySent(wamid) => {
                 let mut update =
                     MessageUpdate::new(job.id, MessageStatus::Sent, job.attempt.max(1));
                 update.wamid = Some(wamid);
                 finish(shared, share, &job, update, "sent").await;
+                continue;
             }
             Decision::Skip(reason) => {
                 let update =
                     MessageUpdate::new(job.id, MessageStatus::Skipped, job.attempt).because(reason);
                 finish(shared, share, &job, update, "skipped").await;
+                continue;
             }
             Decision::Fail { reason, detail } => {
                 let mut update =
@@ -449,24 +434,32 @@ async fn process_backlog(
                     .with_label_values(&[reason.code()])
                     .inc();
                 finish(shared, share, &job, update, "failed").await;
+                continue;
             }
             Decision::ReturnToCampaign => {
-                settle_for_campaign(shared, share, &job, CampaignGate::Paused).await
+                settle_for_campaign(shared, share, &job, CampaignGate::Paused).await;
+                continue;
             }
             Decision::Cancel => {
-                settle_for_campaign(shared, share, &job, CampaignGate::Stopped).await
+                settle_for_campaign(shared, share, &job, CampaignGate::Stopped).await;
+                continue;
             }
             Decision::TemplatePaused => {
                 let wait = services.derived.post_send.template_pause_recheck;
-                defer(shared, share, job, Reason::TemplatePaused, wait, None).await
+                defer(shared, share, job, Reason::TemplatePaused, wait, None).await;
+                continue;
             }
-        }
+        };
+        let rest = std::iter::once((share, job))
+            .chain(decided.by_ref().map(|(j, _)| j))
+            .collect();
+        stopped = Some((rest, wait));
+        break;
     }
 
     let mut back: Vec<(Share, SendJob)> = Vec::new();
     let mut reserve_pause = None;
     if !to_reserve.is_empty() {
-        let (tier_counter, tier) = services.tier_counter(&sender);
         let reserved = {
             let items: Vec<ReserveItem> = to_reserve
                 .iter()
@@ -540,6 +533,24 @@ async fn process_backlog(
     if let Some(why) = reserve_pause.or(decision_pause) {
         pause(shared, state, back, why);
     }
+}
+
+/// How long a send that counts against the tier must wait so the sender's tier is spread over
+/// its configured period rather than spent in a burst; `None` when it may go now.
+fn tier_spread_wait(shared: &Shared, sender: &Sender, tier: Tier) -> Option<Duration> {
+    let period = sender.tier_spread_seconds?;
+    let budget = tier_budget(tier.limit())?;
+    let wait = shared.pacer.spread_wait(
+        budget,
+        Duration::from_secs(u64::try_from(period).unwrap_or(1)),
+    )?;
+    shared
+        .services
+        .metrics
+        .pacing_wait_seconds
+        .with_label_values(&[sender.phone_number_id.as_str(), "spread"])
+        .inc_by(wait.as_secs_f64());
+    Some(wait)
 }
 
 /// Takes the jobs to decide on from the front of a lane's backlog: the first waits for its
