@@ -23,6 +23,16 @@ pub enum Write {
     ClearOutbox(Vec<Uuid>),
 }
 
+impl Write {
+    /// The rows this write adds to a batched statement (a cleared job is a cheap delete).
+    fn rows(&self) -> usize {
+        match self {
+            Write::Insert(rows) => rows.len().max(1),
+            Write::Update(_) | Write::ClearOutbox(_) => 1,
+        }
+    }
+}
+
 /// The ids a flush inserted (a row whose idempotency key was taken is not among them).
 type Inserted = Arc<HashSet<Uuid>>;
 
@@ -141,35 +151,50 @@ async fn run_writer(
     failing: Arc<AtomicBool>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(config.batch_size);
+    // A write that would have taken a batch past `batch_size` rows opens the next one.
+    let mut carried: Option<Pending> = None;
     let mut closing = false;
     loop {
         let probe = failing.load(Ordering::Relaxed);
-        let first = tokio::select! {
-            biased;
-            p = rx.recv() => p,
-            _ = tokio::time::sleep(PROBE_EVERY), if probe => {
-                if sqlx::query("SELECT 1").execute(&pool).await.is_ok() {
-                    tracing::info!("PostgreSQL answers again");
-                    failing.store(false, Ordering::Relaxed);
+        let first = if let Some(p) = carried.take() {
+            Some(p)
+        } else {
+            tokio::select! {
+                biased;
+                p = rx.recv() => p,
+                _ = tokio::time::sleep(PROBE_EVERY), if probe => {
+                    if sqlx::query("SELECT 1").execute(&pool).await.is_ok() {
+                        tracing::info!("PostgreSQL answers again");
+                        failing.store(false, Ordering::Relaxed);
+                    }
+                    continue;
                 }
-                continue;
-            }
-            asked = &mut closed, if !closing => {
-                closing = true;
-                // Asked to close: take no new writes; those already queued are still flushed.
-                // A dropped handle only means nobody will ask: run until the writers are gone.
-                if asked.is_ok() {
-                    rx.close();
+                asked = &mut closed, if !closing => {
+                    closing = true;
+                    // Asked to close: take no new writes; those already queued are still
+                    // flushed. A dropped handle only means nobody will ask: run until the
+                    // writers are gone.
+                    if asked.is_ok() {
+                        rx.close();
+                    }
+                    continue;
                 }
-                continue;
             }
         };
         let Some(first) = first else { break };
+        let mut rows = first.write.rows();
         batch.push(first);
         let deadline = tokio::time::Instant::now() + config.linger;
-        while batch.len() < config.batch_size {
+        while rows < config.batch_size {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(p)) => batch.push(p),
+                Ok(Some(p)) if rows + p.write.rows() > config.batch_size => {
+                    carried = Some(p);
+                    break;
+                }
+                Ok(Some(p)) => {
+                    rows += p.write.rows();
+                    batch.push(p);
+                }
                 Ok(None) | Err(_) => break,
             }
         }
@@ -188,14 +213,22 @@ async fn run_writer(
 /// Writes a batch and answers each caller. False when PostgreSQL could not be reached (as
 /// opposed to refusing a write, such as a duplicate key).
 async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) -> bool {
-    let mut inserts = Vec::new();
+    // Rows are moved, not copied, into the statement's columns; `spans` remembers whose they
+    // were, for the one-by-one fallback.
+    let mut inserts: Vec<NewMessage> = Vec::new();
+    let mut spans: Vec<std::ops::Range<usize>> = Vec::with_capacity(batch.len());
     let mut cleared = Vec::new();
     // Keep only the last update per message: one statement cannot update a row twice.
     let mut updates: Vec<MessageUpdate> = Vec::new();
     let mut position: HashMap<Uuid, usize> = HashMap::new();
-    for pending in batch.iter() {
+    for pending in batch.iter_mut() {
+        let start = inserts.len();
+        if let Write::Insert(rows) = &mut pending.write {
+            inserts.append(rows);
+        }
+        spans.push(start..inserts.len());
         match &pending.write {
-            Write::Insert(rows) => inserts.extend(rows.iter().cloned()),
+            Write::Insert(_) => {}
             Write::Update(u) => match position.get(&u.id) {
                 Some(&i) => updates[i] = u.clone(),
                 None => {
@@ -216,7 +249,7 @@ async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) -> bool {
             && batch.len() > 1
         {
             // One caller's duplicate key must not fail its neighbours: write one by one.
-            flush_one_by_one(pool, batch).await;
+            flush_one_by_one(pool, batch, &inserts, &spans).await;
             return true;
         }
     }
@@ -247,10 +280,15 @@ async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) -> bool {
     reached
 }
 
-async fn flush_one_by_one(pool: &PgPool, batch: &mut Vec<Pending>) {
-    for pending in batch.drain(..) {
+async fn flush_one_by_one(
+    pool: &PgPool,
+    batch: &mut Vec<Pending>,
+    inserts: &[NewMessage],
+    spans: &[std::ops::Range<usize>],
+) {
+    for (pending, span) in batch.drain(..).zip(spans) {
         let result = match &pending.write {
-            Write::Insert(rows) => insert_messages(pool, rows)
+            Write::Insert(_) => insert_messages(pool, &inserts[span.clone()])
                 .await
                 .map(|ids| Arc::new(ids.into_iter().collect())),
             Write::Update(u) => update_messages(pool, std::slice::from_ref(u))

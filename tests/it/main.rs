@@ -20,3 +20,4 @@ mod secrets;
 mod simulator;
 mod state_loss;
 mod webhooks;
+mod writer;
