@@ -184,7 +184,7 @@ impl Default for Config {
             delay_steps: "1s,5s,30s,2m,10m,1h".into(),
             throttle_cooldown: secs(30),
             marketing_pause_on_spam: secs(600),
-            prefetch: 256,
+            prefetch: 64,
             job_chunk: 32,
             sender_concurrency: 64,
             hold_recheck: secs(2),
