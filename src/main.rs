@@ -10,6 +10,13 @@ use pregon::process::{self, Roles};
 use pregon::simulator::SimConfig;
 use pregon::store;
 
+/// jemalloc rather than the system allocator: with glibc's, about a fifth of the dispatcher's
+/// CPU went to malloc and free (chunk consolidation) on the hot path. Measured in the README:
+/// a quarter less CPU per message for a few MiB more peak RSS; mimalloc saved less and cost
+/// 40 MiB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pregon",
