@@ -243,9 +243,15 @@ pub async fn failed_needing_effects(
 }
 
 /// Marks the consequences of statuses as taken. Statuses other than `failed` have none.
+///
+/// Several processes settle overlapping statuses (each one's events, and the sweep of those that
+/// waited), so both statements that change these rows lock them in id order first: updated in
+/// whatever order each plan met them, two such statements deadlocked.
 pub async fn mark_effects_done(pool: &PgPool, ids: &[i64]) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE message_statuses SET effects_done = TRUE WHERE id = ANY($1) AND NOT effects_done",
+        "UPDATE message_statuses SET effects_done = TRUE
+         WHERE id IN (SELECT id FROM message_statuses WHERE id = ANY($1) AND NOT effects_done
+                      ORDER BY id FOR UPDATE)",
     )
     .bind(ids)
     .execute(pool)
@@ -261,7 +267,9 @@ pub async fn mark_effects_done(pool: &PgPool, ids: &[i64]) -> Result<(), StoreEr
 pub async fn apply_statuses(pool: &PgPool, ids: &[i64]) -> Result<u64, StoreError> {
     let row = sqlx::query(concat!(
         "WITH s AS (
+             -- Locked in id order, as `mark_effects_done` does, before anything is changed.
              SELECT * FROM message_statuses WHERE id = ANY($1) AND applied_at IS NULL
+             ORDER BY id FOR UPDATE
          ), a AS (
              SELECT wamid,
                  bool_or(status = 'read') AS is_read,
