@@ -59,8 +59,8 @@ pub struct ChaosArgs {
     /// Sender numbers (the first has a 1K tier, so the messaging limit is exercised).
     #[arg(long, default_value_t = 4)]
     pub senders: usize,
-    /// Messages per second of each sender.
-    #[arg(long, default_value_t = 200)]
+    /// Messages per second of each sender (below the clients' rate, so a backlog builds).
+    #[arg(long, default_value_t = 100)]
     pub mps: u32,
     /// Seconds the database stays away in `postgres-outage`.
     #[arg(long, default_value_t = 30)]
@@ -392,10 +392,17 @@ async fn run_scenario(
     while next.load(Ordering::Relaxed) < args.messages / 3 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Opt-outs (both purposes) for 50 recipients accepted just now, still queued behind the
-    // backlog: none of them may be reached from here on. Those already sent are left out.
-    let at = next.load(Ordering::Relaxed).saturating_sub(100);
-    let candidates: Vec<String> = recipients[at..at + 50].to_vec();
+    // Opt-outs (both purposes) for 50 recipients whose messages wait in an unlimited sender's
+    // backlog right now, the newest first: none of them may be reached from here on. (The 1K-tier
+    // sender's are left alone: past its limit they wait for the tier whatever the consent.)
+    let candidates: Vec<String> = sqlx::query_scalar(
+        "SELECT recipient FROM messages WHERE status = 'queued' AND sender <> $1
+         ORDER BY id DESC LIMIT 50",
+    )
+    .bind(&senders[0])
+    .fetch_all(&pool)
+    .await
+    .map_err(StoreError::from)?;
     let opt_outs: Vec<store::ConsentEvent> = candidates
         .iter()
         .flat_map(|r| {
@@ -411,7 +418,8 @@ async fn run_scenario(
         .collect();
     record_opt_outs(&pool, &state, &opt_outs).await?;
     let reached_before: Vec<String> = sqlx::query_scalar(
-        "SELECT recipient FROM messages WHERE recipient = ANY($1) AND status <> 'queued'",
+        "SELECT recipient FROM messages WHERE recipient = ANY($1)
+           AND status IN ('sent', 'delivered', 'read', 'failed')",
     )
     .bind(&candidates)
     .fetch_all(&pool)
