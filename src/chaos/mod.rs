@@ -59,8 +59,8 @@ pub struct ChaosArgs {
     /// Sender numbers (the first has a 1K tier, so the messaging limit is exercised).
     #[arg(long, default_value_t = 4)]
     pub senders: usize,
-    /// Messages per second of each sender (below the clients' rate, so a backlog builds).
-    #[arg(long, default_value_t = 100)]
+    /// Messages per second of each sender.
+    #[arg(long, default_value_t = 200)]
     pub mps: u32,
     /// Seconds the database stays away in `postgres-outage`.
     #[arg(long, default_value_t = 30)]
@@ -392,17 +392,27 @@ async fn run_scenario(
     while next.load(Ordering::Relaxed) < args.messages / 3 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Opt-outs (both purposes) for 50 recipients whose messages wait in an unlimited sender's
-    // backlog right now, the newest first: none of them may be reached from here on. (The 1K-tier
-    // sender's are left alone: past its limit they wait for the tier whatever the consent.)
-    let candidates: Vec<String> = sqlx::query_scalar(
-        "SELECT recipient FROM messages WHERE status = 'queued' AND sender <> $1
-         ORDER BY id DESC LIMIT 50",
-    )
-    .bind(&senders[0])
-    .fetch_all(&pool)
-    .await
-    .map_err(StoreError::from)?;
+    // Opt-outs (both purposes) for 50 recipients whose messages wait in a backlog: none of them
+    // may be reached from here on. So that there is a backlog whatever the machine's speed, the
+    // second sender (unlimited tier) is paused by its operator until 50 of its messages wait;
+    // the opt-outs go to the newest of them, and the sender is resumed.
+    let held = &senders[1];
+    pause_or_resume(&http, &api_url, &key, held, "pause").await?;
+    let waited_since = Instant::now();
+    let candidates: Vec<String> = loop {
+        let queued: Vec<String> = sqlx::query_scalar(
+            "SELECT recipient FROM messages WHERE status = 'queued' AND sender = $1
+             ORDER BY id DESC LIMIT 50",
+        )
+        .bind(held)
+        .fetch_all(&pool)
+        .await
+        .map_err(StoreError::from)?;
+        if queued.len() == 50 || waited_since.elapsed() > Duration::from_secs(30) {
+            break queued;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let opt_outs: Vec<store::ConsentEvent> = candidates
         .iter()
         .flat_map(|r| {
@@ -416,7 +426,10 @@ async fn run_scenario(
             })
         })
         .collect();
-    record_opt_outs(&pool, &state, &opt_outs).await?;
+    if !opt_outs.is_empty() {
+        record_opt_outs(&pool, &state, &opt_outs).await?;
+    }
+    pause_or_resume(&http, &api_url, &key, held, "resume").await?;
     let reached_before: Vec<String> = sqlx::query_scalar(
         "SELECT recipient FROM messages WHERE recipient = ANY($1)
            AND status IN ('sent', 'delivered', 'read', 'failed')",
@@ -528,6 +541,38 @@ async fn record_opt_outs(
         .collect();
     state.mirror_consent(&mirror).await?;
     Ok(())
+}
+
+/// Pauses or resumes a sender through the API, as its operator would (`action`: "pause" or
+/// "resume").
+async fn pause_or_resume(
+    http: &reqwest::Client,
+    api_url: &str,
+    key: &str,
+    sender: &str,
+    action: &str,
+) -> Result<(), AppError> {
+    // The clients keep the key at its rate limit: a 429 (or a 5xx) is tried again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = http
+            .post(format!("{api_url}/v1/senders/{sender}/{action}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .map_err(|e| AppError::Invalid(format!("could not {action} {sender}: {e}")))?;
+        let status = answer.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let again = status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+        if !again || Instant::now() > deadline {
+            return Err(AppError::Invalid(format!(
+                "could not {action} {sender}: {status}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Carries out the scenario's fault; returns when the service is back.
