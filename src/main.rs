@@ -17,6 +17,12 @@ use pregon::store;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once at start (a C string under the crate's symbol prefix). Freed
+/// pages go back to the system after a second instead of ten: with the default, a 100,000-row
+/// import left the API at 111–119 MiB of peak RSS against 70–74 with glibc; with this, 83.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_OPTIONS: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[derive(Parser)]
 #[command(
     name = "pregon",
