@@ -352,6 +352,10 @@ impl State {
         &self,
         events: &[(String, String, ConsentAction)],
     ) -> Result<(), StateError> {
+        // Redis refuses an empty pipeline ("empty command"): nothing to mirror is done.
+        if events.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for (recipient, purpose, action) in events {
             pipe.hset(self.key(&["consent", recipient]), purpose, action.as_str())

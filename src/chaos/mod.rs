@@ -426,9 +426,7 @@ async fn run_scenario(
             })
         })
         .collect();
-    if !opt_outs.is_empty() {
-        record_opt_outs(&pool, &state, &opt_outs).await?;
-    }
+    record_opt_outs(&pool, &state, &opt_outs).await?;
     pause_or_resume(&http, &api_url, &key, held, "resume").await?;
     let reached_before: Vec<String> = sqlx::query_scalar(
         "SELECT recipient FROM messages WHERE recipient = ANY($1)

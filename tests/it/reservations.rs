@@ -151,3 +151,10 @@ async fn one_snapshot_read_answers_each_message_of_a_batch_in_order() {
     }
     state.delete_all().await.unwrap();
 }
+
+#[tokio::test]
+async fn mirroring_no_consent_events_is_nothing_to_do() {
+    // Redis refuses an empty pipeline; the mirror must not pass that on to its callers.
+    let state = state().await;
+    state.mirror_consent(&[]).await.unwrap();
+}
