@@ -412,6 +412,21 @@ impl Metrics {
             .with_label_values(&[outcome, sender, category])
             .inc();
     }
+
+    /// How many messages this process recorded with `outcome`, over every sender and category.
+    pub fn outcome_total(&self, outcome: &str) -> u64 {
+        prometheus::core::Collector::collect(&self.messages)
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|label| label.name() == "outcome" && label.value() == outcome)
+            })
+            .map(|metric| metric.get_counter().get_value() as u64)
+            .sum()
+    }
 }
 
 impl Default for Metrics {
@@ -423,6 +438,19 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outcome_total_sums_every_sender_and_category_of_that_outcome_only() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.outcome_total("sent"), 0);
+        metrics.outcome("sent", "100", "utility");
+        metrics.outcome("sent", "100", "utility");
+        metrics.outcome("sent", "200", "marketing");
+        metrics.outcome("failed", "100", "utility");
+        assert_eq!(metrics.outcome_total("sent"), 3);
+        assert_eq!(metrics.outcome_total("failed"), 1);
+        assert_eq!(metrics.outcome_total("skipped"), 0);
+    }
 
     /// Every `pregon_*` series the dashboard and the alert rules query must exist.
     #[test]

@@ -61,25 +61,6 @@ pub struct BenchArgs {
     pub skip_broker: bool,
 }
 
-/// Sends recorded in PostgreSQL so far, by the worker's outcome counter (summed over senders and
-/// categories).
-fn recorded_sends(metrics: &crate::metrics::Metrics) -> u64 {
-    metrics
-        .registry
-        .gather()
-        .iter()
-        .filter(|family| family.name() == "pregon_messages_total")
-        .flat_map(|family| family.get_metric())
-        .filter(|metric| {
-            metric
-                .get_label()
-                .iter()
-                .any(|label| label.name() == "outcome" && label.value() == "sent")
-        })
-        .map(|metric| metric.get_counter().get_value() as u64)
-        .sum()
-}
-
 /// Cores this machine offers, for the benchmarks' headings.
 fn cores() -> usize {
     std::thread::available_parallelism()
@@ -278,7 +259,7 @@ async fn measure(
         // The worker's own count of recorded sends is free to read; PostgreSQL is asked (a scan
         // of every row, which would otherwise load the database it measures) only once that
         // count says the run is over, and it has the last word.
-        if recorded_sends(&services.metrics) >= total as u64 {
+        if services.metrics.outcome_total("sent") >= total as u64 {
             let counts = store::count_by_status(&services.pool, None).await?;
             let sent = counts.get("sent").copied().unwrap_or(0) as usize;
             if sent >= total {

@@ -223,12 +223,8 @@ async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) -> bool {
     let mut position: HashMap<Uuid, usize> = HashMap::new();
     for pending in batch.iter_mut() {
         let start = inserts.len();
-        if let Write::Insert(rows) = &mut pending.write {
-            inserts.append(rows);
-        }
-        spans.push(start..inserts.len());
-        match &pending.write {
-            Write::Insert(_) => {}
+        match &mut pending.write {
+            Write::Insert(rows) => inserts.append(rows),
             Write::Update(u) => match position.get(&u.id) {
                 Some(&i) => updates[i] = u.clone(),
                 None => {
@@ -238,6 +234,7 @@ async fn flush(pool: &PgPool, batch: &mut Vec<Pending>) -> bool {
             },
             Write::ClearOutbox(ids) => cleared.extend(ids.iter().copied()),
         }
+        spans.push(start..inserts.len());
     }
     let mut result: Result<Inserted, StoreError> = Ok(Inserted::default());
     if !inserts.is_empty() {
