@@ -4,6 +4,7 @@
 mod authorization;
 mod broker_restart;
 mod browser;
+mod campaign_counts;
 mod campaigns;
 mod console;
 mod contract;
