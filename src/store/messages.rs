@@ -52,6 +52,9 @@ pub struct MessageUpdate {
     pub error_code: Option<i64>,
     pub error: Option<String>,
     pub not_before: Option<DateTime<Utc>>,
+    /// When the Cloud API accepted the send: `sent_at` says when that happened, not when the
+    /// record was written (a batch can wait behind others). Without it, the write's time.
+    pub accepted_at: Option<DateTime<Utc>>,
 }
 
 impl MessageUpdate {
@@ -66,6 +69,7 @@ impl MessageUpdate {
             error_code: None,
             error: None,
             not_before: None,
+            accepted_at: None,
         }
     }
 
@@ -337,11 +341,11 @@ pub(super) async fn update_messages(
              last_error_code = COALESCE(u.error_code, m.last_error_code),
              last_error = COALESCE(u.error, m.last_error),
              not_before = u.not_before,
-             sent_at = CASE WHEN u.status = 'sent' THEN COALESCE(m.sent_at, now()) ELSE m.sent_at END,
+             sent_at = CASE WHEN u.status = 'sent' THEN COALESCE(m.sent_at, u.accepted_at, now()) ELSE m.sent_at END,
              updated_at = now()
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[],
-                     $8::timestamptz[], $9::text[])
-              AS u(id, status, reason, wamid, attempts, error_code, error, not_before, wa_id)
+                     $8::timestamptz[], $9::text[], $10::timestamptz[])
+              AS u(id, status, reason, wamid, attempts, error_code, error, not_before, wa_id, accepted_at)
               JOIN messages old ON old.id = u.id
          WHERE m.id = u.id
            AND m.status NOT IN ('delivered', 'read', 'cancelled')
@@ -363,6 +367,7 @@ pub(super) async fn update_messages(
     .bind(col(updates, |u| u.error.clone()))
     .bind(col(updates, |u| u.not_before))
     .bind(col(updates, |u| u.wa_id.clone()))
+    .bind(col(updates, |u| u.accepted_at))
     .execute(pool)
     .await?;
     Ok(())

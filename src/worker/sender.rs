@@ -769,6 +769,7 @@ async fn send(shared: &Shared, share: Share, job: SendJob, probe: bool) {
     let attempts = job.attempt + 1;
     match result {
         Ok(accepted) => {
+            let accepted_at = chrono::Utc::now();
             services
                 .metrics
                 .cloud_api_duration
@@ -789,6 +790,7 @@ async fn send(shared: &Shared, share: Share, job: SendJob, probe: bool) {
             let latency = (now_ms() - job.enqueued_at_ms).max(0) as f64 / 1000.0;
             services.metrics.enqueue_to_accepted.observe(latency);
             let mut update = MessageUpdate::new(job.id, MessageStatus::Sent, attempts);
+            update.accepted_at = Some(accepted_at);
             update.wamid = Some(accepted.wamid);
             update.wa_id = accepted.wa_id;
             finish(shared, share, &job, update, "sent").await;

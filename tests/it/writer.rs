@@ -94,3 +94,64 @@ async fn writes_larger_and_smaller_than_a_batch_land_and_a_refused_row_fails_alo
     handle.close().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_sent_message_records_when_the_cloud_api_accepted_it_not_when_the_row_was_written() {
+    use pregon::domain::MessageStatus;
+    use pregon::store::MessageUpdate;
+
+    let env = Env::start(Options::default()).await;
+    let (writer, handle) = MessageWriter::spawn(
+        env.services.pool.clone(),
+        WriterConfig {
+            batch_size: 5,
+            linger: Duration::from_millis(5),
+        },
+    );
+    let accepted_late = row(1, None);
+    let written_at_once = row(2, None);
+    let (late_id, at_once_id) = (accepted_late.id, written_at_once.id);
+    writer
+        .insert(vec![accepted_late, written_at_once])
+        .await
+        .unwrap();
+
+    // Accepted three seconds before the write reaches PostgreSQL (a batch queued behind others).
+    let accepted_at = chrono::Utc::now() - chrono::Duration::seconds(3);
+    let mut sent = MessageUpdate::new(late_id, MessageStatus::Sent, 1);
+    sent.accepted_at = Some(accepted_at);
+    writer.update(sent.clone()).await.unwrap();
+    // A redelivered job's second answer does not move the first acceptance.
+    sent.accepted_at = Some(chrono::Utc::now());
+    sent.attempts = 2;
+    writer.update(sent).await.unwrap();
+    // Without an acceptance time, the write's own time.
+    let before_write = chrono::Utc::now();
+    writer
+        .update(MessageUpdate::new(at_once_id, MessageStatus::Sent, 1))
+        .await
+        .unwrap();
+
+    let late = pregon::store::get_message(&env.services.pool, late_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let sent_at = late.sent_at.expect("sent");
+    assert!(
+        (sent_at - accepted_at).num_microseconds().unwrap().abs() <= 1,
+        "sent_at {sent_at} is the acceptance {accepted_at}"
+    );
+    assert!(late.updated_at > sent_at + chrono::Duration::seconds(2));
+    let at_once = pregon::store::get_message(&env.services.pool, at_once_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let written = at_once.sent_at.expect("sent");
+    assert!(
+        written >= before_write - chrono::Duration::seconds(1),
+        "{written} is the write's time"
+    );
+    drop(writer);
+    handle.close().await;
+    env.cleanup().await;
+}
