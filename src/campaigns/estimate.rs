@@ -53,20 +53,31 @@ pub struct SenderEstimate {
 pub async fn estimate(services: &Services, c: &Campaign) -> Result<Estimate, CampaignError> {
     let plan = plan_of(services, c).await?;
     let chunk = i64::from(services.config.campaign_chunk);
-    let mut cursor = 0;
     let mut seen = HashSet::new();
     let mut excluded: BTreeMap<&'static str, u64> =
         Exclusion::ALL.iter().map(|e| (e.code(), 0)).collect();
     let mut by_country: BTreeMap<String, u64> = BTreeMap::new();
     let (mut total, mut eligible) = (0u64, 0u64);
-    loop {
-        let page = audience_page(services, &plan.audience, cursor, chunk).await?;
-        let Some(last) = page.last().map(|c| c.seq) else {
-            break;
-        };
+    let mut page = audience_page(services, &plan.audience, 0, chunk).await?;
+    while let Some(last) = page.last().map(|c| c.seq) {
         let full = page.len() as i64 == chunk;
         total += page.len() as u64;
-        for verdict in check_page(services, &plan, page, &mut seen).await? {
+        // The next page is read while this one is checked, so PostgreSQL, Redis and this
+        // process work at once instead of in turn.
+        let next = async {
+            if full {
+                audience_page(services, &plan.audience, last, chunk)
+                    .await
+                    .map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let (next, verdicts) = tokio::join!(
+            next,
+            check_page(services, &plan, page, &mut seen, variables_resolve)
+        );
+        for verdict in verdicts? {
             match verdict {
                 Verdict::Send { country, .. } => {
                     eligible += 1;
@@ -77,9 +88,9 @@ pub async fn estimate(services: &Services, c: &Campaign) -> Result<Estimate, Cam
                 }
             }
         }
-        cursor = last;
-        if !full {
-            break;
+        match next? {
+            Some(following) => page = following,
+            None => break,
         }
     }
     let card = &services.derived.rate_card;

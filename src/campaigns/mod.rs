@@ -21,7 +21,9 @@ pub use audience::{Audience, sample_contact};
 pub(crate) use audience::{Candidate, audience_is_empty, audience_page};
 pub use definition::{Definition, QuietHoursBody, Schedule, TemplateChoice, create};
 pub use estimate::{CostEstimate, CountryCost, Estimate, SenderEstimate, estimate};
-pub(crate) use plan::{Plan, Verdict, check_page, plan_of};
+pub(crate) use plan::{
+    Message, Plan, Verdict, build_message, check_page, plan_of, variables_resolve,
+};
 pub(crate) use progress::count_map;
 pub use progress::{Funnel, Progress, RateTracker, done_and_total, progress, retryable};
 

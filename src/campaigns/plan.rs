@@ -29,14 +29,14 @@ pub(crate) struct Plan {
     pub(crate) pool: Vec<(String, f64)>,
 }
 
-/// The verdict on one audience member: a message to write, or why not.
-pub(crate) enum Verdict {
+/// The verdict on one audience member: eligible, with what the caller asked to build for it
+/// (`M`), or why not.
+pub(crate) enum Verdict<M> {
     Send {
         seq: i64,
         recipient: String,
         country: &'static str,
-        body: Value,
-        sender: String,
+        message: M,
     },
     Excluded {
         seq: i64,
@@ -45,7 +45,7 @@ pub(crate) enum Verdict {
     },
 }
 
-impl Verdict {
+impl<M> Verdict<M> {
     fn seq(&self) -> i64 {
         match self {
             Verdict::Send { seq, .. } | Verdict::Excluded { seq, .. } => *seq,
@@ -53,14 +53,62 @@ impl Verdict {
     }
 }
 
+/// What planning writes for an eligible recipient.
+pub(crate) struct Message {
+    pub(crate) body: Value,
+    /// The sender of the pool the recipient sticks to.
+    pub(crate) sender: String,
+}
+
+/// What is built for a recipient who passed consent, suppression and the US rule: an error when
+/// a variable has no value. Planning builds the message ([`build_message`]); an estimate only counts
+/// ([`variables_resolve`]), and both exclude on the same rule (`resolve_values`).
+pub(crate) type Build<M> = fn(&Plan, &phone::PhoneNumber, &ContactView<'_>) -> Result<M, Exclusion>;
+
+/// The recipient's message: its template components rendered, and its sender.
+pub(crate) fn build_message(
+    plan: &Plan,
+    number: &phone::PhoneNumber,
+    view: &ContactView<'_>,
+) -> Result<Message, Exclusion> {
+    let components = campaign::render_components(&plan.template.parameters, &plan.mapping, view)
+        .map_err(|_| Exclusion::MissingVariable)?;
+    let sender = campaign::pick_sender(number.digits(), &plan.pool)
+        .unwrap_or_default()
+        .to_string();
+    Ok(Message {
+        body: campaign::message_body(
+            number.digits(),
+            &plan.template.name,
+            &plan.template.language,
+            components,
+        ),
+        sender,
+    })
+}
+
+/// Only whether every variable has a value: a million rendered bodies were most of an
+/// estimate's time, and it throws them away.
+pub(crate) fn variables_resolve(
+    plan: &Plan,
+    _number: &phone::PhoneNumber,
+    view: &ContactView<'_>,
+) -> Result<(), Exclusion> {
+    campaign::resolve_values(&plan.template.parameters, &plan.mapping, view)
+        .map(|_| ())
+        .map_err(|_| Exclusion::MissingVariable)
+}
+
 /// Checks a page of candidates: number, duplicates (explicit lists), consent and suppression (the
-/// worker's own Redis copy), the US rule, and the variables.
-pub(crate) async fn check_page(
+/// worker's own Redis copy), the US rule, and the variables; `build` makes what an eligible
+/// recipient carries.
+pub(crate) async fn check_page<M>(
     services: &Services,
     plan: &Plan,
     page: Vec<Candidate>,
     seen: &mut HashSet<String>,
-) -> Result<Vec<Verdict>, StateError> {
+    build: Build<M>,
+) -> Result<Vec<Verdict<M>>, StateError> {
     let mut verdicts = Vec::with_capacity(page.len());
     let mut valid: Vec<(Candidate, phone::PhoneNumber)> = Vec::with_capacity(page.len());
     // Contacts are unique by number (a unique index), so only an explicit list can repeat one;
@@ -90,7 +138,9 @@ pub(crate) async fn check_page(
     let states = services.state.audience_states(&recipients).await?;
     let empty = json!({});
     for ((candidate, number), (consent, suppressed)) in valid.into_iter().zip(states) {
-        let verdict = check_one(plan, &candidate, &number, &consent, suppressed, &empty);
+        let verdict = check_one(
+            plan, &candidate, &number, &consent, suppressed, &empty, build,
+        );
         verdicts.push(verdict);
     }
     // In audience order, so the exclusion report reads like the list it came from.
@@ -98,14 +148,15 @@ pub(crate) async fn check_page(
     Ok(verdicts)
 }
 
-pub(crate) fn check_one(
+fn check_one<M>(
     plan: &Plan,
     candidate: &Candidate,
     number: &phone::PhoneNumber,
     consent: &Consent,
     suppressed: bool,
     empty: &Value,
-) -> Verdict {
+    build: Build<M>,
+) -> Verdict<M> {
     let excluded = |reason| Verdict::Excluded {
         seq: candidate.seq,
         input: number.digits().to_string(),
@@ -123,25 +174,14 @@ pub(crate) fn check_one(
         country: number.country(),
         attributes: contact.map(|c| &c.attributes.0).unwrap_or(empty),
     };
-    let components =
-        match campaign::render_components(&plan.template.parameters, &plan.mapping, &view) {
-            Ok(c) => c,
-            Err(_) => return excluded(Exclusion::MissingVariable),
-        };
-    let sender = campaign::pick_sender(number.digits(), &plan.pool)
-        .unwrap_or_default()
-        .to_string();
-    Verdict::Send {
-        seq: candidate.seq,
-        recipient: number.digits().to_string(),
-        country: number.country(),
-        body: campaign::message_body(
-            number.digits(),
-            &plan.template.name,
-            &plan.template.language,
-            components,
-        ),
-        sender,
+    match build(plan, number, &view) {
+        Ok(message) => Verdict::Send {
+            seq: candidate.seq,
+            recipient: number.digits().to_string(),
+            country: number.country(),
+            message,
+        },
+        Err(reason) => excluded(reason),
     }
 }
 
