@@ -2,6 +2,7 @@
 //! rate card, and an ETA from the senders' pace and remaining tier.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -58,25 +59,18 @@ pub async fn estimate(services: &Services, c: &Campaign) -> Result<Estimate, Cam
         Exclusion::ALL.iter().map(|e| (e.code(), 0)).collect();
     let mut by_country: BTreeMap<String, u64> = BTreeMap::new();
     let (mut total, mut eligible) = (0u64, 0u64);
-    let mut page = audience_page(services, &plan.audience, 0, chunk).await?;
+    let audience = Arc::new(plan.audience.clone());
+    let mut page = audience_page(services, &audience, 0, chunk).await?;
     while let Some(last) = page.last().map(|c| c.seq) {
         let full = page.len() as i64 == chunk;
         total += page.len() as u64;
-        // The next page is read while this one is checked, so PostgreSQL, Redis and this
-        // process work at once instead of in turn.
-        let next = async {
-            if full {
-                audience_page(services, &plan.audience, last, chunk)
-                    .await
-                    .map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        let (next, verdicts) = tokio::join!(
-            next,
-            check_page(services, &plan, page, &mut seen, variables_resolve)
-        );
+        // The next page is read (and its rows decoded) on a task of its own while this one is
+        // checked, so PostgreSQL, Redis and both cores work at once instead of in turn.
+        let next = full.then(|| {
+            let (services, audience) = (services.clone(), audience.clone());
+            tokio::spawn(async move { audience_page(&services, &audience, last, chunk).await })
+        });
+        let verdicts = check_page(services, &plan, page, &mut seen, variables_resolve).await;
         for verdict in verdicts? {
             match verdict {
                 Verdict::Send { country, .. } => {
@@ -88,8 +82,12 @@ pub async fn estimate(services: &Services, c: &Campaign) -> Result<Estimate, Cam
                 }
             }
         }
-        match next? {
-            Some(following) => page = following,
+        match next {
+            Some(task) => {
+                page = task
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?
+            }
             None => break,
         }
     }
