@@ -525,13 +525,9 @@ impl Env {
         body
     }
 
-    /// What a Redis restart without persistence does to this test's keys, in one step (as a
-    /// restart does): every key under the prefix is gone. With `hold`, the rebuild claim is taken
-    /// in the same transaction under that token, so no process rebuilds until the test lets go.
-    pub async fn lose_redis(&self, hold: Option<&str>) {
-        let client = redis::Client::open(self.config.redis_url.as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let prefix = format!("{{{}}}", self.config.redis_prefix);
+    /// Every Redis key of this test. SCAN, not KEYS: the machine's Redis may hold millions of
+    /// other keys (a benchmark's), and one KEYS over them outlasts the client's timeout.
+    pub async fn redis_keys(&self, conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
         let pattern = format!("\\{{{}\\}}:*", self.config.redis_prefix);
         let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
@@ -542,7 +538,7 @@ impl Env {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(1000)
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await
                 .unwrap();
             keys.extend(page);
@@ -551,6 +547,17 @@ impl Env {
             }
             cursor = next;
         }
+        keys
+    }
+
+    /// What a Redis restart without persistence does to this test's keys, in one step (as a
+    /// restart does): every key under the prefix is gone. With `hold`, the rebuild claim is taken
+    /// in the same transaction under that token, so no process rebuilds until the test lets go.
+    pub async fn lose_redis(&self, hold: Option<&str>) {
+        let client = redis::Client::open(self.config.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let prefix = format!("{{{}}}", self.config.redis_prefix);
+        let keys = self.redis_keys(&mut conn).await;
         assert!(
             keys.contains(&format!("{prefix}:copy")),
             "the copy marker was there"

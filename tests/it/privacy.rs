@@ -36,11 +36,7 @@ fn dump(env: &Env) -> String {
 async fn redis_dump(env: &Env) -> String {
     let client = redis::Client::open(env.config.redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{{{}}}*", env.config.redis_prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = env.redis_keys(&mut conn).await;
     let mut all = keys.join("\n");
     for key in keys.iter().filter(|k| k.contains(":tier:")) {
         let members: Vec<String> = redis::cmd("ZRANGE")
