@@ -61,8 +61,8 @@ pub(crate) struct Message {
 }
 
 /// What is built for a recipient who passed consent, suppression and the US rule: an error when
-/// a variable has no value. Planning builds the message ([`build_message`]); an estimate only counts
-/// ([`variables_resolve`]), and both exclude on the same rule (`resolve_values`).
+/// a variable has no value. Planning builds the message ([`build_message`]); an estimate only
+/// counts ([`variables_resolve`]), and both exclude on the same rule (`resolve_values`).
 pub(crate) type Build<M> = fn(&Plan, &phone::PhoneNumber, &ContactView<'_>) -> Result<M, Exclusion>;
 
 /// The recipient's message: its template components rendered, and its sender.

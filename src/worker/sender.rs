@@ -787,7 +787,8 @@ async fn send(shared: &Shared, share: Share, job: SendJob, probe: bool) {
                 )
                 .await;
             }
-            let latency = (now_ms() - job.enqueued_at_ms).max(0) as f64 / 1000.0;
+            let latency =
+                (accepted_at.timestamp_millis() - job.enqueued_at_ms).max(0) as f64 / 1000.0;
             services.metrics.enqueue_to_accepted.observe(latency);
             let mut update = MessageUpdate::new(job.id, MessageStatus::Sent, attempts);
             update.accepted_at = Some(accepted_at);
