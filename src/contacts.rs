@@ -1,10 +1,12 @@
 //! Contact imports (a CSV streamed in chunks, written in batches, every bad row reported with its
 //! number and reason) and the rebuild of Redis's consent copy from PostgreSQL's log.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::app::{AppError, Services};
@@ -100,7 +102,7 @@ pub struct ImportReport {
 type Row = (u64, ContactInput, Option<(ConsentAction, String)>);
 
 pub struct Importer {
-    options: ImportOptions,
+    options: Arc<ImportOptions>,
     reader: RecordReader,
     columns: Option<Columns>,
     import_id: Uuid,
@@ -108,10 +110,36 @@ pub struct Importer {
     /// Data rows seen (row 1 is the first line after the header).
     row: u64,
     batch: Vec<Row>,
+    /// Errors of rows not yet written, stored with their batch.
     errors: Vec<ImportError>,
+    /// Batches being written, oldest first, while the file is read on.
+    writing: VecDeque<Writing>,
+    /// The first errors by row number (up to twice as many, sorted and cut when full).
     report_errors: Vec<ImportError>,
+    /// Rows from here on are past the report's first errors.
+    report_cutoff: u64,
     errors_by_reason: BTreeMap<String, u64>,
     totals: ImportTotals,
+}
+
+/// Batches written at once: PostgreSQL works on two while the file is read, and a repeat across
+/// them is found in memory; a batch starts once those before these are written, so a repeat of
+/// an older batch is found in PostgreSQL (a million numbers are not held in memory).
+const WRITES_AT_ONCE: usize = 2;
+
+/// A batch being written, with its numbers.
+struct Writing {
+    phones: HashSet<String>,
+    task: JoinHandle<Result<Written, ImportFailure>>,
+}
+
+/// What writing one batch did.
+struct Written {
+    created: u64,
+    updated: u64,
+    consent_events: u64,
+    /// Rows the write refused (duplicates, erased opt-outs), already stored.
+    errors: Vec<ImportError>,
 }
 
 impl Importer {
@@ -134,7 +162,7 @@ impl Importer {
             }
         }
         Ok(Importer {
-            options,
+            options: Arc::new(options),
             reader: RecordReader::default(),
             columns: None,
             import_id: Uuid::now_v7(),
@@ -142,7 +170,9 @@ impl Importer {
             row: 0,
             batch: Vec::with_capacity(BATCH),
             errors: Vec::new(),
+            writing: VecDeque::new(),
             report_errors: Vec::new(),
+            report_cutoff: u64::MAX,
             errors_by_reason: BTreeMap::new(),
             totals: ImportTotals::default(),
         })
@@ -167,7 +197,7 @@ impl Importer {
             self.row += 1;
             self.take(record);
             if self.batch.len() >= BATCH {
-                self.flush(services).await?;
+                self.start_write(services).await?;
             }
         }
         Ok(())
@@ -186,7 +216,10 @@ impl Importer {
         if self.columns.is_none() {
             return Err(refused("", "the file is empty: a header row is needed"));
         }
-        self.flush(services).await?;
+        self.start_write(services).await?;
+        self.written().await?;
+        self.report_errors.sort_by_key(|e| e.row);
+        self.report_errors.truncate(ERRORS_IN_REPORT);
         if self.totals.created + self.totals.updated >= FRESH_STATISTICS_AFTER {
             // Audiences page through contacts by tag, attribute or list; with statistics from
             // before a bulk load the planner walks the tag index for every page (quadratic in
@@ -298,18 +331,24 @@ impl Importer {
     }
 
     fn error(&mut self, row: u64, reason: &str, field: Option<&str>, value: Option<&str>) {
-        let e = ImportError {
-            row,
-            reason: reason.into(),
-            field: field.map(str::to_string),
-            value: value.map(|v| v.chars().take(200).collect()),
-        };
-        *self.errors_by_reason.entry(reason.into()).or_default() += 1;
-        self.totals.errors += 1;
-        if self.report_errors.len() < ERRORS_IN_REPORT {
-            self.report_errors.push(e.clone());
-        }
+        let e = import_error(row, reason, field, value);
+        self.count_error(&e);
         self.errors.push(e);
+    }
+
+    /// Counts an error and keeps it for the report if it is among the first by row number (a
+    /// batch's own errors arrive after the next batch's rows were read).
+    fn count_error(&mut self, e: &ImportError) {
+        *self.errors_by_reason.entry(e.reason.clone()).or_default() += 1;
+        self.totals.errors += 1;
+        if self.report_errors.len() < ERRORS_IN_REPORT || e.row < self.report_cutoff {
+            self.report_errors.push(e.clone());
+            if self.report_errors.len() >= 2 * ERRORS_IN_REPORT {
+                self.report_errors.sort_by_key(|e| e.row);
+                self.report_errors.truncate(ERRORS_IN_REPORT);
+                self.report_cutoff = self.report_errors.last().map_or(u64::MAX, |e| e.row);
+            }
+        }
     }
 
     /// Checks one data row; a good one joins the batch, a bad one becomes an error.
@@ -418,106 +457,210 @@ impl Importer {
         ));
     }
 
-    async fn flush(&mut self, services: &Services) -> Result<(), ImportFailure> {
+    /// Starts writing the rows read since the last batch, once fewer than [`WRITES_AT_ONCE`]
+    /// are being written. A number already in a batch being written, or earlier in this one, is
+    /// a duplicate here; one in a batch already written is found by [`write_batch`].
+    async fn start_write(&mut self, services: &Services) -> Result<(), ImportFailure> {
+        while self.writing.len() >= WRITES_AT_ONCE {
+            self.written_oldest().await?;
+        }
         let batch = std::mem::take(&mut self.batch);
-        // Repeats in the file: the first row wins; later ones are reported as duplicates.
-        let phones: Vec<String> = batch.iter().map(|(_, c, _)| c.phone.clone()).collect();
-        let earlier: HashSet<String> =
-            cstore::touched_by_import(&services.pool, self.import_id, &phones)
-                .await?
-                .into_iter()
-                .collect();
-        let mut in_batch = HashSet::new();
+        let mut phones = HashSet::with_capacity(batch.len());
         let mut rows = Vec::with_capacity(batch.len());
-        let mut consents = Vec::new();
         for (row, contact, consent) in batch {
-            if earlier.contains(&contact.phone) || !in_batch.insert(contact.phone.clone()) {
+            let repeated = self
+                .writing
+                .iter()
+                .any(|w| w.phones.contains(&contact.phone))
+                || !phones.insert(contact.phone.clone());
+            if repeated {
                 let column = self.options.phone_column.clone();
                 self.error(row, "duplicate", Some(&column), Some(&contact.phone));
-                continue;
-            }
-            if let Some(c) = consent {
-                consents.push((row, contact.phone.clone(), c));
-            }
-            rows.push(contact);
-        }
-        if let Some(options) = &self.options.consent {
-            // An opt-in for someone erased after opting out must come from them again, not from
-            // a list imported again: refused, row by row.
-            let opting_in: Vec<&str> = consents
-                .iter()
-                .filter(|(_, _, (action, _))| *action == ConsentAction::OptIn)
-                .map(|(_, phone, _)| phone.as_str())
-                .collect();
-            let refused =
-                crate::privacy::erased_opted_out(services, &opting_in, &options.purpose).await?;
-            let column = options.column.clone();
-            consents.retain(|(row, phone, (action, _))| {
-                let erased = *action == ConsentAction::OptIn && refused.contains(phone);
-                if erased {
-                    self.error(*row, "erased_opted_out", Some(&column), Some(phone));
-                }
-                !erased
-            });
-        }
-        if !rows.is_empty() {
-            let (created, updated, _) =
-                cstore::upsert_contacts(&services.pool, self.import_id, self.list_id, &rows)
-                    .await?;
-            self.totals.created += created;
-            self.totals.updated += updated;
-            services
-                .metrics
-                .contacts_imported
-                .with_label_values(&["created"])
-                .inc_by(created);
-            services
-                .metrics
-                .contacts_imported
-                .with_label_values(&["updated"])
-                .inc_by(updated);
-        }
-        if let (Some(options), false) = (&self.options.consent, consents.is_empty()) {
-            // Only changes are appended: importing the same file again adds nothing to the log.
-            let recipients: Vec<&str> = consents.iter().map(|(_, p, _)| p.as_str()).collect();
-            let current = services
-                .state
-                .audience_states(&recipients)
-                .await
-                .map_err(AppError::from)?;
-            let events: Vec<ConsentEvent> = consents
-                .iter()
-                .zip(current)
-                .filter(|((_, _, (action, _)), (state, _))| {
-                    let now = match options.purpose.as_str() {
-                        "marketing" => state.marketing,
-                        _ => state.utility,
-                    };
-                    now != Some(*action)
-                })
-                .map(|((_, phone, (action, evidence)), _)| ConsentEvent {
-                    recipient: phone.clone(),
-                    purpose: options.purpose.clone(),
-                    action: action.as_str().into(),
-                    source: options.source.clone(),
-                    evidence: Some(evidence.clone()),
-                    actor: Some(self.options.actor.clone()),
-                })
-                .collect();
-            if !events.is_empty() {
-                services.record_consent(&events).await?;
-                self.totals.consent_events += events.len() as u64;
+            } else {
+                rows.push((row, contact, consent));
             }
         }
         let errors = std::mem::take(&mut self.errors);
-        cstore::insert_import_errors(&services.pool, self.import_id, &errors).await?;
+        if rows.is_empty() && errors.is_empty() {
+            return Ok(());
+        }
+        let target = Target {
+            import_id: self.import_id,
+            list_id: self.list_id,
+            options: self.options.clone(),
+        };
+        let services = services.clone();
+        let task = tokio::spawn(async move { write_batch(&services, &target, rows, errors).await });
+        self.writing.push_back(Writing { phones, task });
+        Ok(())
+    }
+
+    /// Waits for every batch being written.
+    async fn written(&mut self) -> Result<(), ImportFailure> {
+        while !self.writing.is_empty() {
+            self.written_oldest().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest batch being written and adds what it did to the totals.
+    async fn written_oldest(&mut self) -> Result<(), ImportFailure> {
+        let Some(writing) = self.writing.pop_front() else {
+            return Ok(());
+        };
+        let written = writing
+            .task
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        self.totals.created += written.created;
+        self.totals.updated += written.updated;
+        self.totals.consent_events += written.consent_events;
+        for e in &written.errors {
+            self.count_error(e);
+        }
+        Ok(())
+    }
+}
+
+fn import_error(row: u64, reason: &str, field: Option<&str>, value: Option<&str>) -> ImportError {
+    ImportError {
+        row,
+        reason: reason.into(),
+        field: field.map(str::to_string),
+        value: value.map(|v| v.chars().take(200).collect()),
+    }
+}
+
+/// Where a batch is written.
+struct Target {
+    import_id: Uuid,
+    list_id: Option<Uuid>,
+    options: Arc<ImportOptions>,
+}
+
+/// Writes one batch of checked rows, each number once: contacts (the first row of a number in the
+/// file wins), consent changes with their evidence, and the row errors, those found before
+/// (`errors`) and those found here.
+async fn write_batch(
+    services: &Services,
+    target: &Target,
+    batch: Vec<Row>,
+    mut errors: Vec<ImportError>,
+) -> Result<Written, ImportFailure> {
+    let options = &target.options;
+    let mut found = Vec::new();
+    // A number an earlier batch of the file wrote: the first row wins.
+    let phones: Vec<String> = batch.iter().map(|(_, c, _)| c.phone.clone()).collect();
+    let earlier: HashSet<String> =
+        cstore::touched_by_import(&services.pool, target.import_id, &phones)
+            .await?
+            .into_iter()
+            .collect();
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut consents = Vec::new();
+    for (row, contact, consent) in batch {
+        if earlier.contains(&contact.phone) {
+            let column = options.phone_column.as_str();
+            found.push(import_error(
+                row,
+                "duplicate",
+                Some(column),
+                Some(&contact.phone),
+            ));
+            continue;
+        }
+        if let Some(c) = consent {
+            consents.push((row, contact.phone.clone(), c));
+        }
+        rows.push(contact);
+    }
+    if let Some(consent) = &options.consent {
+        // An opt-in for someone erased after opting out must come from them again, not from
+        // a list imported again: refused, row by row.
+        let opting_in: Vec<&str> = consents
+            .iter()
+            .filter(|(_, _, (action, _))| *action == ConsentAction::OptIn)
+            .map(|(_, phone, _)| phone.as_str())
+            .collect();
+        let refused =
+            crate::privacy::erased_opted_out(services, &opting_in, &consent.purpose).await?;
+        consents.retain(|(row, phone, (action, _))| {
+            let erased = *action == ConsentAction::OptIn && refused.contains(phone);
+            if erased {
+                found.push(import_error(
+                    *row,
+                    "erased_opted_out",
+                    Some(&consent.column),
+                    Some(phone),
+                ));
+            }
+            !erased
+        });
+    }
+    let mut written = Written {
+        created: 0,
+        updated: 0,
+        consent_events: 0,
+        errors: Vec::new(),
+    };
+    if !rows.is_empty() {
+        let (created, updated, _) =
+            cstore::upsert_contacts(&services.pool, target.import_id, target.list_id, &rows)
+                .await?;
+        written.created = created;
+        written.updated = updated;
         services
             .metrics
             .contacts_imported
-            .with_label_values(&["error"])
-            .inc_by(errors.len() as u64);
-        Ok(())
+            .with_label_values(&["created"])
+            .inc_by(created);
+        services
+            .metrics
+            .contacts_imported
+            .with_label_values(&["updated"])
+            .inc_by(updated);
     }
+    if let (Some(consent), false) = (&options.consent, consents.is_empty()) {
+        // Only changes are appended: importing the same file again adds nothing to the log.
+        let recipients: Vec<&str> = consents.iter().map(|(_, p, _)| p.as_str()).collect();
+        let current = services
+            .state
+            .audience_states(&recipients)
+            .await
+            .map_err(AppError::from)?;
+        let events: Vec<ConsentEvent> = consents
+            .iter()
+            .zip(current)
+            .filter(|((_, _, (action, _)), (state, _))| {
+                let now = match consent.purpose.as_str() {
+                    "marketing" => state.marketing,
+                    _ => state.utility,
+                };
+                now != Some(*action)
+            })
+            .map(|((_, phone, (action, evidence)), _)| ConsentEvent {
+                recipient: phone.clone(),
+                purpose: consent.purpose.clone(),
+                action: action.as_str().into(),
+                source: consent.source.clone(),
+                evidence: Some(evidence.clone()),
+                actor: Some(options.actor.clone()),
+            })
+            .collect();
+        if !events.is_empty() {
+            services.record_consent(&events).await?;
+            written.consent_events = events.len() as u64;
+        }
+    }
+    errors.extend(found.iter().cloned());
+    cstore::insert_import_errors(&services.pool, target.import_id, &errors).await?;
+    services
+        .metrics
+        .contacts_imported
+        .with_label_values(&["error"])
+        .inc_by(errors.len() as u64);
+    written.errors = found;
+    Ok(written)
 }
 
 /// `es`, `es_MX`, `pt_BR`, `en_US`: what WhatsApp template languages look like.
