@@ -608,6 +608,9 @@ impl State {
         let mut conn = self.conn.clone();
         let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
         let raw = complete_copy(&raw)?;
+        if raw.len() != 2 * recipients.len() {
+            return Err(missing_answer("consent or suppression"));
+        }
         let mut out = Vec::with_capacity(recipients.len());
         for pair in raw.chunks(2) {
             let (marketing, utility): (Option<String>, Option<String>) =

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::app::Services;
 use crate::domain::campaign::{self, Exclusion, SenderCapacity};
@@ -59,19 +60,44 @@ pub async fn estimate(services: &Services, c: &Campaign) -> Result<Estimate, Cam
         Exclusion::ALL.iter().map(|e| (e.code(), 0)).collect();
     let mut by_country: BTreeMap<String, u64> = BTreeMap::new();
     let (mut total, mut eligible) = (0u64, 0u64);
-    let audience = Arc::new(plan.audience.clone());
-    let mut page = audience_page(services, &audience, 0, chunk).await?;
-    while let Some(last) = page.last().map(|c| c.seq) {
-        let full = page.len() as i64 == chunk;
+    // Three stages at once, a page apart: reading pages from PostgreSQL (keyset, so one after
+    // another), reading their numbers' consent and suppression from Redis, and checking them
+    // here; so PostgreSQL, Redis and both cores work at once instead of in turn.
+    let (pages_tx, mut pages) = mpsc::channel(1);
+    let reader = {
+        let (services, audience) = (services.clone(), Arc::new(plan.audience.clone()));
+        tokio::spawn(async move {
+            let mut cursor = 0;
+            loop {
+                let page = audience_page(&services, &audience, cursor, chunk).await?;
+                let full = page.len() as i64 == chunk;
+                let Some(last) = page.last().map(|c| c.seq) else {
+                    break;
+                };
+                if pages_tx.send(page).await.is_err() || !full {
+                    break;
+                }
+                cursor = last;
+            }
+            Ok::<_, CampaignError>(())
+        })
+    };
+    let (read_tx, mut read) = mpsc::channel(1);
+    let states = {
+        let services = services.clone();
+        tokio::spawn(async move {
+            while let Some(page) = pages.recv().await {
+                let page = read_page(&services, page).await?;
+                if read_tx.send(page).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<_, CampaignError>(())
+        })
+    };
+    while let Some(page) = read.recv().await {
         total += page.len() as u64;
-        // The next page is read (and its rows decoded) on a task of its own while this one is
-        // checked, so PostgreSQL, Redis and both cores work at once instead of in turn.
-        let next = full.then(|| {
-            let (services, audience) = (services.clone(), audience.clone());
-            tokio::spawn(async move { audience_page(&services, &audience, last, chunk).await })
-        });
-        let verdicts = check_page(services, &plan, page, &mut seen, variables_resolve).await;
-        for verdict in verdicts? {
+        for verdict in check_page(&plan, page, &mut seen, variables_resolve) {
             match verdict {
                 Verdict::Send { country, .. } => {
                     eligible += 1;
@@ -82,14 +108,13 @@ pub async fn estimate(services: &Services, c: &Campaign) -> Result<Estimate, Cam
                 }
             }
         }
-        match next {
-            Some(task) => {
-                page = task
-                    .await
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?
-            }
-            None => break,
-        }
+    }
+    // A stage that failed closed its channel, which ended the ones after it: its error is the
+    // answer (the reader's first, as the states stage stops when the reader does).
+    for stage in [reader, states] {
+        stage
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     }
     let card = &services.derived.rate_card;
     let mut cost = CostEstimate {

@@ -22,7 +22,7 @@ pub(crate) use audience::{Candidate, audience_is_empty, audience_page};
 pub use definition::{Definition, QuietHoursBody, Schedule, TemplateChoice, create};
 pub use estimate::{CostEstimate, CountryCost, Estimate, SenderEstimate, estimate};
 pub(crate) use plan::{
-    Message, Plan, Verdict, build_message, check_page, plan_of, variables_resolve,
+    Message, Plan, Verdict, build_message, check_page, plan_of, read_page, variables_resolve,
 };
 pub(crate) use progress::count_map;
 pub use progress::{Funnel, Progress, RateTracker, done_and_total, progress, retryable};

@@ -39,18 +39,9 @@ pub(crate) enum Verdict<M> {
         message: M,
     },
     Excluded {
-        seq: i64,
         input: String,
         reason: Exclusion,
     },
-}
-
-impl<M> Verdict<M> {
-    fn seq(&self) -> i64 {
-        match self {
-            Verdict::Send { seq, .. } | Verdict::Excluded { seq, .. } => *seq,
-        }
-    }
 }
 
 /// What planning writes for an eligible recipient.
@@ -99,53 +90,82 @@ pub(crate) fn variables_resolve(
         .map_err(|_| Exclusion::MissingVariable)
 }
 
-/// Checks a page of candidates: number, duplicates (explicit lists), consent and suppression (the
-/// worker's own Redis copy), the US rule, and the variables; `build` makes what an eligible
-/// recipient carries.
-pub(crate) async fn check_page<M>(
+/// A page of candidates with what the checks read about them: the number as normalized (none
+/// when it is not one) with its consent and suppression from the worker's Redis copy.
+pub(crate) struct ReadPage(Vec<(Candidate, Option<Recipient>)>);
+
+/// A candidate's number as normalized, its consent, and whether it is suppressed.
+type Recipient = (phone::PhoneNumber, Consent, bool);
+
+impl ReadPage {
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Normalizes a page's numbers and reads their consent and suppression: reads only, no verdict,
+/// so the estimate does this for the next page while it checks the current one.
+pub(crate) async fn read_page(
     services: &Services,
-    plan: &Plan,
     page: Vec<Candidate>,
+) -> Result<ReadPage, StateError> {
+    let numbers: Vec<Option<phone::PhoneNumber>> = page
+        .iter()
+        .map(|c| phone::normalize(&c.input).ok())
+        .collect();
+    let recipients: Vec<&str> = numbers.iter().flatten().map(|n| n.digits()).collect();
+    // One answer per number (`audience_states` checks it); were one missing, the candidate
+    // would be excluded rather than sent to.
+    let mut states = services
+        .state
+        .audience_states(&recipients)
+        .await?
+        .into_iter();
+    let read = page
+        .into_iter()
+        .zip(numbers)
+        .map(|(candidate, number)| {
+            let entry = number.and_then(|n| states.next().map(|(c, s)| (n, c, s)));
+            (candidate, entry)
+        })
+        .collect();
+    Ok(ReadPage(read))
+}
+
+/// Checks a page of candidates: number, duplicates (explicit lists), consent and suppression (the
+/// worker's own Redis copy, as [`read_page`] read it), the US rule, and the variables; `build`
+/// makes what an eligible recipient carries.
+pub(crate) fn check_page<M>(
+    plan: &Plan,
+    page: ReadPage,
     seen: &mut HashSet<String>,
     build: Build<M>,
-) -> Result<Vec<Verdict<M>>, StateError> {
-    let mut verdicts = Vec::with_capacity(page.len());
-    let mut valid: Vec<(Candidate, phone::PhoneNumber)> = Vec::with_capacity(page.len());
+) -> Vec<Verdict<M>> {
+    // In page order, which is audience order: the exclusion report reads like the list.
+    let mut verdicts = Vec::with_capacity(page.0.len());
     // Contacts are unique by number (a unique index), so only an explicit list can repeat one;
     // tracking a contact audience would hold every recipient in memory (80 MB a million).
     let explicit = matches!(plan.audience, Audience::Numbers(_));
-    for candidate in page {
-        match phone::normalize(&candidate.input) {
-            Err(_) => verdicts.push(Verdict::Excluded {
-                seq: candidate.seq,
+    let empty = json!({});
+    for (candidate, entry) in page.0 {
+        let verdict = match entry {
+            None => Verdict::Excluded {
                 input: candidate.input,
                 reason: Exclusion::InvalidNumber,
-            }),
-            Ok(number) => {
-                if explicit && !seen.insert(number.digits().to_string()) {
-                    verdicts.push(Verdict::Excluded {
-                        seq: candidate.seq,
-                        input: candidate.input,
-                        reason: Exclusion::Duplicate,
-                    });
-                } else {
-                    valid.push((candidate, number));
+            },
+            Some((number, _, _)) if explicit && !seen.insert(number.digits().to_string()) => {
+                Verdict::Excluded {
+                    input: candidate.input,
+                    reason: Exclusion::Duplicate,
                 }
             }
-        }
-    }
-    let recipients: Vec<&str> = valid.iter().map(|(_, n)| n.digits()).collect();
-    let states = services.state.audience_states(&recipients).await?;
-    let empty = json!({});
-    for ((candidate, number), (consent, suppressed)) in valid.into_iter().zip(states) {
-        let verdict = check_one(
-            plan, &candidate, &number, &consent, suppressed, &empty, build,
-        );
+            Some((number, consent, suppressed)) => check_one(
+                plan, &candidate, &number, &consent, suppressed, &empty, build,
+            ),
+        };
         verdicts.push(verdict);
     }
-    // In audience order, so the exclusion report reads like the list it came from.
-    verdicts.sort_by_key(Verdict::seq);
-    Ok(verdicts)
+    verdicts
 }
 
 fn check_one<M>(
@@ -158,7 +178,6 @@ fn check_one<M>(
     build: Build<M>,
 ) -> Verdict<M> {
     let excluded = |reason| Verdict::Excluded {
-        seq: candidate.seq,
         input: number.digits().to_string(),
         reason,
     };

@@ -307,7 +307,8 @@ impl Runner {
         let page = audience_page(services, &plan.audience, c.plan_cursor, chunk).await?;
         let done = (page.len() as i64) < chunk;
         let cursor = page.last().map_or(c.plan_cursor, |p| p.seq);
-        let verdicts = check_page(services, plan, page, &mut self.seen, build_message).await?;
+        let page = read_page(services, page).await?;
+        let verdicts = check_page(plan, page, &mut self.seen, build_message);
         let mut messages = Vec::with_capacity(verdicts.len());
         let mut exclusions = Vec::new();
         for v in verdicts {
