@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::app::Services;
 use crate::domain::phone;
 use crate::store::StoreError;
-use crate::store::contacts::{self, ContactRow};
+use crate::store::contacts::{self, AudienceContact};
 
 use super::*;
 
@@ -194,7 +194,7 @@ impl Audience {
 pub(crate) struct Candidate {
     pub(crate) seq: i64,
     pub(crate) input: String,
-    pub(crate) contact: Option<ContactRow>,
+    pub(crate) contact: Option<AudienceContact>,
 }
 
 /// The first contact of an audience, for a preview of what its members will see: None when the
@@ -202,7 +202,7 @@ pub(crate) struct Candidate {
 pub async fn sample_contact(
     services: &Services,
     audience: &Value,
-) -> Result<Option<contacts::ContactRow>, CampaignError> {
+) -> Result<Option<AudienceContact>, CampaignError> {
     let audience = Audience::parse(audience)?;
     Ok(audience_page(services, &audience, 0, 1)
         .await?
@@ -255,7 +255,7 @@ pub(crate) async fn audience_page(
                 .filter_map(|n| phone::normalize(n).ok())
                 .map(|p| p.digits().to_string())
                 .collect();
-            let mut known: HashMap<String, ContactRow> =
+            let mut known: HashMap<String, AudienceContact> =
                 contacts::contacts_by_phone(&services.pool, &normalized)
                     .await?
                     .into_iter()

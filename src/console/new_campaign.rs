@@ -21,7 +21,7 @@ use crate::api::error::ApiError;
 use crate::campaigns::{self, Definition};
 use crate::domain::campaign::{self as rules, VariableMap, VariableSource};
 use crate::domain::decision::TemplateStatus;
-use crate::store::{self, contacts::ContactRow};
+use crate::store::{self, contacts::AudienceContact};
 
 /// Contact fields every contact has, offered for a variable before its attributes.
 const CONTACT_FIELDS: [&str; 4] = ["name", "phone", "country", "language"];
@@ -359,7 +359,7 @@ fn details_page(
     slots: &[String],
     category: &str,
     components: Option<&Value>,
-    sample: Option<&ContactRow>,
+    sample: Option<&AudienceContact>,
     senders: &[String],
     problem: Option<&ApiError>,
 ) -> Markup {
@@ -445,7 +445,7 @@ fn preview(
     components: Option<&Value>,
     slots: &[String],
     mapping: &VariableMap,
-    sample: Option<&ContactRow>,
+    sample: Option<&AudienceContact>,
     l: super::i18n::Locale,
 ) -> Markup {
     let Some(contact) = sample else {

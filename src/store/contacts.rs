@@ -229,6 +229,24 @@ macro_rules! contact_columns {
     };
 }
 
+/// What a campaign reads of a contact to check and address it: no tags or timestamps, which a
+/// million-recipient audience would otherwise decode for nothing.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AudienceContact {
+    pub id: i64,
+    pub phone: String,
+    pub name: Option<String>,
+    pub language: Option<String>,
+    pub country: String,
+    pub attributes: sqlx::types::Json<Value>,
+}
+
+macro_rules! audience_columns {
+    () => {
+        "id, phone, name, language, country, attributes"
+    };
+}
+
 /// Creates a contact or replaces its profile (consent is a separate log and is not touched);
 /// returns the row and whether it was created.
 pub async fn put_contact(
@@ -303,10 +321,10 @@ pub async fn audience_page(
     filter: &AudienceFilter<'_>,
     after_id: i64,
     limit: i64,
-) -> Result<Vec<ContactRow>, StoreError> {
-    Ok(sqlx::query_as::<_, ContactRow>(concat!(
+) -> Result<Vec<AudienceContact>, StoreError> {
+    Ok(sqlx::query_as::<_, AudienceContact>(concat!(
         "SELECT ",
-        contact_columns!(),
+        audience_columns!(),
         " FROM contacts c
          WHERE id > $1
            AND ($2::text[] IS NULL OR (CASE WHEN $3 THEN tags @> $2 ELSE tags && $2 END))
@@ -345,13 +363,14 @@ pub async fn contacts_with_tag(
     .await?)
 }
 
+/// The contacts among `phones`, as a campaign audience reads them.
 pub async fn contacts_by_phone(
     pool: &PgPool,
     phones: &[String],
-) -> Result<Vec<ContactRow>, StoreError> {
-    Ok(sqlx::query_as::<_, ContactRow>(concat!(
+) -> Result<Vec<AudienceContact>, StoreError> {
+    Ok(sqlx::query_as::<_, AudienceContact>(concat!(
         "SELECT ",
-        contact_columns!(),
+        audience_columns!(),
         " FROM contacts WHERE phone = ANY($1)"
     ))
     .bind(phones)
