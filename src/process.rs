@@ -144,6 +144,33 @@ impl LocalStack {
         self.worker = Some((trigger, handle));
     }
 
+    /// Removes what a run left in a namespace once its processes have stopped.
+    pub async fn remove(config: Config) -> Result<(), AppError> {
+        LocalStack::fresh(config, "cleanup").await?.clear().await
+    }
+
+    /// Stops, then leaves nothing behind in the namespace: its Redis keys, its queues and its
+    /// tables (the database stays, empty). A benchmark's million rows and keys otherwise weigh on
+    /// the services it shares with everything else until the next run wipes them.
+    pub async fn clear(self) -> Result<(), AppError> {
+        let services = self.services.clone();
+        self.stop().await;
+        services.state.delete_all().await?;
+        let senders: Vec<String> = (0..200).map(local_sender_id).collect();
+        crate::queue::delete_namespace(
+            &services.amqp.connection(),
+            &services.names,
+            &senders,
+            &services.derived.delay_steps,
+        )
+        .await?;
+        sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+            .execute(&services.pool)
+            .await
+            .map_err(crate::store::StoreError::from)?;
+        Ok(())
+    }
+
     pub async fn stop(mut self) {
         if let Some((trigger, handle)) = self.worker.take() {
             trigger.trigger();

@@ -44,6 +44,10 @@ pub struct CampaignBenchArgs {
     /// senders while it sends, whose enqueue → accepted latency is reported (0: none).
     #[arg(long, default_value_t = 20.0)]
     pub otp_rate: f64,
+    /// Keep the run's database, Redis keys and queues for inspection (the next run wipes them);
+    /// by default they are removed at the end of a run that succeeded.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 pub(crate) const APP_SECRET: &str = "pregon-bench-secret";
@@ -624,6 +628,9 @@ pub async fn run(mut config: Config, args: CampaignBenchArgs) -> Result<(), AppE
     let result = drive(&http, &config, &api_url, key, &args, &mut children).await;
     for child in children.iter_mut() {
         child.terminate();
+    }
+    if result.is_ok() && !args.keep {
+        super::remove_namespace(config).await?;
     }
     result
 }

@@ -46,6 +46,10 @@ pub struct HttpBenchArgs {
     /// Messages-per-second cap of each sender (and of the simulated numbers).
     #[arg(long, default_value_t = 1000)]
     pub mps: u32,
+    /// Keep the run's database, Redis keys and queues for inspection (the next run wipes them);
+    /// by default they are removed at the end of a run that succeeded.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// What one phase of load saw.
@@ -248,6 +252,9 @@ pub async fn run(mut config: Config, args: HttpBenchArgs) -> Result<(), AppError
     let result = drive(&http, &config, &api_url, key, &args, &mut children).await;
     for child in children.iter_mut() {
         child.terminate();
+    }
+    if result.is_ok() && !args.keep {
+        super::remove_namespace(config).await?;
     }
     result
 }

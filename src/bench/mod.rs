@@ -59,6 +59,20 @@ pub struct BenchArgs {
     /// Skip the raw broker measurement.
     #[arg(long)]
     pub skip_broker: bool,
+    /// Keep the run's database, Redis keys and queues for inspection (the next run wipes them);
+    /// by default they are removed at the end of a run that succeeded.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// What a run that succeeded prints once it removed what it wrote.
+const REMOVED: &str = "removed the run's tables, Redis keys and queues (--keep keeps them)";
+
+/// Removes what a benchmark run of other processes left in its namespace, once they stopped.
+async fn remove_namespace(config: Config) -> Result<(), AppError> {
+    LocalStack::remove(config).await?;
+    println!("{REMOVED}");
+    Ok(())
 }
 
 /// Cores this machine offers, for the benchmarks' headings.
@@ -285,7 +299,12 @@ async fn measure(
     .fetch_one(&services.pool)
     .await
     .map_err(store::StoreError::from)?;
-    stack.stop().await;
+    if args.keep {
+        stack.stop().await;
+    } else {
+        stack.clear().await?;
+        println!("{REMOVED}");
+    }
 
     let rate = total as f64 / wall.as_secs_f64();
     println!();
