@@ -60,6 +60,10 @@ async fn consume_forever(services: &Services, queue: &str, mut stop: Shutdown) {
     }
 }
 
+/// How many times, 100 ms apart, a worker that stopped reading the old ingest queue looks for its
+/// consumer to be gone before it starts over.
+const CONSUMER_GONE_CHECKS: usize = 10;
+
 /// Drains the ingest queue of earlier versions (it has no dead-letter exchange and RabbitMQ cannot
 /// add one in place): unbound from the exchange so nothing new arrives, consumed until empty, then
 /// deleted. Nothing to do once it is gone.
@@ -105,18 +109,27 @@ async fn drain_legacy(services: &Services, mut stop: Shutdown) {
             return;
         }
         let connection = services.amqp.connection();
-        match crate::queue::stats(&connection, &queue).await {
-            Ok(None) => return,
-            Ok(Some(stats)) if stats.ready == 0 && stats.consumers == 0 => {
-                match crate::queue::delete_queue(&connection, &queue).await {
-                    Ok(()) => {
-                        tracing::info!(queue, "old ingest queue drained and deleted");
-                        return;
+        // A quorum queue reports its consumer gone a moment after the channel closed: look a few
+        // times before starting over, or each round races its own consumer's cancellation.
+        for _ in 0..CONSUMER_GONE_CHECKS {
+            match crate::queue::stats(&connection, &queue).await {
+                Ok(None) => return,
+                Ok(Some(stats)) if stats.ready == 0 && stats.consumers == 0 => {
+                    match crate::queue::delete_queue(&connection, &queue).await {
+                        Ok(()) => {
+                            tracing::info!(queue, "old ingest queue drained and deleted");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not delete the old ingest queue");
+                            break;
+                        }
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not delete the old ingest queue"),
                 }
+                // Something to consume again, or another worker reading it.
+                Ok(Some(stats)) if stats.ready > 0 || stats.consumers > 1 => break,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
-            _ => {}
         }
         tokio::select! {
             _ = stop.wait() => return,
