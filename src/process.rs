@@ -102,22 +102,12 @@ impl LocalStack {
     pub async fn fresh(config: Config, name: &str) -> Result<LocalStack, AppError> {
         crate::store::ensure_database(&config.database_url).await?;
         let pool = crate::store::connect(&config.database_url, 2).await?;
-        sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-            .execute(&pool)
-            .await
-            .map_err(crate::store::StoreError::from)?;
+        empty_schema(&pool).await?;
         pool.close().await;
         let (services, background) = Services::connect(config, name).await?;
         services.state.delete_all().await?;
         crate::state_copy::ensure(&services, std::time::Duration::from_secs(60)).await?;
-        let senders: Vec<String> = (0..200).map(local_sender_id).collect();
-        crate::queue::delete_namespace(
-            &services.amqp.connection(),
-            &services.names,
-            &senders,
-            &services.derived.delay_steps,
-        )
-        .await?;
+        delete_queues(&services).await?;
         let setup = services
             .amqp
             .connection()
@@ -156,19 +146,8 @@ impl LocalStack {
         let services = self.services.clone();
         self.stop().await;
         services.state.delete_all().await?;
-        let senders: Vec<String> = (0..200).map(local_sender_id).collect();
-        crate::queue::delete_namespace(
-            &services.amqp.connection(),
-            &services.names,
-            &senders,
-            &services.derived.delay_steps,
-        )
-        .await?;
-        sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-            .execute(&services.pool)
-            .await
-            .map_err(crate::store::StoreError::from)?;
-        Ok(())
+        delete_queues(&services).await?;
+        empty_schema(&services.pool).await
     }
 
     pub async fn stop(mut self) {
@@ -178,6 +157,28 @@ impl LocalStack {
         }
         self.background.writer.close().await;
     }
+}
+
+/// Drops every table of the database (it stays, empty).
+async fn empty_schema(pool: &sqlx::PgPool) -> Result<(), AppError> {
+    sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        .execute(pool)
+        .await
+        .map_err(crate::store::StoreError::from)?;
+    Ok(())
+}
+
+/// Deletes the namespace's queues, those of every sender id `demo` and `bench` use included.
+async fn delete_queues(services: &Services) -> Result<(), AppError> {
+    let senders: Vec<String> = (0..200).map(local_sender_id).collect();
+    crate::queue::delete_namespace(
+        &services.amqp.connection(),
+        &services.names,
+        &senders,
+        &services.derived.delay_steps,
+    )
+    .await?;
+    Ok(())
 }
 
 /// The sender ids `demo` and `bench` use (and `LocalStack::fresh` cleans up).
