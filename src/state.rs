@@ -39,10 +39,10 @@ impl StateError {
     }
 }
 
-/// A batch read answered nothing for the one item it was asked about.
+/// A batch read answered nothing for one of the items it was asked about.
 fn missing_answer(what: &str) -> StateError {
     StateError::Parse(redis::ParsingError::from(format!(
-        "no {what} in the answer for one message"
+        "no {what} in the answer for one of the items asked about"
     )))
 }
 

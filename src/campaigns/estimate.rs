@@ -2,7 +2,6 @@
 //! rate card, and an ETA from the senders' pace and remaining tier.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -65,7 +64,7 @@ pub async fn estimate(services: &Services, c: &Campaign) -> Result<Estimate, Cam
     // here; so PostgreSQL, Redis and both cores work at once instead of in turn.
     let (pages_tx, mut pages) = mpsc::channel(1);
     let reader = {
-        let (services, audience) = (services.clone(), Arc::new(plan.audience.clone()));
+        let (services, audience) = (services.clone(), plan.audience.clone());
         tokio::spawn(async move {
             let mut cursor = 0;
             loop {

@@ -2,6 +2,7 @@
 //! suppression, the US rule, the variables, and which sender of the pool each recipient sticks to.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -19,7 +20,8 @@ use super::*;
 
 /// What planning needs to know about a campaign, read once.
 pub(crate) struct Plan {
-    pub(crate) audience: Audience,
+    /// Shared, so the estimate's page reader holds it without copying an explicit list.
+    pub(crate) audience: Arc<Audience>,
     pub(crate) category: Category,
     pub(crate) template: Template,
     pub(crate) mapping: VariableMap,
@@ -145,7 +147,7 @@ pub(crate) fn check_page<M>(
     let mut verdicts = Vec::with_capacity(page.0.len());
     // Contacts are unique by number (a unique index), so only an explicit list can repeat one;
     // tracking a contact audience would hold every recipient in memory (80 MB a million).
-    let explicit = matches!(plan.audience, Audience::Numbers(_));
+    let explicit = matches!(*plan.audience, Audience::Numbers(_));
     let empty = json!({});
     for (candidate, entry) in page.0 {
         let verdict = match entry {
@@ -245,7 +247,7 @@ pub(crate) async fn plan_of(services: &Services, c: &Campaign) -> Result<Plan, C
                 ),
             )
         })?;
-    let audience = Audience::parse(&c.audience.0)?;
+    let audience = Arc::new(Audience::parse(&c.audience.0)?);
     let mapping: VariableMap = serde_json::from_value(c.variables.0.clone()).map_err(|e| {
         invalid(
             RefusalKind::Invalid,

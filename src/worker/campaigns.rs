@@ -286,7 +286,7 @@ impl Runner {
         let services = &self.services;
         if self.plan.is_none() {
             let plan = plan_of(services, c).await?;
-            if let Audience::Numbers(numbers) = &plan.audience {
+            if let Audience::Numbers(numbers) = &*plan.audience {
                 // Duplicates of an explicit list are found against everything planned before a
                 // restart, too.
                 let through = usize::try_from(c.plan_cursor)
