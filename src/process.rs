@@ -134,9 +134,17 @@ impl LocalStack {
         self.worker = Some((trigger, handle));
     }
 
-    /// Removes what a run left in a namespace once its processes have stopped.
+    /// Removes what a run left in a namespace once its processes have stopped: connects to it as
+    /// it is and clears it, without the wipe, migration and state rebuild of [`LocalStack::fresh`].
     pub async fn remove(config: Config) -> Result<(), AppError> {
-        LocalStack::fresh(config, "cleanup").await?.clear().await
+        let (services, background) = Services::connect(config, "cleanup").await?;
+        LocalStack {
+            services,
+            background,
+            worker: None,
+        }
+        .clear()
+        .await
     }
 
     /// Stops, then leaves nothing behind in the namespace: its Redis keys, its queues and its
