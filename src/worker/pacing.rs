@@ -1,5 +1,6 @@
-//! Per-sender pacing with governor token buckets: the messages-per-second cap (adapted to Meta's
-//! throughput answers by `domain::pacing::AdaptiveCap`), the per-recipient pair rate, and the
+//! Per-sender pacing: the messages-per-second cap as a schedule of send slots
+//! (`domain::pacing::SlotSchedule`, sized by `for_hard_cap` and adapted to Meta's throughput
+//! answers by `AdaptiveCap`), and governor token buckets for the per-recipient pair rate and the
 //! optional spread of a tier's daily budget over a period.
 
 use std::num::NonZeroU32;
@@ -9,24 +10,29 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::domain::pacing::{AdaptiveCap, for_hard_cap};
+use crate::domain::pacing::{AdaptiveCap, SlotSchedule, for_hard_cap};
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
 }
 
-fn mps_limiter(cap: u32) -> DefaultDirectRateLimiter {
-    let size = for_hard_cap(cap);
-    let quota =
-        Quota::with_period(size.interval).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
-    RateLimiter::direct(quota.allow_burst(nz(size.burst)))
-}
-
 struct MpsState {
-    limiter: Arc<DefaultDirectRateLimiter>,
-    /// The cap the limiter was built for.
+    schedule: SlotSchedule,
+    /// The cap the schedule is sized for.
     cap: u32,
     adaptive: AdaptiveCap,
+}
+
+impl MpsState {
+    /// The schedule, resized first if the adaptive cap moved.
+    fn schedule(&mut self, now: Instant) -> &mut SlotSchedule {
+        let cap = self.adaptive.cap(now);
+        if cap != self.cap {
+            self.cap = cap;
+            self.schedule.resize(for_hard_cap(cap));
+        }
+        &mut self.schedule
+    }
 }
 
 pub struct Pacer {
@@ -43,7 +49,7 @@ impl Pacer {
             .allow_burst(nz(pair_burst));
         Pacer {
             mps: Mutex::new(MpsState {
-                limiter: Arc::new(mps_limiter(mps)),
+                schedule: SlotSchedule::new(for_hard_cap(mps)),
                 cap: mps,
                 adaptive: AdaptiveCap::new(mps, cooldown, Instant::now()),
             }),
@@ -53,32 +59,23 @@ impl Pacer {
         }
     }
 
-    fn current(&self) -> Arc<DefaultDirectRateLimiter> {
-        let mut state = self.mps.lock().unwrap_or_else(|p| p.into_inner());
-        let cap = state.adaptive.cap(Instant::now());
-        if cap != state.cap {
-            state.cap = cap;
-            state.limiter = Arc::new(mps_limiter(cap));
-        }
-        state.limiter.clone()
+    fn mps(&self) -> std::sync::MutexGuard<'_, MpsState> {
+        self.mps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits for a send slot under the current cap; returns how long it waited.
-    pub async fn until_ready(&self) -> Duration {
-        let limiter = self.current();
-        let start = Instant::now();
-        limiter.until_ready().await;
-        start.elapsed()
+    /// When the next send slot under the current cap is, seen now.
+    pub fn next_slot(&self, now: Instant) -> Instant {
+        self.mps().schedule(now).next_slot(now)
     }
 
-    /// Takes a send slot under the current cap if one is free now, without waiting.
-    pub fn try_ready(&self) -> bool {
-        self.current().check().is_ok()
+    /// Takes the next send slot under the current cap if it comes no later than `horizon`.
+    pub fn reserve(&self, now: Instant, horizon: Instant) -> Option<Instant> {
+        self.mps().schedule(now).reserve(now, horizon)
     }
 
     /// A throughput answer (130429): the adaptive cap decides whether to slow down.
     pub fn slow_down(&self) {
-        let mut state = self.mps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.mps();
         if state.adaptive.on_throttle(Instant::now()) {
             tracing::info!(
                 cap = state.adaptive.cap(Instant::now()),
@@ -89,18 +86,14 @@ impl Pacer {
 
     /// Applies a new configured cap (the sender was updated).
     pub fn reconfigure(&self, mps: u32) {
-        let mut state = self.mps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.mps();
         if state.adaptive.configured() != mps.max(1) {
             state.adaptive.reconfigure(mps, Instant::now());
         }
     }
 
     pub fn current_cap(&self) -> u32 {
-        self.mps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .adaptive
-            .cap(Instant::now())
+        self.mps().adaptive.cap(Instant::now())
     }
 
     /// None when the recipient may receive now, else how long to wait.
@@ -155,6 +148,27 @@ mod tests {
         assert_eq!(p.current_cap(), 40);
         p.reconfigure(100);
         assert_eq!(p.current_cap(), 100);
+    }
+
+    /// A throughput answer slows the slots handed out next, not those already handed out.
+    #[test]
+    fn slow_down_spaces_the_next_slots_wider() {
+        let p = Pacer::new(80, Duration::from_secs(6), 2, Duration::from_secs(30));
+        let now = Instant::now();
+        let burst: Vec<Instant> = std::iter::from_fn(|| p.reserve(now, now)).collect();
+        assert_eq!(burst.len(), 4, "80 mps: a burst of 4");
+        let at_80 = p.next_slot(now);
+        assert_eq!(at_80, now + Duration::from_secs(1) / 72);
+        p.slow_down();
+        let at_40 = p.next_slot(now);
+        assert!(at_40 > at_80, "{at_40:?} is not after {at_80:?}");
+        let a = p.reserve(now, at_40).expect("the next slot");
+        let b = p.next_slot(now);
+        assert_eq!(
+            b - a,
+            Duration::from_secs(1) / 36,
+            "40 mps: one every 1/36 s"
+        );
     }
 
     #[test]

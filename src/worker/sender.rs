@@ -19,6 +19,7 @@ use crate::domain::Lane;
 use crate::domain::MessageStatus;
 use crate::domain::decision::{self, CampaignGate, Decision, Facts, Snapshot, TemplateStatus};
 use crate::domain::job::SendJob;
+use crate::domain::pacing::HeldSlots;
 use crate::domain::reason::Reason;
 use crate::domain::tier::Tier;
 use crate::queue::{self, QueueError};
@@ -74,9 +75,31 @@ pub(super) struct Shared {
     /// waiting for a pacing slot (and without a Redis read per message).
     campaign_gates:
         std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (CampaignGate, Instant)>>,
+    /// Marketing sends' slots still to come, which a transactional job may trade its own for.
+    held_slots: std::sync::Mutex<HeldSlots>,
 }
 
 impl Shared {
+    fn held_slots(&self) -> std::sync::MutexGuard<'_, HeldSlots> {
+        self.held_slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until a send may start: at its slot, or for a marketing send whose slot a
+    /// transactional job took, at the later one it was given instead.
+    async fn wait_for_slot(&self, slot: SendSlot) {
+        let Some(id) = slot.held else {
+            tokio::time::sleep_until(Instant::from_std(slot.at)).await;
+            return;
+        };
+        loop {
+            let taken = self.held_slots().take_if_due(id, Slot::now());
+            match taken {
+                Ok(()) => return,
+                Err(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+            }
+        }
+    }
+
     async fn campaign_gate(&self, campaign: uuid::Uuid) -> CampaignGate {
         const FRESH: Duration = Duration::from_millis(200);
         if let Some((gate, at)) = self
@@ -143,6 +166,7 @@ pub async fn run(
         sender: std::sync::RwLock::new(sender),
         owner,
         campaign_gates: std::sync::Mutex::new(std::collections::HashMap::new()),
+        held_slots: std::sync::Mutex::new(HeldSlots::default()),
     });
     let mut lanes = Vec::with_capacity(2);
     for lane in Lane::ALL {
@@ -332,6 +356,24 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// for all of them, instead of two Redis round trips each.
 const DECIDE_AT_ONCE: usize = 32;
 
+/// How far past the first job's slot a batch reserves slots for the others. Each send waits on
+/// its own task for its slot, so a lane paced below its burst (80 messages a second: a slot every
+/// 14 ms) still decides on several jobs with one pair of Redis round trips. A transactional job
+/// does not queue behind the slots a marketing batch reserved: it trades for the earliest
+/// (`HeldSlots`).
+const LOOKAHEAD: Duration = Duration::from_millis(50);
+
+/// A moment on the messages-per-second schedule.
+type Slot = std::time::Instant;
+
+/// When a send's HTTP request may start. A marketing send's slot still to come is `held` in the
+/// sender's `HeldSlots`, so a transactional job may take it (the send then gets the later one).
+#[derive(Debug, Clone, Copy)]
+struct SendSlot {
+    at: Slot,
+    held: Option<u64>,
+}
+
 /// Why a lane stops taking jobs for a while, the jobs it was deciding on back at its front.
 enum Pause {
     /// Until the state the decision needs is back (`hold_recheck`).
@@ -369,7 +411,7 @@ async fn process_backlog(
     let snapshots = {
         let queries: Vec<SnapshotQuery> = batch
             .iter()
-            .map(|(_, job)| SnapshotQuery {
+            .map(|(_, job, _)| SnapshotQuery {
                 message_id: job.id,
                 attempt: job.attempt,
                 recipient: &job.recipient,
@@ -383,7 +425,11 @@ async fn process_backlog(
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "Redis unavailable; holding the lane");
-            pause(shared, state, batch, Pause::Hold(Reason::StateUnavailable));
+            let jobs = batch
+                .into_iter()
+                .map(|(share, job, _)| (share, job))
+                .collect();
+            pause(shared, state, jobs, Pause::Hold(Reason::StateUnavailable));
             return;
         }
     };
@@ -391,10 +437,10 @@ async fn process_backlog(
     // Decide in order; what needs no slot is carried out at once, what may be sent is reserved
     // below in one script. A job that must wait stops the batch: it and the rest go back.
     let (tier_counter, tier) = services.tier_counter(&sender);
-    let mut to_reserve: Vec<(Share, SendJob, bool, bool)> = Vec::new();
+    let mut to_reserve: Vec<(Share, SendJob, bool, bool, SendSlot)> = Vec::new();
     let mut stopped: Option<(Vec<(Share, SendJob)>, Pause)> = None;
     let mut decided = batch.into_iter().zip(snapshots);
-    while let Some(((share, job), mut snapshot)) = decided.next() {
+    while let Some(((share, job, slot), mut snapshot)) = decided.next() {
         let decision = decide(services, &job, &mut snapshot).await;
         let probe = snapshot.template_probe;
         let wait = match decision {
@@ -407,7 +453,7 @@ async fn process_backlog(
             {
                 Some(wait) => Pause::Spread(wait),
                 None => {
-                    to_reserve.push((share, job, counts_against_tier, probe));
+                    to_reserve.push((share, job, counts_against_tier, probe, slot));
                     continue;
                 }
             },
@@ -451,7 +497,7 @@ async fn process_backlog(
             }
         };
         let rest = std::iter::once((share, job))
-            .chain(decided.by_ref().map(|(j, _)| j))
+            .chain(decided.by_ref().map(|((share, job, _), _)| (share, job)))
             .collect();
         stopped = Some((rest, wait));
         break;
@@ -463,7 +509,7 @@ async fn process_backlog(
         let reserved = {
             let items: Vec<ReserveItem> = to_reserve
                 .iter()
-                .map(|(_, job, counts, _)| ReserveItem {
+                .map(|(_, job, counts, _, _)| ReserveItem {
                     recipient: &job.recipient,
                     message_id: job.id,
                     attempt: job.attempt,
@@ -477,7 +523,7 @@ async fn process_backlog(
         };
         match reserved {
             Ok(reservations) => {
-                for ((share, job, _, probe), reservation) in
+                for ((share, job, _, probe, slot), reservation) in
                     to_reserve.into_iter().zip(reservations)
                 {
                     match reservation {
@@ -487,6 +533,7 @@ async fn process_backlog(
                             };
                             let shared = shared.clone();
                             tokio::spawn(async move {
+                                shared.wait_for_slot(slot).await;
                                 send(&shared, share, job, probe).await;
                                 drop(permit);
                             });
@@ -521,7 +568,7 @@ async fn process_backlog(
                 back.extend(
                     to_reserve
                         .into_iter()
-                        .map(|(share, job, _, _)| (share, job)),
+                        .map(|(share, job, _, _, _)| (share, job)),
                 );
                 reserve_pause = Some(Pause::Hold(Reason::StateUnavailable));
             }
@@ -553,19 +600,22 @@ fn tier_spread_wait(shared: &Shared, sender: &Sender, tier: Tier) -> Option<Dura
     Some(wait)
 }
 
-/// Takes the jobs to decide on from the front of a lane's backlog: the first waits for its
-/// messages-per-second slot, the others join only while a slot is free at once. On the way, a job
-/// whose time has not come, whose campaign is paused or stopped, or whose recipient must wait for
-/// the pair rate is dealt with without one.
+/// Takes the jobs to decide on from the front of a lane's backlog, each with the
+/// messages-per-second slot it is to be sent at: the lane waits until the first one's slot is due,
+/// and the others join while theirs come within `LOOKAHEAD` of it. On the way, a job whose time has
+/// not come, whose campaign is paused or stopped, or whose recipient must wait for the pair rate is
+/// dealt with without one.
 async fn admit(
     shared: &Arc<Shared>,
     state: &mut LaneState,
     lane: Lane,
     retry_tx: &mpsc::UnboundedSender<(Lane, Share, SendJob)>,
-) -> Vec<(Share, SendJob)> {
+) -> Vec<(Share, SendJob, SendSlot)> {
     let services = &shared.services;
     let sender_id = shared.id.as_str();
     let mut batch = Vec::new();
+    // Set once the first job's slot is due: how far ahead the others' may be.
+    let mut horizon = Slot::now();
     while batch.len() < DECIDE_AT_ONCE {
         let Some((share, job)) = state.backlog.pop_front() else {
             break;
@@ -589,9 +639,9 @@ async fn admit(
                 continue;
             }
         }
-        // Later jobs join only with a slot free now; taken before the pair-rate check, so a job
-        // left for the next batch has not spent its recipient's pair allowance.
-        if !batch.is_empty() && !shared.pacer.try_ready() {
+        // Later jobs join only with a slot within the lookahead; looked at before the pair-rate
+        // check, so a job left for the next batch has not spent its recipient's pair allowance.
+        if !batch.is_empty() && shared.pacer.next_slot(Slot::now()) > horizon {
             state.backlog.push_front((share, job));
             break;
         }
@@ -614,17 +664,47 @@ async fn admit(
             }
             continue;
         }
+        let now = Slot::now();
         if batch.is_empty() {
-            let waited = shared.pacer.until_ready().await;
+            // The first job takes the next slot wherever it is (a transactional one trades it for
+            // the earliest a marketing send holds), and the lane waits until it is due: the lane
+            // holds no slot it cannot use soon.
+            let Some(slot) = shared.pacer.reserve(now, now + Duration::from_secs(3600)) else {
+                state.backlog.push_front((share, job));
+                break;
+            };
+            let at = match lane {
+                Lane::Transactional => shared.held_slots().trade(slot, now),
+                Lane::Marketing => slot,
+            };
+            let waited = at.saturating_duration_since(now);
             if !waited.is_zero() {
+                tokio::time::sleep_until(Instant::from_std(at)).await;
                 services
                     .metrics
                     .pacing_wait_seconds
                     .with_label_values(&[sender_id, "mps"])
                     .inc_by(waited.as_secs_f64());
             }
+            horizon = Slot::now() + LOOKAHEAD;
+            batch.push((share, job, SendSlot { at, held: None }));
+            continue;
         }
-        batch.push((share, job));
+        let Some(slot) = shared.pacer.reserve(now, horizon) else {
+            state.backlog.push_front((share, job));
+            break;
+        };
+        let send_slot = match lane {
+            Lane::Transactional => SendSlot {
+                at: shared.held_slots().trade(slot, now),
+                held: None,
+            },
+            Lane::Marketing => SendSlot {
+                at: slot,
+                held: (slot > now).then(|| shared.held_slots().hold(slot, now)),
+            },
+        };
+        batch.push((share, job, send_slot));
     }
     batch
 }
