@@ -140,6 +140,10 @@ local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local trimmed = false
+-- Recipients in the window, read once when a limit applies and kept here after (the script is
+-- atomic); whether anyone was counted or refreshed, so the counter's expiry moves once.
+local count = nil
+local counted = false
 for i = 1, n do
   local recipient = ARGV[4 + 2 * i]
   local code = 1
@@ -149,18 +153,24 @@ for i = 1, n do
       redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
       trimmed = true
     end
-    if redis.call('ZSCORE', KEYS[2], recipient) then
+    if limit < 0 or redis.call('ZSCORE', KEYS[2], recipient) then
+      -- No limit, or already counted: counted now, or its time refreshed.
       redis.call('ZADD', KEYS[2], now, recipient)
-    elseif limit >= 0 and redis.call('ZCARD', KEYS[2]) >= limit then
-      local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-      frees = now
-      if oldest[2] then frees = tonumber(oldest[2]) + window end
-      code = 0
+      counted = true
     else
-      redis.call('ZADD', KEYS[2], now, recipient)
-    end
-    if code == 1 then
-      redis.call('PEXPIRE', KEYS[2], window)
+      if count == nil then
+        count = redis.call('ZCARD', KEYS[2])
+      end
+      if count >= limit then
+        local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+        frees = now
+        if oldest[2] then frees = tonumber(oldest[2]) + window end
+        code = 0
+      else
+        redis.call('ZADD', KEYS[2], now, recipient)
+        count = count + 1
+        counted = true
+      end
     end
   end
   if code == 1 and not redis.call('SET', KEYS[2 + i], ARGV[4], 'NX', 'PX', ARGV[5]) then
@@ -168,6 +178,9 @@ for i = 1, n do
   end
   out[2 * i - 1] = code
   out[2 * i] = frees
+end
+if counted then
+  redis.call('PEXPIRE', KEYS[2], window)
 end
 return out
 "#;
@@ -472,11 +485,32 @@ impl State {
         phone_number_id: &str,
         queries: &[SnapshotQuery<'_>],
     ) -> Result<Vec<Snapshot>, StateError> {
+        // A batch is mostly one template and one campaign: each is read once, not per message.
+        let mut templates: Vec<&TemplateRef> = Vec::new();
+        let mut campaigns: Vec<Uuid> = Vec::new();
+        for q in queries {
+            if let Some(t) = q.template
+                && !templates.contains(&t)
+            {
+                templates.push(t);
+            }
+            if let Some(c) = q.campaign
+                && !campaigns.contains(&c)
+            {
+                campaigns.push(c);
+            }
+        }
         let mut pipe = redis::pipe();
         pipe.get(self.key(&[COPY_MARKER])).hmget(
             self.key(&["sender", phone_number_id]),
             &["status", "quality", "paused", "mk_paused_until"],
         );
+        for t in &templates {
+            pipe.get(self.key(&["tpl", &t.name, &t.language]));
+        }
+        for c in &campaigns {
+            pipe.get(self.key(&["camp", &c.to_string()]));
+        }
         for q in queries {
             let id = q.message_id.to_string();
             pipe.hmget(
@@ -487,12 +521,6 @@ impl State {
             .get(self.key(&["done", &id]))
             .exists(self.key(&["claim", &id, &q.attempt.to_string()]))
             .exists(self.key(&["sup", q.recipient]));
-            if let Some(t) = q.template {
-                pipe.get(self.key(&["tpl", &t.name, &t.language]));
-            }
-            if let Some(c) = q.campaign {
-                pipe.get(self.key(&["camp", &c.to_string()]));
-            }
         }
         let mut conn = self.conn.clone();
         let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
@@ -500,6 +528,18 @@ impl State {
         let mut next = || answers.next().unwrap_or(&redis::Value::Nil);
         let copy_since_ms: Option<i64> = redis::from_redis_value_ref(next())?;
         let sender = sender_state(redis::from_redis_value_ref(next())?);
+        let mut template_states = Vec::with_capacity(templates.len());
+        for _ in &templates {
+            let s: Option<String> = redis::from_redis_value_ref(next())?;
+            template_states.push(s.map_or(TemplateStatus::Unknown, |s| TemplateStatus::parse(&s)));
+        }
+        let mut campaign_gates = Vec::with_capacity(campaigns.len());
+        for _ in &campaigns {
+            let s: Option<String> = redis::from_redis_value_ref(next())?;
+            campaign_gates.push(CampaignGate::from_state(
+                s.as_deref().and_then(CampaignState::parse),
+            ));
+        }
         let mut out = Vec::with_capacity(queries.len());
         for q in queries {
             let consent: (Option<String>, Option<String>) = redis::from_redis_value_ref(next())?;
@@ -507,18 +547,16 @@ impl State {
             let sent_wamid: Option<String> = redis::from_redis_value_ref(next())?;
             let claimed: bool = redis::from_redis_value_ref(next())?;
             let suppressed: bool = redis::from_redis_value_ref(next())?;
-            let template = match q.template {
-                Some(_) => {
-                    let s: Option<String> = redis::from_redis_value_ref(next())?;
-                    Some(s.map_or(TemplateStatus::Unknown, |s| TemplateStatus::parse(&s)))
-                }
-                None => None,
-            };
+            let template = q.template.and_then(|t| {
+                let at = templates.iter().position(|known| *known == t)?;
+                template_states.get(at).cloned()
+            });
             let campaign = match q.campaign {
-                Some(_) => {
-                    let s: Option<String> = redis::from_redis_value_ref(next())?;
-                    CampaignGate::from_state(s.as_deref().and_then(CampaignState::parse))
-                }
+                Some(c) => campaigns
+                    .iter()
+                    .position(|known| *known == c)
+                    .and_then(|at| campaign_gates.get(at).copied())
+                    .unwrap_or(CampaignGate::Unknown),
                 None => CampaignGate::Open,
             };
             out.push(Snapshot {

@@ -93,6 +93,49 @@ async fn one_reservation_script_counts_a_batch_as_one_at_a_time_would() {
     state.delete_all().await.unwrap();
 }
 
+/// Without a limit every counted recipient is counted (once, however often it comes), and the
+/// counter lives for the moving window from the last count.
+#[tokio::test]
+async fn without_a_limit_a_batch_counts_each_recipient_once() {
+    let url = std::env::var("PREGON_REDIS_URL").unwrap_or_else(|_| Config::default().redis_url);
+    let prefix = format!("it-res-{}", Uuid::now_v7().simple());
+    let state = State::connect(&url, &prefix).await.unwrap();
+    copy_complete(&state).await;
+    let batch = [
+        item("521550000031", Uuid::now_v7(), true),
+        item("521550000032", Uuid::now_v7(), true),
+        item("521550000031", Uuid::now_v7(), true),
+        item("521550000033", Uuid::now_v7(), false),
+    ];
+    let answers = state.reserve_many("pn:v", -1, "me", &batch).await.unwrap();
+    assert_eq!(answers, [Reservation::Granted; 4]);
+    assert_eq!(state.tier_usage("pn:v").await.unwrap(), 2);
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(format!("{{{prefix}}}:tier:pn:v"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let window = 24 * 3_600_000;
+    assert!(
+        ttl_ms > window - 60_000 && ttl_ms <= window,
+        "the counter expires in {ttl_ms} ms"
+    );
+    // Only service messages: nothing counted, the counter untouched.
+    let service = [item("521550000034", Uuid::now_v7(), false)];
+    let answers = state
+        .reserve_many("pn:w", -1, "me", &service)
+        .await
+        .unwrap();
+    assert_eq!(answers, [Reservation::Granted]);
+    assert_eq!(state.tier_usage("pn:w").await.unwrap(), 0);
+    state.delete_all().await.unwrap();
+}
+
 #[tokio::test]
 async fn without_the_copy_marker_a_batch_takes_nothing() {
     let state = state().await;
@@ -148,6 +191,75 @@ async fn one_snapshot_read_answers_each_message_of_a_batch_in_order() {
         let alone = state.snapshot("1065550000100", *q).await.unwrap();
         assert_eq!(alone.consent.marketing, batch.consent.marketing);
         assert_eq!(alone.sent_wamid, batch.sent_wamid);
+    }
+    state.delete_all().await.unwrap();
+}
+
+/// A batch reads each of its templates and campaigns once; each message still gets its own
+/// template's and campaign's state, in order, including one Redis does not know.
+#[tokio::test]
+async fn a_snapshot_batch_gives_each_message_its_own_template_and_campaign() {
+    use pregon::domain::campaign::CampaignState;
+    use pregon::domain::decision::{CampaignGate, TemplateStatus};
+    use pregon::domain::job::TemplateRef;
+    let state = state().await;
+    copy_complete(&state).await;
+    state
+        .mirror_template("promo", "es_MX", "APPROVED")
+        .await
+        .unwrap();
+    state
+        .mirror_template("otp", "es_MX", "PAUSED")
+        .await
+        .unwrap();
+    let (running, paused, unknown) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    state
+        .mirror_campaign(running, CampaignState::Running)
+        .await
+        .unwrap();
+    state
+        .mirror_campaign(paused, CampaignState::Paused)
+        .await
+        .unwrap();
+    let template = |name: &str| TemplateRef {
+        name: name.into(),
+        language: "es_MX".into(),
+    };
+    let (promo, otp, gone) = (template("promo"), template("otp"), template("gone"));
+    let query = |recipient, template, campaign| SnapshotQuery {
+        message_id: Uuid::now_v7(),
+        attempt: 0,
+        recipient,
+        template,
+        campaign,
+    };
+    let queries = [
+        query("521550000041", Some(&promo), Some(running)),
+        query("521550000042", Some(&otp), None),
+        query("521550000043", Some(&promo), Some(paused)),
+        query("521550000044", None, Some(running)),
+        query("521550000045", Some(&gone), Some(unknown)),
+        query("521550000046", Some(&otp), Some(paused)),
+    ];
+    let snapshots = state.snapshots("1065550000101", &queries).await.unwrap();
+    let seen: Vec<(Option<TemplateStatus>, CampaignGate)> = snapshots
+        .iter()
+        .map(|s| (s.template.clone(), s.campaign))
+        .collect();
+    let expected = [
+        (Some(TemplateStatus::Approved), CampaignGate::Open),
+        (Some(TemplateStatus::Paused), CampaignGate::Open),
+        (Some(TemplateStatus::Approved), CampaignGate::Paused),
+        (None, CampaignGate::Open),
+        (Some(TemplateStatus::Unknown), CampaignGate::Unknown),
+        (Some(TemplateStatus::Paused), CampaignGate::Paused),
+    ];
+    assert_eq!(seen, expected);
+    // Each one alone reads the same.
+    for (q, batch) in queries.iter().zip(&snapshots) {
+        let alone = state.snapshot("1065550000101", *q).await.unwrap();
+        assert_eq!(alone.template, batch.template);
+        assert_eq!(alone.campaign, batch.campaign);
     }
     state.delete_all().await.unwrap();
 }
