@@ -58,6 +58,9 @@ struct LaneState {
     /// front a job put back because the lane is held until `hold_until`.
     backlog: std::collections::VecDeque<(Share, SendJob)>,
     hold_until: Option<Instant>,
+    /// The marketing lane's next slot is not due before this: the loop waits for it in its
+    /// select, where a transactional job can still come first, rather than asleep in `admit`.
+    paced_until: Option<Instant>,
     /// This lane's `pregon_lane_head_wait_seconds`, looked up once rather than per message.
     head_wait: prometheus::Gauge,
 }
@@ -184,6 +187,7 @@ pub async fn run(
             channel,
             backlog: std::collections::VecDeque::new(),
             hold_until: None,
+            paced_until: None,
             head_wait: services
                 .metrics
                 .lane_head_wait
@@ -208,14 +212,21 @@ pub async fn run(
             if state.hold_until.is_some_and(|t| t <= now) {
                 state.hold_until = None;
             }
+            if state.paced_until.is_some_and(|t| t <= now) {
+                state.paced_until = None;
+            }
         }
-        let next_hold = lanes.iter().filter_map(|l| l.hold_until).min();
+        let next_hold = lanes
+            .iter()
+            .flat_map(|l| [l.hold_until, l.paced_until])
+            .flatten()
+            .min();
         let tx_open = lanes[0].hold_until.is_none();
         let mk_open = lanes[1].hold_until.is_none();
         // A lane's backlog goes before its queue; the transactional lane before the marketing
         // one, so an OTP waits for no more than the marketing job being decided on.
         let tx_backlog = tx_open && !lanes[0].backlog.is_empty();
-        let mk_backlog = mk_open && !lanes[1].backlog.is_empty();
+        let mk_backlog = mk_open && lanes[1].paced_until.is_none() && !lanes[1].backlog.is_empty();
         let tx_take = tx_open && lanes[0].backlog.is_empty();
         let mk_take = mk_open && lanes[1].backlog.is_empty();
         let (tx_lane, mk_lane) = lanes.split_at_mut(1);
@@ -601,10 +612,11 @@ fn tier_spread_wait(shared: &Shared, sender: &Sender, tier: Tier) -> Option<Dura
 }
 
 /// Takes the jobs to decide on from the front of a lane's backlog, each with the
-/// messages-per-second slot it is to be sent at: the lane waits until the first one's slot is due,
-/// and the others join while theirs come within `LOOKAHEAD` of it. On the way, a job whose time has
-/// not come, whose campaign is paused or stopped, or whose recipient must wait for the pair rate is
-/// dealt with without one.
+/// messages-per-second slot it is to be sent at: the first one's slot is due (the transactional
+/// lane waits here for it; the marketing lane, none taken, is marked `paced_until` it and waits in
+/// the dispatch loop), and the others join while theirs come within `LOOKAHEAD` of it. On the way,
+/// a job whose time has not come, whose campaign is paused or stopped, or whose recipient must wait
+/// for the pair rate is dealt with without one.
 async fn admit(
     shared: &Arc<Shared>,
     state: &mut LaneState,
@@ -666,9 +678,22 @@ async fn admit(
         }
         let now = Slot::now();
         if batch.is_empty() {
-            // The first job takes the next slot wherever it is (a transactional one trades it for
-            // the earliest a marketing send holds), and the lane waits until it is due: the lane
-            // holds no slot it cannot use soon.
+            // A marketing lane waits for its next slot in the dispatch loop's select, where a
+            // transactional job may come first; it holds no slot it cannot use soon.
+            let next = shared.pacer.next_slot(now);
+            if lane == Lane::Marketing && next > now {
+                let wait = next - now;
+                services
+                    .metrics
+                    .pacing_wait_seconds
+                    .with_label_values(&[sender_id, "mps"])
+                    .inc_by(wait.as_secs_f64());
+                state.backlog.push_front((share, job));
+                state.paced_until = Some(Instant::now() + wait);
+                break;
+            }
+            // The first job takes the next slot (a transactional one trades it for the earliest
+            // a marketing send holds) and the lane waits until it is due.
             let Some(slot) = shared.pacer.reserve(now, now + Duration::from_secs(3600)) else {
                 state.backlog.push_front((share, job));
                 break;
