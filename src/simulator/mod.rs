@@ -3,9 +3,11 @@
 //! tier, the service window (131047), template status (132001/132015/132016), unreachable
 //! recipients (131026 as a failed status) — and can inject latency, 5xx answers and timeouts.
 //!
-//! It records every accepted message with the instant it was accepted, so tests prove the
-//! dispatcher's invariants from the receiving side, and sends signed status webhooks.
+//! It records every accepted message with the instant it was accepted (compactly, `kept`), so
+//! tests prove the dispatcher's invariants from the receiving side, and sends signed status
+//! webhooks.
 
+mod kept;
 mod webhooks;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -21,6 +23,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+
+use kept::{CallbackData, KeptAttempt, KeptMessage, Names, new_wamid, wamid_text};
 
 use crate::domain::tier::TIER_WINDOW;
 
@@ -96,6 +100,9 @@ pub struct Attempt {
     pub code: i64,
 }
 
+/// The fewest recipients a number's pair-rate table holds before the first sweep.
+const PAIR_SWEEP_FLOOR: usize = 4096;
+
 struct NumberState {
     mps: u32,
     tier: Option<u32>,
@@ -106,6 +113,9 @@ struct NumberState {
     contacts: VecDeque<(Instant, String)>,
     /// Pair-rate GCRA: theoretical arrival time per recipient.
     pair_tat: HashMap<String, Instant>,
+    /// `pair_tat`'s size at which the entries already past are dropped (an entry in the past
+    /// means the same as none), so a million recipients do not stay in it.
+    pair_sweep_at: usize,
     /// The one access token this number accepts, when set (any non-empty one otherwise).
     access_token: Option<String>,
 }
@@ -140,8 +150,10 @@ struct Sim {
     windows: HashMap<(String, String), Instant>,
     undeliverable: HashSet<String>,
     faults: Vec<Fault>,
-    received: Vec<Received>,
-    attempts: Vec<Attempt>,
+    received: Vec<KeptMessage>,
+    attempts: Vec<KeptAttempt>,
+    /// Numbers, message types and template names of the records above.
+    names: Names,
     seq: u64,
 }
 
@@ -175,6 +187,7 @@ pub fn router(config: SimConfig) -> Router {
             faults: Vec::new(),
             received: Vec::new(),
             attempts: Vec::new(),
+            names: Names::default(),
             seq: 0,
         })),
         webhooks,
@@ -226,16 +239,9 @@ fn graph_error(status: StatusCode, code: i64, message: &str) -> Response {
         .into_response()
 }
 
-fn wamid() -> String {
-    format!(
-        "wamid.SIM{}",
-        uuid::Uuid::new_v4().simple().to_string().to_uppercase()
-    )
-}
-
 enum Verdict {
     Accept {
-        wamid: String,
+        wamid: u128,
         to: String,
         undeliverable: bool,
         category: &'static str,
@@ -296,6 +302,7 @@ async fn send(
             undeliverable,
             category,
         } => {
+            let wamid = wamid_text(wamid);
             if let Some(hooks) = &state.webhooks {
                 let event = StatusEvent {
                     phone_number_id: phone_number_id.clone(),
@@ -391,10 +398,11 @@ fn decide(state: &SimState, phone_number_id: &str, message: &Value) -> (Verdict,
         }
         Verdict::Timeout => 504,
     };
-    sim.attempts.push(Attempt {
+    let number = sim.names.intern(phone_number_id);
+    sim.attempts.push(KeptAttempt {
         at_us,
-        phone_number_id: phone_number_id.to_string(),
-        to: to.clone(),
+        number,
+        to: to.as_str().into(),
         code,
     });
     if let Verdict::Accept { wamid, .. } = &verdict {
@@ -403,19 +411,20 @@ fn decide(state: &SimState, phone_number_id: &str, message: &Value) -> (Verdict,
         let template = message
             .pointer("/template/name")
             .and_then(Value::as_str)
-            .map(str::to_string);
+            .map(|name| sim.names.intern(name));
         let callback_data = message
             .get("biz_opaque_callback_data")
             .and_then(Value::as_str)
-            .map(str::to_string);
-        sim.received.push(Received {
+            .map(CallbackData::read);
+        let kind = sim.names.intern(&kind);
+        sim.received.push(KeptMessage {
             seq,
             at_us,
-            phone_number_id: phone_number_id.to_string(),
-            to,
+            number,
             kind,
             template,
-            wamid: wamid.clone(),
+            to: to.into_boxed_str(),
+            wamid: *wamid,
             callback_data,
         });
     }
@@ -515,6 +524,7 @@ fn evaluate(
             unique: HashMap::new(),
             contacts: VecDeque::new(),
             pair_tat: HashMap::new(),
+            pair_sweep_at: PAIR_SWEEP_FLOOR,
             access_token: None,
         });
     // Throughput: accepted messages in the last second, exactly.
@@ -597,10 +607,14 @@ fn evaluate(
         number.contacts.push_back((now, to.to_string()));
     }
     number.pair_tat.insert(to.to_string(), tat + pair_interval);
+    if number.pair_tat.len() >= number.pair_sweep_at {
+        number.pair_tat.retain(|_, tat| *tat > now);
+        number.pair_sweep_at = (number.pair_tat.len() * 2).max(PAIR_SWEEP_FLOOR);
+    }
     number.accepted_at.push_back(now);
     let undeliverable = sim.undeliverable.contains(to);
     Verdict::Accept {
-        wamid: wamid(),
+        wamid: new_wamid(),
         to: to.to_string(),
         undeliverable,
         category: if template.is_some() {
@@ -635,15 +649,12 @@ async fn received(
     Query(filter): Query<NumberFilter>,
 ) -> Json<Value> {
     let sim = state.lock();
-    let list: Vec<&Received> = sim
+    let number = filter.phone_number_id.as_deref().map(|p| sim.names.find(p));
+    let list: Vec<Received> = sim
         .received
         .iter()
-        .filter(|r| {
-            filter
-                .phone_number_id
-                .as_deref()
-                .is_none_or(|p| p == r.phone_number_id)
-        })
+        .filter(|r| number.is_none_or(|n| n == Some(r.number)))
+        .map(|r| r.received(&sim.names))
         .collect();
     Json(json!({"count": list.len(), "messages": list}))
 }
@@ -655,7 +666,7 @@ async fn summary(State(state): State<SimState>) -> Json<Value> {
     let mut ids = std::collections::HashSet::with_capacity(sim.received.len());
     for r in &sim.received {
         if let Some(id) = &r.callback_data {
-            ids.insert(id.as_str());
+            ids.insert(id);
         }
     }
     let first = sim.received.iter().map(|r| r.at_us).min();
@@ -673,15 +684,12 @@ async fn attempts(
     Query(filter): Query<NumberFilter>,
 ) -> Json<Value> {
     let sim = state.lock();
-    let list: Vec<&Attempt> = sim
+    let number = filter.phone_number_id.as_deref().map(|p| sim.names.find(p));
+    let list: Vec<Attempt> = sim
         .attempts
         .iter()
-        .filter(|a| {
-            filter
-                .phone_number_id
-                .as_deref()
-                .is_none_or(|p| p == a.phone_number_id)
-        })
+        .filter(|a| number.is_none_or(|n| n == Some(a.number)))
+        .map(|a| a.attempt(&sim.names))
         .collect();
     Json(json!({"count": list.len(), "attempts": list}))
 }
@@ -722,6 +730,7 @@ async fn configure_number(State(state): State<SimState>, body: Bytes) -> Respons
             unique: HashMap::new(),
             contacts: VecDeque::new(),
             pair_tat: HashMap::new(),
+            pair_sweep_at: PAIR_SWEEP_FLOOR,
             access_token: None,
         });
     if let Some(mps) = c.mps {
@@ -906,5 +915,6 @@ async fn reset(State(state): State<SimState>) -> Response {
     sim.faults.clear();
     sim.received.clear();
     sim.attempts.clear();
+    sim.names.clear();
     StatusCode::NO_CONTENT.into_response()
 }
