@@ -651,11 +651,28 @@ async fn admit(
                 continue;
             }
         }
-        // Later jobs join only with a slot within the lookahead; looked at before the pair-rate
-        // check, so a job left for the next batch has not spent its recipient's pair allowance.
-        if !batch.is_empty() && shared.pacer.next_slot(Slot::now()) > horizon {
+        // The slot is looked at before the pair-rate check, so a job left for later has not
+        // spent its recipient's pair allowance. Later jobs join only with a slot within the
+        // lookahead. A marketing lane whose next slot is not due waits for it in the dispatch
+        // loop's select, where a transactional job may come first; it holds no slot it cannot
+        // use soon.
+        let next = shared.pacer.next_slot(Slot::now());
+        if !batch.is_empty() && next > horizon {
             state.backlog.push_front((share, job));
             break;
+        }
+        if batch.is_empty() && lane == Lane::Marketing {
+            let wait = next.saturating_duration_since(Slot::now());
+            if !wait.is_zero() {
+                services
+                    .metrics
+                    .pacing_wait_seconds
+                    .with_label_values(&[sender_id, "mps"])
+                    .inc_by(wait.as_secs_f64());
+                state.backlog.push_front((share, job));
+                state.paced_until = Some(Instant::now() + wait);
+                break;
+            }
         }
         if let Some(wait) = shared.pacer.pair_wait(&job.recipient) {
             services
@@ -678,20 +695,6 @@ async fn admit(
         }
         let now = Slot::now();
         if batch.is_empty() {
-            // A marketing lane waits for its next slot in the dispatch loop's select, where a
-            // transactional job may come first; it holds no slot it cannot use soon.
-            let next = shared.pacer.next_slot(now);
-            if lane == Lane::Marketing && next > now {
-                let wait = next - now;
-                services
-                    .metrics
-                    .pacing_wait_seconds
-                    .with_label_values(&[sender_id, "mps"])
-                    .inc_by(wait.as_secs_f64());
-                state.backlog.push_front((share, job));
-                state.paced_until = Some(Instant::now() + wait);
-                break;
-            }
             // The first job takes the next slot (a transactional one trades it for the earliest
             // a marketing send holds) and the lane waits until it is due.
             let Some(slot) = shared.pacer.reserve(now, now + Duration::from_secs(3600)) else {
