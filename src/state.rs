@@ -234,6 +234,17 @@ fn redis_glob_escape(raw: &str) -> String {
 
 /// A sender's mirrored hash (status, quality, paused, marketing held until ms) as the decision
 /// reads it: one reading for the send path and a campaign's health check.
+/// Where `item` is in `seen`, added at the end the first time.
+fn index_of<T: PartialEq>(seen: &mut Vec<T>, item: T) -> usize {
+    match seen.iter().position(|known| *known == item) {
+        Some(at) => at,
+        None => {
+            seen.push(item);
+            seen.len() - 1
+        }
+    }
+}
+
 fn sender_state((status, quality, paused, until): SenderHash) -> SenderState {
     SenderState {
         connected: status.as_deref().map(SenderStatus::parse) == Some(SenderStatus::Connected),
@@ -485,21 +496,18 @@ impl State {
         phone_number_id: &str,
         queries: &[SnapshotQuery<'_>],
     ) -> Result<Vec<Snapshot>, StateError> {
-        // A batch is mostly one template and one campaign: each is read once, not per message.
+        // A batch is mostly one template and one campaign: each is read once, not per message;
+        // `shared` says which of them each message has.
         let mut templates: Vec<&TemplateRef> = Vec::new();
         let mut campaigns: Vec<Uuid> = Vec::new();
-        for q in queries {
-            if let Some(t) = q.template
-                && !templates.contains(&t)
-            {
-                templates.push(t);
-            }
-            if let Some(c) = q.campaign
-                && !campaigns.contains(&c)
-            {
-                campaigns.push(c);
-            }
-        }
+        let shared: Vec<(Option<usize>, Option<usize>)> = queries
+            .iter()
+            .map(|q| {
+                let template = q.template.map(|t| index_of(&mut templates, t));
+                let campaign = q.campaign.map(|c| index_of(&mut campaigns, c));
+                (template, campaign)
+            })
+            .collect();
         let mut pipe = redis::pipe();
         pipe.get(self.key(&[COPY_MARKER])).hmget(
             self.key(&["sender", phone_number_id]),
@@ -541,24 +549,14 @@ impl State {
             ));
         }
         let mut out = Vec::with_capacity(queries.len());
-        for q in queries {
+        for (template_at, campaign_at) in shared {
             let consent: (Option<String>, Option<String>) = redis::from_redis_value_ref(next())?;
             let window_open: bool = redis::from_redis_value_ref(next())?;
             let sent_wamid: Option<String> = redis::from_redis_value_ref(next())?;
             let claimed: bool = redis::from_redis_value_ref(next())?;
             let suppressed: bool = redis::from_redis_value_ref(next())?;
-            let template = q.template.and_then(|t| {
-                let at = templates.iter().position(|known| *known == t)?;
-                template_states.get(at).cloned()
-            });
-            let campaign = match q.campaign {
-                Some(c) => campaigns
-                    .iter()
-                    .position(|known| *known == c)
-                    .and_then(|at| campaign_gates.get(at).copied())
-                    .unwrap_or(CampaignGate::Unknown),
-                None => CampaignGate::Open,
-            };
+            let template = template_at.map(|at| template_states[at].clone());
+            let campaign = campaign_at.map_or(CampaignGate::Open, |at| campaign_gates[at]);
             out.push(Snapshot {
                 sender,
                 template,
